@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs every Debian package PixelGrid needs to build, run and test, idempotently.
+# Usage: deploy/install-deps.sh        (as root, or with sudo available)
+# Fails with a message naming each package that could not be installed.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  pkg-config build-essential protobuf-compiler glslc libvulkan-dev
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  # Vulkan on the CPU (lavapipe) when there is no GPU, and vulkaninfo for diagnosis
+  mesa-vulkan-drivers vulkan-tools
+  # GStreamer runtime: encoders (x264 in ugly, openh264/va in bad, vp8 in good), decoders (libav)
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
+  # control plane store, browser tests, network namespaces
+  etcd-server etcd-client chromium chromium-driver iproute2
+)
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps: run as root or install sudo" >&2; exit 1; }
+  SUDO=sudo
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq >/dev/null
+if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/pixelgrid-apt.log 2>&1; then
+  tail -20 /tmp/pixelgrid-apt.log >&2
+fi
+
+still=()
+for p in "${missing[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || still+=("$p")
+done
+if [ ${#still[@]} -ne 0 ]; then
+  echo "install-deps: could not install: ${still[*]} (see /tmp/pixelgrid-apt.log)" >&2
+  exit 1
+fi
+echo "install-deps: done"

@@ -1,0 +1,322 @@
+//! `edge-node`: the PixelGrid edge node's command line.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use edge_node::bench::{self, BenchRequest};
+use edge_node::encode::{EncoderSettings, chain_for, probe_chain};
+use edge_node::game::Catalogue;
+use edge_node::host::SessionHost;
+use edge_node::input::InputEvent;
+use edge_node::offline::OfflineSession;
+use edge_node::record::{self, RecordRequest};
+use edge_node::render::VulkanContext;
+use edge_node::telemetry::TelemetrySource;
+use edge_node::video::{Codec, VideoMode};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edge-node",
+    version,
+    about = "PixelGrid edge node: render game sessions on Vulkan and encode them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Report the Vulkan device, the encoders that really work and NVIDIA telemetry.
+    Probe {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Render frames of a game to PNG files a person can look at.
+    Snapshot {
+        /// Frames to write.
+        #[arg(long, default_value_t = 5)]
+        frames: u64,
+        /// Directory for frame-NNNNN.png (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        video: VideoArgs,
+    },
+    /// Record a game session to a video file (.h264 or .mp4 for H.264, .webm for VP8).
+    Record {
+        /// Seconds of game time to record.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Frame numbers to force as keyframes (repeatable).
+        #[arg(long = "keyframe-at")]
+        keyframe_at: Vec<u64>,
+        #[command(flatten)]
+        video: VideoArgs,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
+    /// Measure render, readback, convert and encode time, and sessions per node.
+    BenchPipeline {
+        /// Frames per session to measure.
+        #[arg(long, default_value_t = 600)]
+        frames: u64,
+        /// Sessions side by side (paced in real time when more than one).
+        #[arg(long, default_value_t = 1)]
+        sessions: u32,
+        #[command(flatten)]
+        video: VideoArgs,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct VideoArgs {
+    /// Game from the node's catalogue.
+    #[arg(long, env = "PIXELGRID_GAME", default_value = "arena")]
+    game: String,
+    /// Picture width in pixels (even, 16..=4096).
+    #[arg(long, default_value_t = 1280)]
+    width: u32,
+    /// Picture height in pixels (even, 16..=4096).
+    #[arg(long, default_value_t = 720)]
+    height: u32,
+    /// Frames per second.
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Keys to hold down for the whole run (DOM codes, e.g. ArrowRight), to show input at work.
+    #[arg(long)]
+    hold: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct EncoderArgs {
+    /// Codec: h264 or vp8.
+    #[arg(long, env = "PIXELGRID_CODEC", default_value = "h264")]
+    codec: String,
+    /// Use only this encoder element instead of walking the chain.
+    #[arg(long, env = "PIXELGRID_ENCODER")]
+    encoder: Option<String>,
+    /// Target bitrate; default scales with the mode.
+    #[arg(long)]
+    bitrate_kbps: Option<u32>,
+    /// Frames between keyframes; default 4 seconds' worth.
+    #[arg(long)]
+    gop: Option<u32>,
+    /// Encoder threads (0 = the encoder decides).
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+}
+
+impl VideoArgs {
+    fn mode(&self) -> anyhow::Result<VideoMode> {
+        Ok(VideoMode::new(self.width, self.height, self.fps)?)
+    }
+    fn inputs(&self) -> Vec<InputEvent> {
+        self.hold
+            .iter()
+            .map(|code| InputEvent::Key {
+                code: code.clone(),
+                down: true,
+            })
+            .collect()
+    }
+}
+
+impl EncoderArgs {
+    fn settings(&self, mode: VideoMode) -> anyhow::Result<EncoderSettings> {
+        let codec: Codec = self.codec.parse()?;
+        let mut s = EncoderSettings::for_mode(mode, codec);
+        if let Some(b) = self.bitrate_kbps {
+            s.bitrate_kbps = b;
+        }
+        if let Some(g) = self.gop {
+            s.gop_frames = g;
+        }
+        s.threads = self.threads;
+        s.validate()?;
+        if let Some(e) = &self.encoder
+            && !chain_for(codec).iter().any(|c| c.element == e)
+        {
+            anyhow::bail!("invalid encoder: {e:?} is not a {codec} encoder");
+        }
+        Ok(s)
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Probe { json } => probe(json),
+        Command::Snapshot { frames, out, video } => {
+            let mode = video.mode()?;
+            let vulkan = VulkanContext::new()?;
+            let mut session =
+                OfflineSession::new(&vulkan, &Catalogue::default(), &video.game, mode)?;
+            for e in video.inputs() {
+                session
+                    .input(&e)
+                    .map_err(|r| anyhow::anyhow!("invalid --hold {e:?}: {r}"))?;
+            }
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for _ in 0..frames {
+                let path = out.join(format!("frame-{:05}.png", session.frame_number()));
+                session.next_frame(|f| record::write_png(f, &path))?.0?;
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Command::Record {
+            seconds,
+            out,
+            keyframe_at,
+            video,
+            encoder,
+        } => {
+            let mode = video.mode()?;
+            let settings = encoder.settings(mode)?;
+            if !(seconds > 0.0 && seconds <= 3600.0) {
+                anyhow::bail!("invalid seconds: {seconds}; use more than 0 and at most 3600");
+            }
+            let vulkan = VulkanContext::new()?;
+            let choice = probe_chain(settings.codec, encoder.encoder.as_deref())?;
+            let req = RecordRequest {
+                game: video.game.clone(),
+                settings,
+                frames: (seconds * f64::from(mode.fps)).round().max(1.0) as u64,
+                keyframes_at: keyframe_at,
+                input: video.inputs(),
+                out,
+            };
+            let report = record::record(&vulkan, &Catalogue::default(), &choice.candidate, &req)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::BenchPipeline {
+            frames,
+            sessions,
+            video,
+            encoder,
+        } => {
+            let mode = video.mode()?;
+            let settings = encoder.settings(mode)?;
+            let host = SessionHost::start(Catalogue::default(), encoder.encoder.clone())?;
+            let report = bench::run(
+                &host,
+                &BenchRequest {
+                    game: video.game.clone(),
+                    settings,
+                    frames,
+                    sessions,
+                },
+            )?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", report.table())?;
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+            Ok(())
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn probe(json: bool) -> anyhow::Result<()> {
+    let vulkan = VulkanContext::new().map(|v| v.info().clone());
+    let mut encoders = serde_json::Map::new();
+    for codec in [Codec::H264, Codec::Vp8] {
+        let v = match probe_chain(codec, None) {
+            Ok(choice) => serde_json::to_value(&choice)?,
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+        encoders.insert(codec.to_string(), v);
+    }
+    let telemetry = TelemetrySource::open().sample();
+    let report = serde_json::json!({
+        "vulkan": match &vulkan { Ok(i) => serde_json::to_value(i)?, Err(e) => serde_json::json!({ "error": e.to_string() }) },
+        "encoders": encoders,
+        "gpu_telemetry": telemetry,
+    });
+    if json {
+        println!("{report}");
+    } else {
+        match &vulkan {
+            Ok(i) => println!(
+                "Vulkan device: {} ({}, {}), Vulkan {}, driver {}{}",
+                i.name,
+                i.vendor,
+                i.device_type,
+                i.api_version,
+                i.driver,
+                if i.cpu_fallback {
+                    " — CPU rendering (lavapipe)"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => println!("Vulkan: unavailable: {e}"),
+        }
+        for (codec, v) in &encoders {
+            match v.get("candidate").and_then(|c| c.get("element")) {
+                Some(el) => println!("{codec} encoder: {}", el.as_str().unwrap_or("?")),
+                None => println!(
+                    "{codec} encoder: none ({})",
+                    v["error"].as_str().unwrap_or("?")
+                ),
+            }
+            for s in v
+                .get("skipped")
+                .and_then(|s| s.as_array())
+                .into_iter()
+                .flatten()
+            {
+                println!(
+                    "  skipped {}: {}",
+                    s["element"].as_str().unwrap_or("?"),
+                    s["reason"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        match &telemetry {
+            edge_node::telemetry::GpuTelemetry::Available {
+                driver_version,
+                gpus,
+            } => {
+                println!("NVIDIA driver {driver_version}");
+                for g in gpus {
+                    println!(
+                        "  GPU {}: {}  util {:?}%  memory {:?}/{:?} bytes  encoder {:?}%  {:?} °C",
+                        g.index,
+                        g.name,
+                        g.gpu_utilization_percent,
+                        g.memory_used_bytes,
+                        g.memory_total_bytes,
+                        g.encoder_utilization_percent,
+                        g.temperature_celsius
+                    );
+                }
+            }
+            edge_node::telemetry::GpuTelemetry::Unavailable { reason } => {
+                println!("GPU telemetry: unavailable ({reason})")
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,457 @@
+//! One game session: a game, a renderer and an encoder on the session's own frame clock.
+//!
+//! Each session runs on its own thread. Every tick of its [`FramePacer`] it advances the game with
+//! the player's input, renders, converts and hands the frame to the encoder. If the encoder is
+//! still busy with the previous frame the new one is dropped and counted, so nothing queues
+//! without bound; ticks missed because the thread ran late are skipped and counted too. Encoded
+//! frames reach the caller's callback on GStreamer's thread together with where the time went.
+
+use crate::encode::{EncodedFrame, Encoder, EncoderCandidate, EncoderSettings};
+use crate::game::{DrawList, FrameInfo, Game};
+use crate::input::{InputEvent, InputRejected, InputState};
+use crate::pacing::{FramePacer, Pace};
+use crate::render::{GpuTimings, Renderer, VulkanContext};
+use crate::{Error, Result};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How many recent frames' timings a session keeps.
+const TIMINGS_KEPT: usize = 16_384;
+
+/// Where one frame's time went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct FrameTimings {
+    /// Recording, submitting and drawing on the device.
+    pub render_ms: f64,
+    /// Copying the picture into host memory.
+    pub readback_ms: f64,
+    /// RGBA → I420.
+    pub convert_ms: f64,
+    /// From pushing to the encoder until its output was ready.
+    pub encode_ms: f64,
+    /// From the start of rendering until the encoded frame was ready.
+    pub total_ms: f64,
+}
+
+impl FrameTimings {
+    /// Splits a submit→ready wall time into render and readback using the GPU's own timestamps
+    /// where it has them (else all of it counts as render).
+    pub fn split_gpu(wall_ms: f64, gpu: GpuTimings) -> (f64, f64) {
+        let readback = gpu.copy_ms.unwrap_or(0.0).clamp(0.0, wall_ms);
+        (wall_ms - readback, readback)
+    }
+}
+
+/// An encoded frame as a session delivers it.
+#[derive(Debug, Clone)]
+pub struct SessionFrame {
+    /// The bitstream and its presentation time (capture time on the session clock).
+    pub encoded: EncodedFrame,
+    /// The frame clock tick it was rendered for (the number drawn on screen).
+    pub number: u64,
+    /// Where its time went.
+    pub timings: FrameTimings,
+}
+
+/// What a session is asked to run.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Identifier used in logs and spans.
+    pub id: String,
+    /// Game identifier from the catalogue.
+    pub game: String,
+    /// Video mode, codec, bitrate, GOP.
+    pub encoder: EncoderSettings,
+}
+
+/// Counters a session keeps while it runs.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    frames_rendered: AtomicU64,
+    frames_encoded: AtomicU64,
+    keyframes: AtomicU64,
+    dropped_late: AtomicU64,
+    dropped_encoder_busy: AtomicU64,
+    input_events: AtomicU64,
+    timings: Mutex<VecDeque<FrameTimings>>,
+    failure: Mutex<Option<String>>,
+}
+
+/// A snapshot of a session's counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SessionStats {
+    /// Frames rendered and sent to the encoder.
+    pub frames_rendered: u64,
+    /// Frames the encoder delivered.
+    pub frames_encoded: u64,
+    /// Of those, keyframes.
+    pub keyframes: u64,
+    /// Ticks skipped because the session ran late.
+    pub dropped_late: u64,
+    /// Frames not rendered because the encoder was still busy.
+    pub dropped_encoder_busy: u64,
+    /// Input events applied.
+    pub input_events: u64,
+    /// Seconds since the session started.
+    pub elapsed_s: f64,
+}
+
+impl SessionCounters {
+    /// Timings of the most recent frames, oldest first.
+    pub fn recent_timings(&self) -> Vec<FrameTimings> {
+        self.timings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
+enum Control {
+    Input(InputEvent),
+    ReleaseAll,
+    Keyframe,
+    Bitrate(u32),
+    Stop,
+}
+
+/// A running session; dropping it stops it.
+#[derive(Debug)]
+pub struct Session {
+    id: String,
+    control: mpsc::Sender<Control>,
+    counters: Arc<SessionCounters>,
+    started: Instant,
+    worker: Option<JoinHandle<()>>,
+}
+
+struct PendingFrame {
+    pts: Duration,
+    number: u64,
+    started: Instant,
+    pushed: Instant,
+    render_ms: f64,
+    readback_ms: f64,
+    convert_ms: f64,
+}
+
+struct Worker {
+    game: Box<dyn Game>,
+    renderer: Renderer,
+    encoder: Encoder,
+    pacer: FramePacer,
+    input: InputState,
+    draw: DrawList,
+    control: mpsc::Receiver<Control>,
+    counters: Arc<SessionCounters>,
+    pending: Arc<Mutex<VecDeque<PendingFrame>>>,
+    keyframe_requested: bool,
+    width: u32,
+    height: u32,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+impl Session {
+    /// Starts a session on its own thread. `on_frame` receives every encoded frame.
+    pub fn start(
+        vulkan: &Arc<VulkanContext>,
+        game: Box<dyn Game>,
+        encoder: &EncoderCandidate,
+        config: &SessionConfig,
+        on_frame: impl FnMut(SessionFrame) + Send + 'static,
+    ) -> Result<Self> {
+        let mode = config.encoder.mode;
+        let renderer = Renderer::new(vulkan, mode.width, mode.height)?;
+        let encoder = Encoder::open(encoder, &config.encoder)?;
+        let counters = Arc::new(SessionCounters::default());
+        let pending: Arc<Mutex<VecDeque<PendingFrame>>> = Arc::default();
+        install_delivery(
+            &encoder,
+            Arc::clone(&pending),
+            Arc::clone(&counters),
+            on_frame,
+        );
+        let (tx, rx) = mpsc::channel();
+        let worker = Worker {
+            game,
+            renderer,
+            encoder,
+            pacer: FramePacer::new(mode.fps),
+            input: InputState::default(),
+            draw: DrawList::default(),
+            control: rx,
+            counters: Arc::clone(&counters),
+            pending,
+            keyframe_requested: false,
+            width: mode.width,
+            height: mode.height,
+        };
+        let span = tracing::info_span!("session", id = %config.id, game = %config.game);
+        let thread_counters = Arc::clone(&counters);
+        let handle = std::thread::Builder::new()
+            .name(format!(
+                "session-{}",
+                config.id.chars().take(8).collect::<String>()
+            ))
+            .spawn(move || {
+                let _enter = span.enter();
+                if let Err(e) = worker.run() {
+                    tracing::error!(error = %e, "session failed");
+                    *thread_counters
+                        .failure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+            })
+            .map_err(|e| Error::Session {
+                id: config.id.clone(),
+                reason: format!("cannot start thread: {e}"),
+            })?;
+        Ok(Self {
+            id: config.id.clone(),
+            control: tx,
+            counters,
+            started: Instant::now(),
+            worker: Some(handle),
+        })
+    }
+
+    /// The session's identifier.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Validates and forwards one input event to the game.
+    pub fn send_input(&self, event: InputEvent) -> Result<(), InputRejected> {
+        event.validate()?;
+        let _ = self.control.send(Control::Input(event));
+        Ok(())
+    }
+
+    /// Lets go of every key and button (the player's channel closed or went silent).
+    pub fn release_all_input(&self) {
+        let _ = self.control.send(Control::ReleaseAll);
+    }
+
+    /// Makes the next frame a keyframe (a viewer joined or lost packets).
+    pub fn request_keyframe(&self) {
+        let _ = self.control.send(Control::Keyframe);
+    }
+
+    /// Changes the encoder's target bitrate.
+    pub fn set_bitrate_kbps(&self, kbps: u32) {
+        let _ = self.control.send(Control::Bitrate(kbps));
+    }
+
+    /// The live counters (shared with the session's thread).
+    pub fn counters(&self) -> &Arc<SessionCounters> {
+        &self.counters
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> SessionStats {
+        let c = &self.counters;
+        SessionStats {
+            frames_rendered: c.frames_rendered.load(Ordering::Relaxed),
+            frames_encoded: c.frames_encoded.load(Ordering::Relaxed),
+            keyframes: c.keyframes.load(Ordering::Relaxed),
+            dropped_late: c.dropped_late.load(Ordering::Relaxed),
+            dropped_encoder_busy: c.dropped_encoder_busy.load(Ordering::Relaxed),
+            input_events: c.input_events.load(Ordering::Relaxed),
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Why the session stopped on its own, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.counters
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops the session, waits for its thread and returns its final counters.
+    pub fn stop(mut self) -> Result<SessionStats> {
+        self.shutdown();
+        match self.failure() {
+            Some(reason) => Err(Error::Session {
+                id: self.id.clone(),
+                reason,
+            }),
+            None => Ok(self.stats()),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.control.send(Control::Stop);
+        if let Some(h) = self.worker.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn install_delivery(
+    encoder: &Encoder,
+    pending: Arc<Mutex<VecDeque<PendingFrame>>>,
+    counters: Arc<SessionCounters>,
+    mut on_frame: impl FnMut(SessionFrame) + Send + 'static,
+) {
+    encoder.on_frame(move |encoded| {
+        let done = Instant::now();
+        let p = {
+            let mut q = pending.lock().unwrap_or_else(|p| p.into_inner());
+            // Frames come out in order; anything older than this one was lost inside the encoder.
+            while q.front().is_some_and(|p| p.pts < encoded.pts) {
+                q.pop_front();
+            }
+            q.pop_front().filter(|p| p.pts == encoded.pts)
+        };
+        let (number, timings) = match p {
+            Some(p) => (
+                p.number,
+                FrameTimings {
+                    render_ms: p.render_ms,
+                    readback_ms: p.readback_ms,
+                    convert_ms: p.convert_ms,
+                    encode_ms: ms(done - p.pushed),
+                    total_ms: ms(done - p.started),
+                },
+            ),
+            None => (0, FrameTimings::default()),
+        };
+        counters.frames_encoded.fetch_add(1, Ordering::Relaxed);
+        if encoded.keyframe {
+            counters.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        {
+            let mut t = counters.timings.lock().unwrap_or_else(|p| p.into_inner());
+            if t.len() == TIMINGS_KEPT {
+                t.pop_front();
+            }
+            t.push_back(timings);
+        }
+        on_frame(SessionFrame {
+            encoded,
+            number,
+            timings,
+        });
+    });
+}
+
+impl Worker {
+    /// Applies one control message; false means stop.
+    fn handle(&mut self, c: Control) -> Result<bool> {
+        match c {
+            Control::Input(e) => {
+                if self.input.apply(&e).is_ok() {
+                    self.counters.input_events.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Control::ReleaseAll => self.input.release_all(),
+            Control::Keyframe => self.keyframe_requested = true,
+            Control::Bitrate(kbps) => self.encoder.set_bitrate_kbps(kbps)?,
+            Control::Stop => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn run(mut self) -> Result<()> {
+        let epoch = Instant::now();
+        let mut last_due_us = 0;
+        loop {
+            let now_us = epoch.elapsed().as_micros() as u64;
+            match self.pacer.poll(now_us) {
+                Pace::SleepUntil(due) => match self
+                    .control
+                    .recv_timeout(Duration::from_micros(due - now_us))
+                {
+                    Ok(c) => {
+                        if !self.handle(c)? {
+                            return Ok(());
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                },
+                Pace::Render {
+                    tick,
+                    due_us,
+                    skipped,
+                } => {
+                    while let Ok(c) = self.control.try_recv() {
+                        if !self.handle(c)? {
+                            return Ok(());
+                        }
+                    }
+                    self.counters
+                        .dropped_late
+                        .fetch_add(skipped, Ordering::Relaxed);
+                    self.game
+                        .advance(Duration::from_micros(due_us - last_due_us), &self.input);
+                    self.input.end_frame();
+                    last_due_us = due_us;
+                    if self.encoder.is_busy() {
+                        self.counters
+                            .dropped_encoder_busy
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    self.render_and_push(tick, epoch)?;
+                }
+            }
+        }
+    }
+
+    fn render_and_push(&mut self, tick: u64, epoch: Instant) -> Result<()> {
+        let info = FrameInfo {
+            width: self.width,
+            height: self.height,
+            frame_number: tick,
+        };
+        self.game.record(&info, &mut self.draw);
+        let started = Instant::now();
+        let ticket = self.renderer.submit(&self.draw)?;
+        let encoder = &self.encoder;
+        let ((ready, buffer), gpu) = self
+            .renderer
+            .read(ticket, |frame| (Instant::now(), encoder.convert(frame)))?;
+        let buffer = buffer?;
+        let converted = Instant::now();
+        let (render_ms, readback_ms) = FrameTimings::split_gpu(ms(ready - started), gpu);
+        let pts = started - epoch;
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(PendingFrame {
+                pts,
+                number: tick,
+                started,
+                pushed: converted,
+                render_ms,
+                readback_ms,
+                convert_ms: ms(converted - ready),
+            });
+        let keyframe = std::mem::take(&mut self.keyframe_requested);
+        self.encoder.push(buffer, pts, keyframe)?;
+        self.counters
+            .frames_rendered
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
