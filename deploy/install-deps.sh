@@ -15,6 +15,8 @@ PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
   # control plane store, browser tests, network namespaces
   etcd-server etcd-client chromium chromium-driver iproute2
+  # tools the scripts use
+  curl ca-certificates
 )
 
 SUDO=""
@@ -28,8 +30,18 @@ for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
+ensure_rust() {
+  # Debian 12's own cargo is too old for this workspace; rustup provides the pinned toolchain.
+  if command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ]; then return 0; fi
+  echo "install-deps: no cargo found; installing Rust with rustup"
+  command -v curl >/dev/null || $SUDO apt-get install -y -qq curl >/dev/null
+  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy >/dev/null ||
+    { echo "install-deps: could not install Rust; install it from https://rustup.rs" >&2; exit 1; }
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
+  ensure_rust
   exit 0
 fi
 
@@ -48,4 +60,5 @@ if [ ${#still[@]} -ne 0 ]; then
   echo "install-deps: could not install: ${still[*]} (see /tmp/pixelgrid-apt.log)" >&2
   exit 1
 fi
+ensure_rust
 echo "install-deps: done"

@@ -36,7 +36,10 @@ pub fn rgba_to_i420(
     height: usize,
     out: I420Planes<'_>,
 ) {
-    assert!(width % 2 == 0 && height % 2 == 0, "I420 needs even sizes");
+    assert!(
+        width.is_multiple_of(2) && height.is_multiple_of(2),
+        "I420 needs even sizes"
+    );
     assert!(
         src.len() >= src_stride * (height - 1) + width * 4,
         "source too small"

@@ -5,7 +5,7 @@
 use crate::Result;
 use crate::game::{Catalogue, DrawList, FrameInfo, Game};
 use crate::input::{InputEvent, InputRejected, InputState};
-use crate::render::{GpuTimings, Renderer, RgbaFrame, VulkanContext};
+use crate::render::{FrameTicket, GpuTimings, Renderer, RgbaFrame, VulkanContext};
 use crate::video::VideoMode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +26,22 @@ impl std::fmt::Debug for OfflineSession {
             .field("mode", &self.mode)
             .field("frame", &self.frame_number)
             .finish()
+    }
+}
+
+/// A frame submitted with [`OfflineSession::submit_next`] and not yet read.
+#[derive(Debug)]
+#[must_use = "a submitted frame holds a renderer slot until it is read"]
+pub struct PendingFrame {
+    ticket: FrameTicket,
+    submitted: Instant,
+    number: u64,
+}
+
+impl PendingFrame {
+    /// The frame's number.
+    pub fn number(&self) -> u64 {
+        self.number
     }
 }
 
@@ -72,6 +88,13 @@ impl OfflineSession {
         &mut self,
         f: impl FnOnce(&RgbaFrame<'_>) -> R,
     ) -> Result<(R, RenderCost)> {
+        let pending = self.submit_next()?;
+        self.read(pending, f)
+    }
+
+    /// Advances and submits the next frame without waiting for it, so the caller can submit
+    /// frame N+1 before reading frame N back (up to [`crate::render::FRAMES_IN_FLIGHT`]).
+    pub fn submit_next(&mut self) -> Result<PendingFrame> {
         let dt = if self.frame_number == 0 {
             Duration::ZERO
         } else {
@@ -85,16 +108,29 @@ impl OfflineSession {
             frame_number: self.frame_number,
         };
         self.game.record(&info, &mut self.draw);
-        let started = Instant::now();
+        let submitted = Instant::now();
         let ticket = self.renderer.submit(&self.draw)?;
+        self.frame_number += 1;
+        Ok(PendingFrame {
+            ticket,
+            submitted,
+            number: info.frame_number,
+        })
+    }
+
+    /// Waits for a submitted frame and lends its picture to `f`.
+    pub fn read<R>(
+        &mut self,
+        pending: PendingFrame,
+        f: impl FnOnce(&RgbaFrame<'_>) -> R,
+    ) -> Result<(R, RenderCost)> {
         let ((ready, out), gpu) = self
             .renderer
-            .read(ticket, |frame| (Instant::now(), f(frame)))?;
-        self.frame_number += 1;
+            .read(pending.ticket, |frame| (Instant::now(), f(frame)))?;
         Ok((
             out,
             RenderCost {
-                wall: ready - started,
+                wall: ready - pending.submitted,
                 gpu,
             },
         ))

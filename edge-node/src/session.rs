@@ -372,6 +372,13 @@ impl Worker {
     }
 
     fn run(mut self) -> Result<()> {
+        let result = self.run_until_stopped();
+        // Deliver what is still inside the encoder before the pipeline is torn down.
+        let drained = self.encoder.drain(Duration::from_secs(2));
+        result.and(drained)
+    }
+
+    fn run_until_stopped(&mut self) -> Result<()> {
         let epoch = Instant::now();
         let mut last_due_us = 0;
         loop {

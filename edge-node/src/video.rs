@@ -46,7 +46,7 @@ fn check_dimension(field: &'static str, value: u32) -> Result<()> {
             format!("{value} px is out of range; use 16..={MAX_DIMENSION_PX}"),
         ));
     }
-    if value % 2 != 0 {
+    if !value.is_multiple_of(2) {
         return Err(Error::invalid(
             field,
             format!("{value} px is odd; 4:2:0 video needs an even size"),

@@ -359,6 +359,32 @@ impl Encoder {
         set(&self.encoder, prop, &value.to_string())
     }
 
+    /// Ends the stream and waits until every frame inside the encoder has been delivered to the
+    /// [`Encoder::on_frame`] callback.
+    pub fn drain(&self, timeout: Duration) -> Result<()> {
+        let _ = self.src.end_of_stream();
+        let bus = self
+            .pipeline
+            .bus()
+            .ok_or_else(|| Error::Gstreamer("pipeline without bus".into()))?;
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        );
+        match msg.as_ref().map(|m| m.view()) {
+            Some(gst::MessageView::Eos(_)) => Ok(()),
+            Some(gst::MessageView::Error(e)) => Err(Error::Gstreamer(format!(
+                "draining {}: {}",
+                self.candidate.element,
+                e.error()
+            ))),
+            _ => Err(Error::Gstreamer(format!(
+                "{} did not drain within {timeout:?}",
+                self.candidate.element
+            ))),
+        }
+    }
+
     /// Ends the stream and returns the frames still inside the encoder.
     pub fn finish(self) -> Result<Vec<EncodedFrame>> {
         let _ = self.src.end_of_stream();
@@ -384,9 +410,24 @@ fn to_frame(sample: &gst::Sample) -> Result<EncodedFrame> {
     let map = buffer.map_readable()?;
     Ok(EncodedFrame {
         data: map.as_slice().to_vec(),
-        pts: Duration::from_nanos(buffer.pts().map(|t| t.nseconds()).unwrap_or(0)),
+        pts: Duration::from_nanos(running_time(sample, buffer).unwrap_or(0)),
         keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
     })
+}
+
+/// The buffer's time on the input's clock. Encoders may shift timestamps (GstVideoEncoder adds
+/// 1000 hours to keep DTS positive) and shift the segment with them; running time undoes that.
+fn running_time(sample: &gst::Sample, buffer: &gst::BufferRef) -> Option<u64> {
+    let pts = buffer.pts()?;
+    let segment = sample
+        .segment()
+        .and_then(|s| s.downcast_ref::<gst::ClockTime>());
+    Some(
+        segment
+            .and_then(|s| s.to_running_time(pts))
+            .unwrap_or(pts)
+            .nseconds(),
+    )
 }
 
 fn bus_error_opt(pipeline: &gst::Pipeline) -> Option<String> {

@@ -134,7 +134,7 @@ impl Game for Arena {
             let y = 0.5 + 0.42 * (t * (0.23 + 0.05 * k) + k * 0.9).cos();
             let hue = k / DRONES as f32;
             let color = [
-                0.2 + 0.6 * (hue * 6.28).sin().abs(),
+                0.2 + 0.6 * (hue * std::f32::consts::TAU).sin().abs(),
                 0.3 + 0.5 * hue,
                 0.9 - 0.4 * hue,
                 0.9,
