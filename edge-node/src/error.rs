@@ -32,6 +32,10 @@ pub enum Error {
     #[error("GStreamer: {0}")]
     Gstreamer(String),
 
+    /// The WebRTC stack refused or failed an operation.
+    #[error("WebRTC: {0}")]
+    Webrtc(String),
+
     /// No encoder in the chain could encode a test frame.
     #[error("no working {codec} encoder; tried: {tried}")]
     NoEncoder {

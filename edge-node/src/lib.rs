@@ -18,6 +18,7 @@ pub mod pacing;
 pub mod record;
 pub mod render;
 pub mod session;
+pub mod stream;
 pub mod telemetry;
 pub mod video;
 

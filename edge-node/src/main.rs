@@ -61,6 +61,8 @@ enum Command {
         #[command(flatten)]
         encoder: EncoderArgs,
     },
+    /// Serve game sessions to players over WebRTC (WHEP signalling).
+    Serve(ServeArgs),
     /// Measure render, readback, convert and encode time, and sessions per node.
     BenchPipeline {
         /// Frames per session to measure.
@@ -74,6 +76,46 @@ enum Command {
         #[command(flatten)]
         encoder: EncoderArgs,
     },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// HTTP address for WHEP, health and (in dev mode) the player page.
+    #[arg(long, env = "PIXELGRID_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Addresses to offer WebRTC host candidates on (repeatable); default: the --listen address.
+    #[arg(long = "ice-ip", env = "PIXELGRID_ICE_IP", value_delimiter = ',')]
+    ice_ip: Vec<std::net::IpAddr>,
+    /// STUN server URL advertised to players and used for gathering (repeatable).
+    #[arg(long, env = "PIXELGRID_STUN", value_delimiter = ',')]
+    stun: Vec<String>,
+    /// TURN server URL (repeatable), with --turn-username and --turn-credential.
+    #[arg(long, env = "PIXELGRID_TURN", value_delimiter = ',')]
+    turn: Vec<String>,
+    /// TURN username.
+    #[arg(long, env = "PIXELGRID_TURN_USERNAME", default_value = "")]
+    turn_username: String,
+    /// TURN credential.
+    #[arg(long, env = "PIXELGRID_TURN_CREDENTIAL", default_value = "")]
+    turn_credential: String,
+    /// Hex ed25519 public key of the orchestrator whose session tokens this node accepts.
+    #[arg(long, env = "PIXELGRID_ORCHESTRATOR_KEY")]
+    orchestrator_key: Option<String>,
+    /// This node's id, as the orchestrator names it in tokens.
+    #[arg(long, env = "PIXELGRID_NODE_ID")]
+    node_id: Option<String>,
+    /// Sign our own tokens, expose POST /dev/sessions and serve the player page. Never in production.
+    #[arg(long, env = "PIXELGRID_INSECURE_DEV")]
+    insecure_dev: bool,
+    /// Lifetime of dev-mode tokens (and so of dev sessions), seconds.
+    #[arg(long, default_value_t = 3600)]
+    dev_token_ttl_s: u64,
+    /// Use only this H.264 encoder element instead of walking the chain.
+    #[arg(long, env = "PIXELGRID_ENCODER")]
+    encoder: Option<String>,
+    /// Encoder threads per session (1 packs the most sessions onto a CPU).
+    #[arg(long, default_value_t = 1)]
+    encoder_threads: u32,
 }
 
 #[derive(Args, Debug)]
@@ -211,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        Command::Serve(args) => serve(args),
         Command::BenchPipeline {
             frames,
             sessions,
@@ -319,4 +362,121 @@ fn probe(json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use edge_node::stream::{IceServer, PeerSettings, StreamNode, StreamSettings};
+    use pixelgrid_proto::token::{TokenSigner, TokenVerifier};
+
+    let (verifier, dev_signer, node_id) = if args.insecure_dev {
+        tracing::warn!(
+            "INSECURE DEV MODE: this node signs its own session tokens and lets anyone start sessions; never expose it"
+        );
+        let signer = TokenSigner::generate()
+            .map_err(|e| anyhow::anyhow!("no randomness for a dev key: {e}"))?;
+        let verifier = match &args.orchestrator_key {
+            Some(k) => TokenVerifier::from_hex(k)?,
+            None => signer.verifier(),
+        };
+        (
+            verifier,
+            Some(signer),
+            args.node_id.clone().unwrap_or_else(|| "dev-node".into()),
+        )
+    } else {
+        let key = args
+            .orchestrator_key
+            .as_deref()
+            .context("--orchestrator-key (or PIXELGRID_ORCHESTRATOR_KEY) is required; use --insecure-dev to try a node alone")?;
+        let node_id = args
+            .node_id
+            .clone()
+            .context("--node-id (or PIXELGRID_NODE_ID) is required")?;
+        (
+            TokenVerifier::from_hex(key).context("invalid --orchestrator-key")?,
+            None,
+            node_id,
+        )
+    };
+    let ice_ips = if args.ice_ip.is_empty() {
+        if args.listen.ip().is_unspecified() {
+            anyhow::bail!(
+                "--listen {} is a wildcard address; name the addresses players reach with --ice-ip",
+                args.listen
+            );
+        }
+        vec![args.listen.ip()]
+    } else {
+        args.ice_ip.clone()
+    };
+    let mut ice_servers: Vec<IceServer> = args
+        .stun
+        .iter()
+        .map(|url| IceServer {
+            url: url.clone(),
+            username: String::new(),
+            credential: String::new(),
+        })
+        .collect();
+    ice_servers.extend(args.turn.iter().map(|url| IceServer {
+        url: url.clone(),
+        username: args.turn_username.clone(),
+        credential: args.turn_credential.clone(),
+    }));
+    let settings = StreamSettings {
+        node_id,
+        peer: PeerSettings {
+            udp_addrs: ice_ips
+                .iter()
+                .map(|ip| std::net::SocketAddr::new(*ip, 0))
+                .collect(),
+            ice_servers,
+            input_limits: Default::default(),
+        },
+        dev_token_ttl: std::time::Duration::from_secs(args.dev_token_ttl_s),
+        encoder_threads: args.encoder_threads,
+    };
+    let host = std::sync::Arc::new(SessionHost::start(
+        Catalogue::default(),
+        args.encoder.clone(),
+    )?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let node = StreamNode::new(host, settings, verifier, dev_signer);
+        if node.dev_mode() {
+            println!("edge-node: play at http://{addr}/");
+        } else {
+            println!("edge-node: WHEP at http://{addr}/whep/{{session}}");
+        }
+        edge_node::stream::serve(listener, std::sync::Arc::clone(&node), shutdown_signal()).await?;
+        node.close_all().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
 }

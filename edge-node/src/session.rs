@@ -128,7 +128,7 @@ pub struct Session {
     control: mpsc::Sender<Control>,
     counters: Arc<SessionCounters>,
     started: Instant,
-    worker: Option<JoinHandle<()>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct PendingFrame {
@@ -221,7 +221,7 @@ impl Session {
             control: tx,
             counters,
             started: Instant::now(),
-            worker: Some(handle),
+            worker: Mutex::new(Some(handle)),
         })
     }
 
@@ -281,7 +281,7 @@ impl Session {
     }
 
     /// Stops the session, waits for its thread and returns its final counters.
-    pub fn stop(mut self) -> Result<SessionStats> {
+    pub fn stop(self) -> Result<SessionStats> {
         self.shutdown();
         match self.failure() {
             Some(reason) => Err(Error::Session {
@@ -292,11 +292,23 @@ impl Session {
         }
     }
 
-    fn shutdown(&mut self) {
+    /// Stops the session and waits for its thread (which frees its renderer and encoder); later
+    /// calls do nothing. Blocks for up to a frame plus the encoder's drain.
+    pub fn shutdown(&self) {
         let _ = self.control.send(Control::Stop);
-        if let Some(h) = self.worker.take() {
+        let handle = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
             let _ = h.join();
         }
+    }
+
+    /// True once the session's thread has ended (stopped, or failed).
+    pub fn is_finished(&self) -> bool {
+        self.worker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|h| h.is_finished())
     }
 }
 

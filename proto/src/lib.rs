@@ -3,9 +3,12 @@
 //! - [`types::v1`]: shared types (node id, GPU info, encoders, games, regions, video modes, price).
 //! - [`orchestrator::v1`]: node registry, two-step launch, session lifecycle, draining.
 //! - [`indexer::v1`]: signed node reports, epochs, payouts and Merkle proofs.
+//! - [`token`]: the session token an orchestrator signs and an edge node checks (PASETO v4.public).
 
 #![forbid(unsafe_code)]
 #![allow(missing_debug_implementations, clippy::doc_markdown)]
+
+pub mod token;
 
 /// Shared types.
 pub mod types {

@@ -1,0 +1,476 @@
+//! Streaming sessions to players over WebRTC: WHEP signalling, session tokens, input.
+//!
+//! [`StreamNode`] owns the live sessions. A player (or any WHEP client) POSTs an SDP offer with a
+//! session token to `/whep/{session}`; the first viewer of a session starts its game, renderer
+//! and encoder, later viewers of the same session attach to the same stream. A session ends when
+//! its last viewer leaves (DELETE, ICE failure, closed connection) or its token expires, and
+//! everything it held is freed.
+
+mod peer;
+pub mod protocol;
+mod whep;
+
+pub use peer::{IceServer, PeerSettings};
+pub use whep::router;
+
+use crate::encode::EncoderSettings;
+use crate::host::SessionHost;
+use crate::session::{Session, SessionConfig, SessionFrame};
+use crate::video::{Codec, VideoMode};
+use crate::{Error, Result};
+use peer::{Viewer, ViewerContext};
+use pixelgrid_proto::token::{
+    SessionClaims, TokenSigner, TokenVerifier, format_rfc3339, parse_rfc3339,
+};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Serves `node`'s HTTP API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Arc<StreamNode>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Wall-clock now, Unix milliseconds.
+pub fn unix_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
+}
+
+fn unix_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Counters of one live session's stream.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    /// Frames not sent to a viewer because it had fallen behind.
+    pub frames_dropped_send: AtomicU64,
+    /// Input events applied.
+    pub input_accepted: AtomicU64,
+    /// Input events and messages dropped.
+    pub input_dropped: AtomicU64,
+}
+
+/// Node-wide counters of refused requests, by reason.
+#[derive(Debug, Default, Serialize)]
+pub struct RejectCounters {
+    /// Bad or missing `Content-Type`, malformed SDP or fields.
+    pub bad_request: AtomicU64,
+    /// Missing, malformed, forged or expired token.
+    pub unauthorized: AtomicU64,
+    /// A valid token for another node or session.
+    pub forbidden: AtomicU64,
+    /// Unknown session, viewer or game.
+    pub not_found: AtomicU64,
+}
+
+type FrameSinks = Arc<Mutex<Vec<(String, mpsc::Sender<Arc<SessionFrame>>)>>>;
+
+struct LiveSession {
+    session: Arc<Session>,
+    claims: SessionClaims,
+    codec: Codec,
+    encoder: String,
+    rtp_epoch: u32,
+    epoch_unix_ms: f64,
+    viewers: HashMap<String, Viewer>,
+    sinks: FrameSinks,
+    counters: Arc<StreamCounters>,
+    expiry: tokio::task::JoinHandle<()>,
+}
+
+/// A summary of a live session, for `GET /sessions`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveSessionInfo {
+    /// Session id.
+    pub session_id: String,
+    /// Game.
+    pub game: String,
+    /// Viewers attached.
+    pub viewers: usize,
+    /// Session counters.
+    pub stats: crate::session::SessionStats,
+    /// Token expiry.
+    pub expires: String,
+}
+
+/// What `POST /dev/sessions` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct DevSession {
+    /// New session id.
+    pub session_id: String,
+    /// Token for it.
+    pub token: String,
+    /// Where to POST the offer (path on this node).
+    pub whep_url: String,
+}
+
+/// How the node is set up for streaming.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// This node's id; tokens must name it.
+    pub node_id: String,
+    /// WebRTC settings.
+    pub peer: PeerSettings,
+    /// Tokens signed by the node itself (`--insecure-dev`) live this long.
+    pub dev_token_ttl: Duration,
+    /// Encoder threads per session.
+    pub encoder_threads: u32,
+}
+
+/// Live sessions and how to admit new ones; see the module docs.
+pub struct StreamNode {
+    host: Arc<SessionHost>,
+    settings: StreamSettings,
+    verifier: TokenVerifier,
+    dev_signer: Option<TokenSigner>,
+    sessions: tokio::sync::Mutex<HashMap<String, LiveSession>>,
+    /// Refused requests by reason.
+    pub rejects: RejectCounters,
+    gone: mpsc::UnboundedSender<(String, String)>,
+}
+
+impl std::fmt::Debug for StreamNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamNode")
+            .field("node_id", &self.settings.node_id)
+            .finish()
+    }
+}
+
+impl StreamNode {
+    /// A node that trusts tokens from `verifier`. With `dev_signer` the node also signs its own
+    /// (`--insecure-dev`). Must be called inside a tokio runtime.
+    pub fn new(
+        host: Arc<SessionHost>,
+        settings: StreamSettings,
+        verifier: TokenVerifier,
+        dev_signer: Option<TokenSigner>,
+    ) -> Arc<Self> {
+        let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<(String, String)>();
+        let node = Arc::new(Self {
+            host,
+            settings,
+            verifier,
+            dev_signer,
+            sessions: tokio::sync::Mutex::new(HashMap::new()),
+            rejects: RejectCounters::default(),
+            gone: gone_tx,
+        });
+        let weak = Arc::downgrade(&node);
+        tokio::spawn(async move {
+            while let Some((session, viewer)) = gone_rx.recv().await {
+                let Some(node) = weak.upgrade() else { return };
+                node.remove_viewer(&session, &viewer, "connection closed or failed")
+                    .await;
+            }
+        });
+        node
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.settings.node_id
+    }
+
+    /// True when the node signs its own tokens.
+    pub fn dev_mode(&self) -> bool {
+        self.dev_signer.is_some()
+    }
+
+    /// Checks a bearer token for `session_id` on this node.
+    pub fn authorize(
+        &self,
+        token: &str,
+        session_id: &str,
+    ) -> Result<SessionClaims, pixelgrid_proto::token::TokenError> {
+        use pixelgrid_proto::token::TokenError;
+        let claims = self.verifier.verify(token, unix_s())?;
+        if claims.nid != self.settings.node_id {
+            return Err(TokenError::WrongNode(claims.nid));
+        }
+        if claims.sid != session_id {
+            return Err(TokenError::WrongSession(claims.sid));
+        }
+        Ok(claims)
+    }
+
+    /// Creates a session token signed by this node (`--insecure-dev` only).
+    pub fn dev_session(&self, game: &str, mode: VideoMode) -> Result<DevSession> {
+        let signer = self
+            .dev_signer
+            .as_ref()
+            .ok_or_else(|| Error::invalid("mode", "dev sessions need --insecure-dev"))?;
+        self.host.catalogue().start(game)?;
+        let session_id = random_id();
+        let now = unix_s();
+        let claims = SessionClaims {
+            sid: session_id.clone(),
+            nid: self.settings.node_id.clone(),
+            game: game.to_owned(),
+            width: mode.width,
+            height: mode.height,
+            fps: mode.fps,
+            iat: format_rfc3339(now),
+            exp: format_rfc3339(now + self.settings.dev_token_ttl.as_secs().max(1)),
+        };
+        Ok(DevSession {
+            whep_url: format!("/whep/{session_id}"),
+            token: signer.sign(&claims),
+            session_id,
+        })
+    }
+
+    /// Adds a viewer to the session the token names (starting the session if it is not live) and
+    /// returns (viewer id, answer SDP).
+    pub async fn add_viewer(
+        self: &Arc<Self>,
+        claims: SessionClaims,
+        offer: String,
+    ) -> Result<(String, String)> {
+        let codec = peer::codec_for_offer(&offer).ok_or_else(|| {
+            Error::invalid(
+                "sdp",
+                "the offer has no H.264 or VP8 video this node can send",
+            )
+        })?;
+        let mut sessions = self.sessions.lock().await;
+        if !sessions.contains_key(&claims.sid) {
+            let live = self.start_session(&claims, codec).await?;
+            sessions.insert(claims.sid.clone(), live);
+        }
+        let live = sessions.get_mut(&claims.sid).expect("inserted above");
+        let viewer_id = random_id();
+        let ctx = ViewerContext {
+            session: Arc::clone(&live.session),
+            session_id: claims.sid.clone(),
+            codec: live.codec,
+            encoder: live.encoder.clone(),
+            width: claims.width,
+            height: claims.height,
+            fps: claims.fps,
+            rtp_epoch: live.rtp_epoch,
+            epoch_unix_ms: live.epoch_unix_ms,
+            counters: Arc::clone(&live.counters),
+            gone: self.gone.clone(),
+        };
+        let opened = peer::open(viewer_id.clone(), offer, ctx, &self.settings.peer).await;
+        let (answer, viewer) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                if live.viewers.is_empty() {
+                    let dead = sessions.remove(&claims.sid).expect("present");
+                    drop(sessions);
+                    close_session(dead, "first viewer failed to connect").await;
+                }
+                return Err(e);
+            }
+        };
+        live.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((viewer_id.clone(), viewer.frames.clone()));
+        live.viewers.insert(viewer_id.clone(), viewer);
+        tracing::info!(session = %claims.sid, viewer = %viewer_id, "viewer joined");
+        Ok((viewer_id, answer))
+    }
+
+    async fn start_session(
+        self: &Arc<Self>,
+        claims: &SessionClaims,
+        codec: Codec,
+    ) -> Result<LiveSession> {
+        let mode = VideoMode::new(claims.width, claims.height, claims.fps)?;
+        let mut settings = EncoderSettings::for_mode(mode, codec);
+        settings.threads = self.settings.encoder_threads;
+        let config = SessionConfig {
+            id: claims.sid.clone(),
+            game: claims.game.clone(),
+            encoder: settings,
+        };
+        let sinks: FrameSinks = Arc::default();
+        let counters = Arc::new(StreamCounters::default());
+        let (frame_sinks, frame_counters) = (Arc::clone(&sinks), Arc::clone(&counters));
+        let on_frame = move |frame: SessionFrame| {
+            let frame = Arc::new(frame);
+            for (_, tx) in frame_sinks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                if tx.try_send(Arc::clone(&frame)).is_err() {
+                    frame_counters
+                        .frames_dropped_send
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
+        let host = Arc::clone(&self.host);
+        let encoder = host.encoder_for(codec)?.candidate.element.to_owned();
+        let epoch_unix_ms = unix_ms();
+        let session = tokio::task::spawn_blocking(move || host.start_session(&config, on_frame))
+            .await
+            .map_err(|e| Error::Session {
+                id: claims.sid.clone(),
+                reason: e.to_string(),
+            })??;
+        let expires = parse_rfc3339(&claims.exp).unwrap_or(0);
+        let weak = Arc::downgrade(self);
+        let sid = claims.sid.clone();
+        let expiry = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(expires.saturating_sub(unix_s()))).await;
+            if let Some(node) = weak.upgrade() {
+                node.end_session(&sid, "token expired").await;
+            }
+        });
+        tracing::info!(session = %claims.sid, game = %claims.game, %codec, %encoder, "session started");
+        Ok(LiveSession {
+            session: Arc::new(session),
+            claims: claims.clone(),
+            codec,
+            encoder,
+            rtp_epoch: random_u32(),
+            epoch_unix_ms,
+            viewers: HashMap::new(),
+            sinks,
+            counters,
+            expiry,
+        })
+    }
+
+    /// Adds a trickled ICE candidate (`a=candidate:` lines of an SDP fragment) to a viewer.
+    pub async fn add_candidates(
+        &self,
+        session_id: &str,
+        viewer_id: &str,
+        sdpfrag: &str,
+    ) -> Result<bool> {
+        let pc = {
+            let sessions = self.sessions.lock().await;
+            match sessions
+                .get(session_id)
+                .and_then(|s| s.viewers.get(viewer_id))
+            {
+                Some(v) => Arc::clone(&v.pc),
+                None => return Ok(false),
+            }
+        };
+        let mid = sdpfrag
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("a=mid:"))
+            .map(str::to_owned);
+        for line in sdpfrag.lines().filter_map(|l| l.trim().strip_prefix("a=")) {
+            if line.starts_with("candidate:") {
+                let init = rtc::peer_connection::transport::RTCIceCandidateInit {
+                    candidate: line.to_owned(),
+                    sdp_mid: mid.clone(),
+                    ..Default::default()
+                };
+                pc.add_ice_candidate(init)
+                    .await
+                    .map_err(|e| Error::invalid("candidate", e.to_string()))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Removes one viewer; the session ends with its last viewer. False when there was none.
+    pub async fn remove_viewer(&self, session_id: &str, viewer_id: &str, reason: &str) -> bool {
+        let mut sessions = self.sessions.lock().await;
+        let Some(live) = sessions.get_mut(session_id) else {
+            return false;
+        };
+        let Some(viewer) = live.viewers.remove(viewer_id) else {
+            return false;
+        };
+        live.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _)| id != viewer_id);
+        let last = live.viewers.is_empty();
+        let dead = if last {
+            sessions.remove(session_id)
+        } else {
+            None
+        };
+        drop(sessions);
+        tracing::info!(session = %session_id, viewer = %viewer_id, %reason, "viewer left");
+        let _ = viewer.pc.close().await;
+        if let Some(dead) = dead {
+            close_session(dead, "last viewer left").await;
+        }
+        true
+    }
+
+    /// Ends a session and every viewer of it. False when it was not live.
+    pub async fn end_session(&self, session_id: &str, reason: &str) -> bool {
+        let dead = self.sessions.lock().await.remove(session_id);
+        match dead {
+            Some(dead) => {
+                close_session(dead, reason).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Live sessions now.
+    pub async fn sessions(&self) -> Vec<LiveSessionInfo> {
+        self.sessions
+            .lock()
+            .await
+            .iter()
+            .map(|(id, s)| LiveSessionInfo {
+                session_id: id.clone(),
+                game: s.claims.game.clone(),
+                viewers: s.viewers.len(),
+                stats: s.session.stats(),
+                expires: s.claims.exp.clone(),
+            })
+            .collect()
+    }
+
+    /// Ends every session (shutdown).
+    pub async fn close_all(&self) {
+        let all: Vec<_> = self.sessions.lock().await.drain().map(|(_, s)| s).collect();
+        for s in all {
+            close_session(s, "node shutting down").await;
+        }
+    }
+}
+
+async fn close_session(live: LiveSession, reason: &str) {
+    live.expiry.abort();
+    live.sinks.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    for (_, v) in live.viewers {
+        let _ = v.pc.close().await;
+    }
+    let session = live.session;
+    let id = live.claims.sid.clone();
+    // Joining the session thread blocks for up to a frame; keep it off the async workers.
+    let _ = tokio::task::spawn_blocking(move || session.shutdown()).await;
+    tracing::info!(session = %id, %reason, "session ended");
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    u32::from_ne_bytes(b)
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::fill(&mut b);
+    pixelgrid_proto::token::hex(&b)
+}

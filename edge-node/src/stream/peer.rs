@@ -1,0 +1,626 @@
+//! One viewer of a session: a `webrtc` peer connection with one video track and the player's
+//! `input` data channel.
+//!
+//! The track is a `TrackLocalStaticRTP` fed by our own packetisation, so the RTP timestamp of
+//! every frame is known — `rtp_epoch + capture_ms * 90` — and the player can turn it back into
+//! the capture time announced in `hello` for glass-to-glass latency. PLI/FIR from the browser
+//! reach the session as keyframe requests through a small interceptor; NACK retransmission and
+//! RTCP reports come from webrtc-rs's default interceptors.
+
+use super::protocol::{GateOutcome, InputGate, InputLimits, NodeMessage, PlayerMessage};
+use super::{StreamCounters, unix_ms};
+use crate::session::{Session, SessionFrame};
+use crate::video::Codec;
+use crate::{Error, Result};
+use bytes::Bytes;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceServer;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+    RTCPeerConnectionState,
+};
+
+/// Payload bytes per RTP packet, leaving room for headers, extensions and SRTP under 1200.
+const RTP_PAYLOAD_MTU: usize = 1100;
+const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+/// Frames queued for one viewer before newer ones are dropped for it.
+pub(crate) const VIEWER_QUEUE: usize = 4;
+
+/// How the node's WebRTC side is set up.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    /// Addresses to gather host candidates on (explicit; `0.0.0.0` gathers no loopback).
+    pub udp_addrs: Vec<SocketAddr>,
+    /// STUN/TURN servers, also advertised to players in WHEP `Link` headers.
+    pub ice_servers: Vec<IceServer>,
+    /// Limits for player input.
+    pub input_limits: InputLimits,
+}
+
+/// A STUN or TURN server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceServer {
+    /// `stun:host:port` or `turn:host:port?transport=udp`.
+    pub url: String,
+    /// TURN username (empty for STUN).
+    pub username: String,
+    /// TURN credential (empty for STUN).
+    pub credential: String,
+}
+
+/// Does the browser's offer carry a codec we can send? H.264 first, VP8 else.
+pub(crate) fn codec_for_offer(sdp: &str) -> Option<Codec> {
+    let has = |name: &str| {
+        sdp.lines()
+            .any(|l| l.starts_with("a=rtpmap:") && l.to_ascii_uppercase().contains(name))
+    };
+    if has("H264/90000") {
+        Some(Codec::H264)
+    } else if has("VP8/90000") {
+        Some(Codec::Vp8)
+    } else {
+        None
+    }
+}
+
+fn feedback() -> Vec<RTCPFeedback> {
+    [
+        ("nack", ""),
+        ("nack", "pli"),
+        ("ccm", "fir"),
+        ("goog-remb", ""),
+        ("transport-cc", ""),
+    ]
+    .into_iter()
+    .map(|(typ, parameter)| RTCPFeedback {
+        typ: typ.into(),
+        parameter: parameter.into(),
+    })
+    .collect()
+}
+
+/// The codec as the track announces it.
+fn track_codec(codec: Codec) -> RTCRtpCodec {
+    match codec {
+        Codec::H264 => RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+                .to_owned(),
+            rtcp_feedback: feedback(),
+        },
+        Codec::Vp8 => RTCRtpCodec {
+            mime_type: MIME_TYPE_VP8.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: feedback(),
+        },
+    }
+}
+
+/// A media engine offering only `codec`, so the answer cannot pick a codec the session does not
+/// send.
+fn media_engine(codec: Codec) -> Result<MediaEngine> {
+    let mut m = MediaEngine::default();
+    let register = |m: &mut MediaEngine, rtp_codec: RTCRtpCodec, payload_type: u8| {
+        m.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec,
+                payload_type,
+            },
+            RtpCodecKind::Video,
+        )
+        .map_err(|e| Error::Webrtc(format!("registering a codec: {e}")))
+    };
+    match codec {
+        Codec::H264 => {
+            // Browsers offer several H.264 profiles; webrtc-rs answers "codec not found" unless
+            // the offered profile-level-id is registered. The stream is constrained-baseline,
+            // which decoders of every one of these profiles play.
+            for (pt, profile) in [
+                (108, "42e01f"),
+                (102, "42001f"),
+                (127, "4d001f"),
+                (112, "64001f"),
+            ] {
+                let mut c = track_codec(Codec::H264);
+                c.sdp_fmtp_line = format!(
+                    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}"
+                );
+                register(&mut m, c, pt)?;
+            }
+        }
+        Codec::Vp8 => register(&mut m, track_codec(Codec::Vp8), 96)?,
+    }
+    m.register_header_extension(
+        RTCRtpHeaderExtensionCapability {
+            uri: PLAYOUT_DELAY_URI.into(),
+        },
+        RtpCodecKind::Video,
+        None,
+    )
+    .map_err(|e| Error::Webrtc(format!("registering playout-delay: {e}")))?;
+    Ok(m)
+}
+
+/// Passes PLI and FIR from the player up to the application (they stop in the interceptor chain
+/// otherwise).
+struct KeyframeRequests {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> std::result::Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            let requests: Vec<_> = packets
+                .iter()
+                .filter(|p| {
+                    p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+                })
+                .cloned()
+                .collect();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            msg.message.packet = Packet::Rtcp(requests);
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> std::result::Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+/// What a viewer shares with its session.
+#[derive(Clone)]
+pub(crate) struct ViewerContext {
+    pub session: Arc<Session>,
+    pub session_id: String,
+    pub codec: Codec,
+    pub encoder: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub rtp_epoch: u32,
+    pub epoch_unix_ms: f64,
+    pub counters: Arc<StreamCounters>,
+    /// Told (session id, viewer id) when the viewer's connection fails or closes.
+    pub gone: mpsc::UnboundedSender<(String, String)>,
+}
+
+struct Handler {
+    viewer_id: String,
+    ctx: ViewerContext,
+    gathered: mpsc::Sender<()>,
+    connected: Arc<tokio::sync::Notify>,
+    channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
+    limits: InputLimits,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.try_send(());
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::info!(viewer = %self.viewer_id, %state, "viewer connection");
+        match state {
+            RTCPeerConnectionState::Connected => {
+                self.ctx.session.request_keyframe();
+                self.connected.notify_waiters();
+                self.connected.notify_one();
+            }
+            RTCPeerConnectionState::Failed
+            | RTCPeerConnectionState::Closed
+            | RTCPeerConnectionState::Disconnected => {
+                let _ = self
+                    .ctx
+                    .gone
+                    .send((self.ctx.session_id.clone(), self.viewer_id.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        if dc.label().await.ok().as_deref() != Some("input") {
+            return;
+        }
+        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&dc));
+        let ctx = self.ctx.clone();
+        let limits = self.limits;
+        tokio::spawn(run_input_channel(dc, ctx, limits));
+    }
+}
+
+async fn send(dc: &Arc<dyn DataChannel>, msg: &NodeMessage) {
+    if let Ok(text) = serde_json::to_string(msg) {
+        let _ = dc.try_send_text(&text).await;
+    }
+}
+
+/// Reads the player's messages through the gate, answers pings, sends stats once a second and
+/// releases held keys when the player goes silent or the channel closes.
+async fn run_input_channel(dc: Arc<dyn DataChannel>, ctx: ViewerContext, limits: InputLimits) {
+    let started = Instant::now();
+    let mut gate = InputGate::new(limits);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let now_ms = || started.elapsed().as_millis() as u64;
+    loop {
+        tokio::select! {
+            event = dc.poll() => match event {
+                Some(DataChannelEvent::OnOpen) => send(&dc, &hello(&ctx)).await,
+                Some(DataChannelEvent::OnMessage(msg)) => match gate.admit(now_ms(), &msg.data) {
+                    Ok(GateOutcome { message, events_dropped }) => {
+                        ctx.counters.input_dropped.fetch_add(u64::from(events_dropped), Ordering::Relaxed);
+                        match message {
+                            Some(PlayerMessage::Input(events)) => {
+                                for e in events {
+                                    if ctx.session.send_input(e.event).is_ok() {
+                                        ctx.counters.input_accepted.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                            }
+                            Some(PlayerMessage::Ping { t }) => send(&dc, &NodeMessage::Pong { t, node_unix_ms: unix_ms() }).await,
+                            Some(PlayerMessage::Keyframe) => ctx.session.request_keyframe(),
+                            None => {}
+                        }
+                    }
+                    Err(reason) => {
+                        ctx.counters.input_dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(session = %ctx.session_id, %reason, "player message dropped");
+                    }
+                },
+                Some(DataChannelEvent::OnClose) | None => {
+                    ctx.session.release_all_input();
+                    return;
+                }
+                Some(_) => {}
+            },
+            _ = tick.tick() => {
+                if gate.silence_elapsed(now_ms()) {
+                    ctx.session.release_all_input();
+                }
+                let s = ctx.session.stats();
+                send(&dc, &NodeMessage::Stats {
+                    frames_encoded: s.frames_encoded,
+                    dropped_late: s.dropped_late,
+                    dropped_encoder_busy: s.dropped_encoder_busy,
+                    dropped_send: ctx.counters.frames_dropped_send.load(Ordering::Relaxed),
+                    input_accepted: ctx.counters.input_accepted.load(Ordering::Relaxed),
+                    input_dropped: ctx.counters.input_dropped.load(Ordering::Relaxed),
+                }).await;
+            }
+        }
+    }
+}
+
+fn hello(ctx: &ViewerContext) -> NodeMessage {
+    NodeMessage::Hello {
+        v: super::protocol::PROTOCOL_VERSION,
+        session: ctx.session_id.clone(),
+        codec: ctx.codec.to_string(),
+        encoder: ctx.encoder.clone(),
+        width: ctx.width,
+        height: ctx.height,
+        fps: ctx.fps,
+        rtp_epoch: ctx.rtp_epoch,
+        epoch_unix_ms: ctx.epoch_unix_ms,
+    }
+}
+
+/// RTP timestamp (90 kHz) of a frame captured `pts` after session time 0.
+pub(crate) fn rtp_timestamp(epoch: u32, pts: Duration) -> u32 {
+    epoch.wrapping_add((pts.as_micros() * 9 / 100) as u32)
+}
+
+/// A connected (or connecting) viewer.
+pub(crate) struct Viewer {
+    pub pc: Arc<dyn PeerConnection>,
+    pub frames: mpsc::Sender<Arc<SessionFrame>>,
+}
+
+/// Answers `offer` for a new viewer of `ctx.session`; returns the answer SDP (with candidates).
+pub(crate) async fn open(
+    viewer_id: String,
+    offer: String,
+    ctx: ViewerContext,
+    settings: &PeerSettings,
+) -> Result<(String, Viewer)> {
+    let bad_sdp = |e: webrtc::error::Error| Error::invalid("sdp", e.to_string());
+    tracing::debug!(%offer, "WHEP offer");
+    let offer =
+        RTCSessionDescription::offer(offer).map_err(|e| Error::invalid("sdp", e.to_string()))?;
+    let mut engine = media_engine(ctx.codec)?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)
+        .map_err(|e| Error::Webrtc(format!("interceptors: {e}")))?
+        .with(
+            Slot::from(14_000),
+            KeyframeRequests {
+                read: VecDeque::new(),
+                write: VecDeque::new(),
+            },
+        );
+    let ice_servers = settings
+        .ice_servers
+        .iter()
+        .map(|s| RTCIceServer {
+            urls: vec![s.url.clone()],
+            username: s.username.clone(),
+            credential: s.credential.clone(),
+        })
+        .collect();
+    // mDNS off: on a real machine it would multicast, in a lo-only namespace it fails outright.
+    let setting_engine = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .build();
+    let (gathered_tx, mut gathered) = mpsc::channel(1);
+    let connected = Arc::new(tokio::sync::Notify::new());
+    let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
+    let handler = Arc::new(Handler {
+        viewer_id: viewer_id.clone(),
+        ctx: ctx.clone(),
+        gathered: gathered_tx,
+        connected: Arc::clone(&connected),
+        channel: Arc::clone(&channel),
+        limits: settings.input_limits,
+    });
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_ice_servers(ice_servers)
+                .build(),
+        )
+        .with_media_engine(engine)
+        .with_setting_engine(setting_engine)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(settings.udp_addrs.clone())
+        .build()
+        .await
+        .map_err(|e| Error::Webrtc(format!("peer connection: {e}")))?;
+    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+
+    let ssrc: u32 = rand_u32();
+    let codec = track_codec(ctx.codec);
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        format!("pixelgrid-{}", ctx.session_id),
+        "video".to_owned(),
+        "game".to_owned(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec.clone(),
+            ..Default::default()
+        }],
+    )));
+    let sender = pc
+        .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+        .await
+        .map_err(bad_sdp)?;
+    pc.set_remote_description(offer).await.map_err(bad_sdp)?;
+    let answer = pc.create_answer(None).await.map_err(bad_sdp)?;
+    pc.set_local_description(answer).await.map_err(bad_sdp)?;
+    // Host candidates only: gathering completes at once, so the answer carries them all.
+    let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
+    let answer = pc
+        .local_description()
+        .await
+        .ok_or_else(|| Error::Webrtc("no local description after answering".into()))?;
+    tracing::debug!(answer = %answer.sdp, "WHEP answer");
+    let negotiated = sender
+        .get_parameters()
+        .await
+        .map_err(bad_sdp)?
+        .rtp_parameters;
+    let payload_type = negotiated
+        .codecs
+        .first()
+        .map(|c| c.payload_type)
+        .ok_or_else(|| Error::invalid("sdp", "the offer has no video codec this node can send"))?;
+    // Set by hand with the sender's negotiated id: webrtc-rs 0.21's track context can map the
+    // URI to another id, and the sender then refuses every packet.
+    let playout_delay_id = negotiated
+        .header_extensions
+        .iter()
+        .find(|e| e.uri == PLAYOUT_DELAY_URI)
+        .map(|e| e.id as u8);
+
+    let (frames_tx, frames_rx) = mpsc::channel(VIEWER_QUEUE);
+    tokio::spawn(forward_keyframe_requests(
+        Arc::clone(&track),
+        Arc::clone(&ctx.session),
+    ));
+    tokio::spawn(send_frames(SendLoop {
+        track,
+        frames: frames_rx,
+        codec,
+        ssrc,
+        payload_type,
+        playout_delay_id,
+        channel,
+        connected,
+        ctx,
+    }));
+    Ok((
+        answer.sdp,
+        Viewer {
+            pc,
+            frames: frames_tx,
+        },
+    ))
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    u32::from_ne_bytes(b)
+}
+
+async fn forward_keyframe_requests(track: Arc<TrackLocalStaticRTP>, session: Arc<Session>) {
+    while let Some(event) = track.poll().await {
+        if let TrackLocalEvent::OnRtcpPacket(_) = event {
+            tracing::debug!(session = %session.id(), "keyframe requested by player");
+            session.request_keyframe();
+        }
+    }
+}
+
+struct SendLoop {
+    track: Arc<TrackLocalStaticRTP>,
+    frames: mpsc::Receiver<Arc<SessionFrame>>,
+    codec: RTCRtpCodec,
+    ssrc: u32,
+    payload_type: u8,
+    playout_delay_id: Option<u8>,
+    channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
+    connected: Arc<tokio::sync::Notify>,
+    ctx: ViewerContext,
+}
+
+async fn send_frames(mut s: SendLoop) {
+    let Ok(mut payloader) = s.codec.payloader() else {
+        tracing::error!("no RTP payloader for {}", s.codec.mime_type);
+        return;
+    };
+    // Nothing is sent before the connection is up; then the stream starts at a keyframe.
+    s.connected.notified().await;
+    let mut started = false;
+    let mut sequence = rand_u32() as u16;
+    // playout-delay min 0, max 0 (12 bits each, 10 ms units): render each frame at once.
+    let playout_delay = Bytes::from_static(&[0, 0, 0]);
+    while let Some(frame) = s.frames.recv().await {
+        if !started && !frame.encoded.keyframe {
+            continue;
+        }
+        started = true;
+        let timestamp = rtp_timestamp(s.ctx.rtp_epoch, frame.encoded.pts);
+        let payloads =
+            match payloader.payload(RTP_PAYLOAD_MTU, &Bytes::from(frame.encoded.data.clone())) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot packetise a frame");
+                    continue;
+                }
+            };
+        let last = payloads.len().saturating_sub(1);
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let mut packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    marker: i == last,
+                    payload_type: s.payload_type,
+                    sequence_number: sequence,
+                    timestamp,
+                    ssrc: s.ssrc,
+                    ..Default::default()
+                },
+                payload,
+            };
+            sequence = sequence.wrapping_add(1);
+            if let Some(id) = s.playout_delay_id {
+                let _ = packet.header.set_extension(id, playout_delay.clone());
+            }
+            if let Err(e) = s.track.write_rtp(packet).await {
+                tracing::debug!(error = %e, "RTP write failed; viewer gone");
+                return;
+            }
+        }
+        let dc = s.channel.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(dc) = dc {
+            let t = frame.timings;
+            let msg = NodeMessage::Frame {
+                n: frame.number,
+                rtp: timestamp,
+                capture_unix_ms: s.ctx.epoch_unix_ms + frame.encoded.pts.as_secs_f64() * 1e3,
+                render_ms: t.render_ms,
+                readback_ms: t.readback_ms,
+                convert_ms: t.convert_ms,
+                encode_ms: t.encode_ms,
+            };
+            send(&dc, &msg).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtp_timestamps_run_at_90_khz_from_the_epoch_and_wrap() {
+        assert_eq!(rtp_timestamp(1000, Duration::ZERO), 1000);
+        assert_eq!(rtp_timestamp(1000, Duration::from_millis(1)), 1090);
+        assert_eq!(
+            rtp_timestamp(u32::MAX, Duration::from_micros(1000 / 90 + 1)),
+            0
+        );
+    }
+
+    #[test]
+    fn codec_follows_the_offer() {
+        let h264 = "v=0\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n";
+        let vp8 = "v=0\r\na=rtpmap:96 VP8/90000\r\n";
+        assert_eq!(codec_for_offer(h264), Some(Codec::H264));
+        assert_eq!(codec_for_offer(vp8), Some(Codec::Vp8));
+        assert_eq!(
+            codec_for_offer("v=0\r\na=rtpmap:111 opus/48000/2\r\n"),
+            None
+        );
+    }
+}

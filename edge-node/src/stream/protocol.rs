@@ -1,0 +1,400 @@
+//! The data-channel protocol between a player and the node, version 1, and the gate every
+//! player message passes before it reaches a game.
+//!
+//! All messages are JSON text on the data channel labelled `input`:
+//!
+//! | from | `type` | fields |
+//! | --- | --- | --- |
+//! | player | `input` | `v`: 1, `events`: list of `{t, kind, …}` — `t` is the player's clock in ms, `kind` one of `key` (`code`, `down`), `pointer_move` (`x`, `y` in 0..1), `pointer_motion` (`dx`, `dy`), `mouse_button` (`button`, `down`), `wheel` (`dx`, `dy`), `gamepad_button` (`index`, `pressed`), `gamepad_axis` (`index`, `value`) |
+//! | player | `ping` | `v`: 1, `t`: the player's clock in ms |
+//! | player | `keyframe` | `v`: 1 |
+//! | node | `hello` | session, codec, mode, encoder, `rtp_epoch` and `epoch_unix_ms` (see [`NodeMessage::Hello`]) |
+//! | node | `frame` | per frame: RTP timestamp, capture time, where the time went |
+//! | node | `pong` | the ping's `t` and the node's clock |
+//! | node | `stats` | once a second: session and input counters |
+//!
+//! Limits ([`InputLimits`]): messages over 4 KiB, more than 64 events in one message, events
+//! beyond 500/s (burst 250), unknown versions, types or kinds and out-of-range values are dropped
+//! and counted; the stream goes on. A player silent for 5 s has every key released.
+
+use crate::input::{InputEvent, InputRejected};
+use serde::{Deserialize, Serialize};
+
+/// Protocol version this node speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Limits applied to one player's messages.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputLimits {
+    /// Largest message, bytes.
+    pub max_message_bytes: usize,
+    /// Most events in one message.
+    pub max_events_per_message: usize,
+    /// Sustained events per second.
+    pub events_per_second: f64,
+    /// Events allowed in a burst.
+    pub burst: f64,
+    /// Silence after which held keys are released, ms.
+    pub silence_release_ms: u64,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4096,
+            max_events_per_message: 64,
+            events_per_second: 500.0,
+            burst: 250.0,
+            silence_release_ms: 5000,
+        }
+    }
+}
+
+/// One input event with the player's timestamp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimedInput {
+    /// Player's clock when the event happened, ms.
+    pub t: f64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: InputEvent,
+}
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    v: u32,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    t: Option<f64>,
+    #[serde(default)]
+    events: Option<Vec<serde_json::Value>>,
+}
+
+/// A player message that passed the gate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlayerMessage {
+    /// Input events to apply, in order (invalid or rate-limited ones already removed).
+    Input(Vec<TimedInput>),
+    /// Clock and round-trip probe.
+    Ping {
+        /// Player's clock, ms.
+        t: f64,
+    },
+    /// The player wants a keyframe.
+    Keyframe,
+}
+
+/// Why a message (or part of one) was dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Dropped {
+    /// Larger than [`InputLimits::max_message_bytes`].
+    #[error("message of {0} bytes is over the limit")]
+    TooLarge(usize),
+    /// Not JSON, or not the protocol's shape.
+    #[error("garbled message: {0}")]
+    Garbled(String),
+    /// A `v` this node does not speak.
+    #[error("protocol version {0} is not supported")]
+    Version(u32),
+    /// An unknown `type`.
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    /// More than [`InputLimits::max_events_per_message`] events.
+    #[error("{0} events in one message is over the limit")]
+    TooManyEvents(usize),
+}
+
+/// The outcome of one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateOutcome {
+    /// What to act on, if anything survived.
+    pub message: Option<PlayerMessage>,
+    /// Events dropped from it (invalid, unknown kind, or over the rate).
+    pub events_dropped: u32,
+}
+
+/// Checks one player's messages against [`InputLimits`]; clock-free (times are arguments).
+#[derive(Debug, Clone)]
+pub struct InputGate {
+    limits: InputLimits,
+    tokens: f64,
+    refilled_ms: Option<u64>,
+    last_heard_ms: Option<u64>,
+    released: bool,
+}
+
+impl InputGate {
+    /// A gate with a full burst allowance.
+    pub fn new(limits: InputLimits) -> Self {
+        Self {
+            limits,
+            tokens: limits.burst,
+            refilled_ms: None,
+            last_heard_ms: None,
+            released: true,
+        }
+    }
+
+    fn refill(&mut self, now_ms: u64) {
+        if let Some(then) = self.refilled_ms {
+            let gained =
+                now_ms.saturating_sub(then) as f64 * self.limits.events_per_second / 1000.0;
+            self.tokens = (self.tokens + gained).min(self.limits.burst);
+        }
+        self.refilled_ms = Some(now_ms);
+    }
+
+    /// Checks one message received at `now_ms`.
+    pub fn admit(&mut self, now_ms: u64, bytes: &[u8]) -> Result<GateOutcome, Dropped> {
+        if bytes.len() > self.limits.max_message_bytes {
+            return Err(Dropped::TooLarge(bytes.len()));
+        }
+        self.last_heard_ms = Some(now_ms);
+        self.released = false;
+        let env: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| Dropped::Garbled(e.to_string()))?;
+        if env.v != PROTOCOL_VERSION {
+            return Err(Dropped::Version(env.v));
+        }
+        let message = match env.kind.as_str() {
+            "ping" => PlayerMessage::Ping {
+                t: env
+                    .t
+                    .filter(|t| t.is_finite())
+                    .ok_or_else(|| Dropped::Garbled("ping without t".into()))?,
+            },
+            "keyframe" => PlayerMessage::Keyframe,
+            "input" => {
+                let raw = env
+                    .events
+                    .ok_or_else(|| Dropped::Garbled("input without events".into()))?;
+                if raw.len() > self.limits.max_events_per_message {
+                    return Err(Dropped::TooManyEvents(raw.len()));
+                }
+                self.refill(now_ms);
+                let mut events = Vec::with_capacity(raw.len());
+                let mut dropped = 0;
+                for value in raw {
+                    let ok = serde_json::from_value::<TimedInput>(value)
+                        .ok()
+                        .filter(|e| e.t.is_finite() && e.event.validate().is_ok());
+                    match ok {
+                        Some(e) if self.tokens >= 1.0 => {
+                            self.tokens -= 1.0;
+                            events.push(e);
+                        }
+                        _ => dropped += 1,
+                    }
+                }
+                return Ok(GateOutcome {
+                    message: (!events.is_empty()).then_some(PlayerMessage::Input(events)),
+                    events_dropped: dropped,
+                });
+            }
+            other => return Err(Dropped::UnknownType(other.chars().take(32).collect())),
+        };
+        Ok(GateOutcome {
+            message: Some(message),
+            events_dropped: 0,
+        })
+    }
+
+    /// True once when the player has been silent past the limit: release every held key.
+    pub fn silence_elapsed(&mut self, now_ms: u64) -> bool {
+        match self.last_heard_ms {
+            Some(t)
+                if !self.released && now_ms.saturating_sub(t) >= self.limits.silence_release_ms =>
+            {
+                self.released = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Per-frame information the node sends so the player can measure glass-to-glass latency.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeMessage {
+    /// First message on the channel.
+    Hello {
+        /// Protocol version.
+        v: u32,
+        /// Session id.
+        session: String,
+        /// "h264" or "vp8".
+        codec: String,
+        /// Encoder element.
+        encoder: String,
+        /// Width, pixels.
+        width: u32,
+        /// Height, pixels.
+        height: u32,
+        /// Frames per second.
+        fps: u32,
+        /// RTP timestamp of session time 0; a frame captured `ms` after it has RTP timestamp
+        /// `rtp_epoch + ms * 90` (mod 2^32), 90 kHz.
+        rtp_epoch: u32,
+        /// Wall-clock time of session time 0 on the node, Unix ms.
+        epoch_unix_ms: f64,
+    },
+    /// One encoded frame went out.
+    Frame {
+        /// Frame number (as drawn in the picture).
+        n: u64,
+        /// Its RTP timestamp.
+        rtp: u32,
+        /// Capture time on the node's wall clock, Unix ms.
+        capture_unix_ms: f64,
+        /// Render time, ms.
+        render_ms: f64,
+        /// Readback time, ms.
+        readback_ms: f64,
+        /// Colour conversion, ms.
+        convert_ms: f64,
+        /// Encode time, ms.
+        encode_ms: f64,
+    },
+    /// Answer to a ping.
+    Pong {
+        /// The ping's `t`.
+        t: f64,
+        /// The node's wall clock when it answered, Unix ms.
+        node_unix_ms: f64,
+    },
+    /// Counters, once a second.
+    Stats {
+        /// Frames encoded so far.
+        frames_encoded: u64,
+        /// Ticks skipped for running late.
+        dropped_late: u64,
+        /// Frames skipped because the encoder was busy.
+        dropped_encoder_busy: u64,
+        /// Frames not sent to this player because it fell behind.
+        dropped_send: u64,
+        /// Input events applied.
+        input_accepted: u64,
+        /// Input events and messages dropped.
+        input_dropped: u64,
+    },
+}
+
+impl From<InputRejected> for Dropped {
+    fn from(e: InputRejected) -> Self {
+        Dropped::Garbled(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate() -> InputGate {
+        InputGate::new(InputLimits::default())
+    }
+
+    #[test]
+    fn a_key_press_passes_with_its_timestamp() {
+        let msg = br#"{"v":1,"type":"input","events":[{"t":12.5,"kind":"key","code":"ArrowRight","down":true}]}"#;
+        let out = gate().admit(0, msg).unwrap();
+        assert_eq!(out.events_dropped, 0);
+        assert_eq!(
+            out.message,
+            Some(PlayerMessage::Input(vec![TimedInput {
+                t: 12.5,
+                event: InputEvent::Key {
+                    code: "ArrowRight".into(),
+                    down: true
+                }
+            }]))
+        );
+    }
+
+    #[test]
+    fn garbled_oversized_and_foreign_messages_are_refused() {
+        let mut g = gate();
+        assert!(matches!(
+            g.admit(0, b"\xff\xfe not json"),
+            Err(Dropped::Garbled(_))
+        ));
+        assert!(matches!(
+            g.admit(0, &vec![b' '; 5000]),
+            Err(Dropped::TooLarge(5000))
+        ));
+        assert_eq!(
+            g.admit(0, br#"{"v":2,"type":"ping","t":1}"#),
+            Err(Dropped::Version(2))
+        );
+        assert!(matches!(
+            g.admit(0, br#"{"v":1,"type":"reboot"}"#),
+            Err(Dropped::UnknownType(_))
+        ));
+        let many = format!(
+            r#"{{"v":1,"type":"input","events":[{}]}}"#,
+            vec![r#"{"t":0,"kind":"wheel","dx":0,"dy":1}"#; 65].join(",")
+        );
+        assert_eq!(g.admit(0, many.as_bytes()), Err(Dropped::TooManyEvents(65)));
+    }
+
+    #[test]
+    fn bad_events_are_dropped_and_good_ones_in_the_same_message_kept() {
+        let msg = br#"{"v":1,"type":"input","events":[
+            {"t":1,"kind":"key","code":"KeyW","down":true},
+            {"t":2,"kind":"teleport"},
+            {"t":3,"kind":"gamepad_axis","index":0,"value":7.0},
+            {"t":4,"kind":"pointer_move","x":0.5,"y":0.5}]}"#;
+        let out = gate().admit(0, msg).unwrap();
+        assert_eq!(out.events_dropped, 2);
+        match out.message {
+            Some(PlayerMessage::Input(e)) => assert_eq!(e.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_the_sustained_rate() {
+        let limits = InputLimits {
+            burst: 10.0,
+            events_per_second: 100.0,
+            ..InputLimits::default()
+        };
+        let mut g = InputGate::new(limits);
+        let msg = format!(
+            r#"{{"v":1,"type":"input","events":[{}]}}"#,
+            vec![r#"{"t":0,"kind":"wheel","dx":0,"dy":1}"#; 15].join(",")
+        );
+        assert_eq!(g.admit(0, msg.as_bytes()).unwrap().events_dropped, 5);
+        // 50 ms later, 5 more tokens have accrued.
+        assert_eq!(g.admit(50, msg.as_bytes()).unwrap().events_dropped, 10);
+    }
+
+    #[test]
+    fn silence_releases_keys_once() {
+        let mut g = gate();
+        assert!(
+            !g.silence_elapsed(10_000),
+            "nothing heard yet, nothing to release"
+        );
+        g.admit(1000, br#"{"v":1,"type":"ping","t":1}"#).unwrap();
+        assert!(!g.silence_elapsed(5999));
+        assert!(g.silence_elapsed(6000));
+        assert!(!g.silence_elapsed(9000), "released once");
+        g.admit(9000, br#"{"v":1,"type":"ping","t":2}"#).unwrap();
+        assert!(g.silence_elapsed(14_000));
+    }
+
+    #[test]
+    fn node_messages_are_tagged_json() {
+        let m = NodeMessage::Pong {
+            t: 5.0,
+            node_unix_ms: 7.0,
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"pong","t":5.0,"node_unix_ms":7.0}"#
+        );
+    }
+}

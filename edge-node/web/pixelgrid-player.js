@@ -1,0 +1,268 @@
+// PixelGrid player: WHEP client, input capture and stream statistics for one game session.
+//
+//   const p = new PixelGridPlayer(videoElement, { onStats });
+//   await p.connect(whepUrl, sessionToken);   // POST offer → answer (WHEP)
+//   p.captureInput(window, videoElement);     // keyboard, mouse (pointer lock), gamepad
+//   await p.close();                          // DELETE the WHEP resource
+//
+// Glass-to-glass latency: the node announces `rtp_epoch` and `epoch_unix_ms` in its `hello`
+// message, so a frame's RTP timestamp gives its capture time; requestVideoFrameCallback gives
+// when it is shown; pings give the offset between the node's clock and ours.
+
+const PROTOCOL = 1;
+const GAMEPAD_AXIS_EPSILON = 0.02;
+
+export class PixelGridPlayer {
+  constructor(video, { onStats } = {}) {
+    this.video = video;
+    this.onStats = onStats || (() => {});
+    this.pc = null;
+    this.dc = null;
+    this.resource = null;
+    this.token = null;
+    this.hello = null;
+    this.clockOffsetMs = 0;   // node clock − our clock
+    this.rttMs = null;
+    this.g2g = [];            // recent glass-to-glass samples, ms
+    this.nodeFrames = new Map(); // rtp timestamp → node's per-frame timings
+    this.timings = { firstFrameMs: null, offerSentAt: null };
+    this.lastNodeStats = null;
+    this.queue = [];
+    this.listeners = [];
+    this.timers = [];
+  }
+
+  async connect(whepUrl, token) {
+    this.token = token;
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = pc;
+    const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
+    this.receiver = transceiver.receiver;
+    if ("jitterBufferTarget" in this.receiver) this.receiver.jitterBufferTarget = 0;
+    if ("playoutDelayHint" in this.receiver) this.receiver.playoutDelayHint = 0;
+    this.dc = pc.createDataChannel("input", { ordered: true });
+    this.dc.onmessage = (e) => this.onNodeMessage(JSON.parse(e.data));
+    this.dc.onopen = () => this.ping();
+    pc.ontrack = (e) => {
+      this.video.srcObject = e.streams[0] || new MediaStream([e.track]);
+      this.video.play().catch(() => {});
+      this.watchFrames();
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForGathering(pc, 1000);
+    this.timings.offerSentAt = performance.now();
+    const res = await fetch(whepUrl, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${token}` },
+      body: pc.localDescription.sdp,
+    });
+    if (res.status !== 201) throw new Error(`WHEP ${res.status}: ${await res.text()}`);
+    this.resource = new URL(res.headers.get("Location"), whepUrl).href;
+    await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
+    this.timers.push(setInterval(() => this.ping(), 1000));
+    this.timers.push(setInterval(() => this.collectStats(), 1000));
+  }
+
+  async close() {
+    this.timers.forEach(clearInterval);
+    this.listeners.forEach(([t, ev, f]) => t.removeEventListener(ev, f));
+    this.listeners = [];
+    if (this.resource) {
+      await fetch(this.resource, { method: "DELETE", headers: { Authorization: `Bearer ${this.token}` } }).catch(() => {});
+    }
+    if (this.pc) this.pc.close();
+    this.pc = null;
+  }
+
+  send(obj) {
+    if (this.dc && this.dc.readyState === "open") this.dc.send(JSON.stringify({ v: PROTOCOL, ...obj }));
+  }
+
+  ping() { this.send({ type: "ping", t: Date.now() }); }
+
+  // Input events are batched per animation frame.
+  input(event) {
+    this.queue.push({ t: performance.now(), ...event });
+    if (this.queue.length === 1) requestAnimationFrame(() => this.flushInput());
+  }
+
+  flushInput() {
+    while (this.queue.length) this.send({ type: "input", events: this.queue.splice(0, 64) });
+  }
+
+  onNodeMessage(m) {
+    switch (m.type) {
+      case "hello": this.hello = m; break;
+      case "pong": {
+        const now = Date.now();
+        this.rttMs = now - m.t;
+        this.clockOffsetMs = m.node_unix_ms - (m.t + now) / 2;
+        break;
+      }
+      case "frame":
+        this.nodeFrames.set(m.rtp, m);
+        if (this.nodeFrames.size > 600) this.nodeFrames.delete(this.nodeFrames.keys().next().value);
+        break;
+      case "stats": this.lastNodeStats = m; break;
+    }
+  }
+
+  watchFrames() {
+    const v = this.video;
+    if (!v.requestVideoFrameCallback) return;
+    const onFrame = (_now, meta) => {
+      if (this.timings.firstFrameMs === null && this.timings.offerSentAt !== null) {
+        this.timings.firstFrameMs = meta.presentationTime - this.timings.offerSentAt;
+      }
+      if (this.hello && meta.rtpTimestamp !== undefined) {
+        const elapsed = ((meta.rtpTimestamp - this.hello.rtp_epoch) >>> 0) / 90;
+        const captureNode = this.hello.epoch_unix_ms + elapsed;
+        const shownNode = performance.timeOrigin + meta.expectedDisplayTime + this.clockOffsetMs;
+        const g2g = shownNode - captureNode;
+        if (g2g > -50 && g2g < 5000) {
+          this.g2g.push(g2g);
+          if (this.g2g.length > 2000) this.g2g.shift();
+        }
+      }
+      v.requestVideoFrameCallback(onFrame);
+    };
+    v.requestVideoFrameCallback(onFrame);
+  }
+
+  async collectStats() {
+    if (!this.pc) return null;
+    const report = await this.pc.getStats();
+    const s = { g2g: percentiles(this.g2g), rttMs: this.rttMs, node: this.lastNodeStats,
+                ttffMs: this.timings.firstFrameMs, encoder: this.hello && this.hello.encoder };
+    report.forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind === "video") {
+        s.framesDecoded = r.framesDecoded;
+        s.framesDropped = r.framesDropped;
+        s.fps = r.framesPerSecond;
+        s.frameWidth = r.frameWidth;
+        s.frameHeight = r.frameHeight;
+        s.packetsLost = r.packetsLost;
+        s.jitterBufferMs = r.jitterBufferEmittedCount ? 1000 * r.jitterBufferDelay / r.jitterBufferEmittedCount : null;
+        const now = r.timestamp;
+        if (this.prevBytes) s.bitrateKbps = (8 * (r.bytesReceived - this.prevBytes.bytes)) / (now - this.prevBytes.at);
+        this.prevBytes = { bytes: r.bytesReceived, at: now };
+        s.codecId = r.codecId;
+      }
+      if (r.type === "candidate-pair" && r.nominated && r.currentRoundTripTime !== undefined) s.iceRttMs = 1000 * r.currentRoundTripTime;
+    });
+    if (s.codecId) { const c = report.get(s.codecId); s.codec = c && c.mimeType; }
+    this.lastStats = s;
+    this.onStats(s);
+    return s;
+  }
+
+  static formatStats(s) {
+    const f = (v, d = 0) => (v === null || v === undefined || Number.isNaN(v) ? "–" : Number(v).toFixed(d));
+    return [
+      `${f(s.frameWidth)}x${f(s.frameHeight)} ${s.codec || ""} ${s.encoder || ""}`,
+      `fps ${f(s.fps)}  decoded ${f(s.framesDecoded)}  lost ${f(s.packetsLost)}`,
+      `bitrate ${f(s.bitrateKbps)} kbps`,
+      `rtt ${f(s.rttMs, 1)} ms  jitter buffer ${f(s.jitterBufferMs, 1)} ms`,
+      `glass-to-glass p50 ${f(s.g2g.p50, 1)}  p99 ${f(s.g2g.p99, 1)} ms`,
+      `first frame ${f(s.ttffMs)} ms after offer`,
+    ].join("\n");
+  }
+
+  captureInput(target, video) {
+    const on = (t, ev, f, opts) => { t.addEventListener(ev, f, opts); this.listeners.push([t, ev, f]); };
+    const gameKeys = /^(Arrow|Key[WASD]$|Space$|Shift)/;
+    on(target, "keydown", (e) => { if (gameKeys.test(e.code)) e.preventDefault(); if (!e.repeat) this.input({ kind: "key", code: e.code, down: true }); });
+    on(target, "keyup", (e) => this.input({ kind: "key", code: e.code, down: false }));
+    on(video, "mousemove", (e) => {
+      if (document.pointerLockElement === video) {
+        this.input({ kind: "pointer_motion", dx: e.movementX, dy: e.movementY });
+      } else {
+        const r = video.getBoundingClientRect();
+        const x = (e.clientX - r.left) / r.width, y = (e.clientY - r.top) / r.height;
+        if (x >= 0 && x <= 1 && y >= 0 && y <= 1) this.input({ kind: "pointer_move", x, y });
+      }
+    });
+    on(video, "mousedown", (e) => this.input({ kind: "mouse_button", button: e.button, down: true }));
+    on(video, "mouseup", (e) => this.input({ kind: "mouse_button", button: e.button, down: false }));
+    on(video, "click", () => { if (video.requestPointerLock) video.requestPointerLock(); });
+    on(video, "wheel", (e) => { e.preventDefault(); this.input({ kind: "wheel", dx: Math.sign(e.deltaX), dy: Math.sign(e.deltaY) }); }, { passive: false });
+    on(video, "contextmenu", (e) => e.preventDefault());
+    const pads = new Map();
+    const poll = () => {
+      if (!this.pc) return;
+      for (const pad of (navigator.getGamepads ? navigator.getGamepads() : [])) {
+        if (!pad) continue;
+        const prev = pads.get(pad.index) || { axes: [], buttons: [] };
+        pad.axes.slice(0, 8).forEach((value, index) => {
+          if (Math.abs((prev.axes[index] || 0) - value) > GAMEPAD_AXIS_EPSILON) this.input({ kind: "gamepad_axis", index, value: Math.max(-1, Math.min(1, value)) });
+        });
+        pad.buttons.slice(0, 32).forEach((b, index) => {
+          if (!!prev.buttons[index] !== b.pressed) this.input({ kind: "gamepad_button", index, pressed: b.pressed });
+        });
+        pads.set(pad.index, { axes: [...pad.axes], buttons: pad.buttons.map((b) => b.pressed) });
+      }
+      requestAnimationFrame(poll);
+    };
+    requestAnimationFrame(poll);
+  }
+
+  // Centre of the arena player's gold pixels in the decoded video, or null.
+  playerCentroid() {
+    const v = this.video, w = v.videoWidth, h = v.videoHeight;
+    if (!w || !h) return null;
+    const c = this.canvas || (this.canvas = document.createElement("canvas"));
+    c.width = w; c.height = h;
+    const g = c.getContext("2d", { willReadFrequently: true });
+    g.drawImage(v, 0, 0, w, h);
+    const d = g.getImageData(0, 0, w, h).data;
+    let sx = 0, sy = 0, n = 0;
+    for (let i = 0; i < d.length; i += 4) {
+      if (d[i] > 200 && d[i + 1] > 170 && d[i + 1] < 240 && d[i + 2] < 80) { const p = i / 4; sx += p % w; sy += Math.floor(p / w); n++; }
+    }
+    return n > 30 ? { x: sx / n, y: sy / n, pixels: n } : null;
+  }
+
+  static async autotest(player, scenario, seconds) {
+    const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+    const until = async (pred, ms) => { const end = performance.now() + ms; while (performance.now() < end) { if (await pred()) return true; await sleep(100); } return false; };
+    const stats = () => player.collectStats();
+    if (scenario === "play") {
+      await until(async () => ((await stats()).framesDecoded || 0) >= 60, 5000);
+      return { scenario, ...(await stats()) };
+    }
+    if (scenario === "input") {
+      await until(async () => ((await stats()).framesDecoded || 0) >= 30 && player.playerCentroid(), 8000);
+      const before = player.playerCentroid();
+      // Through the page's own keyboard handler, as a key press would arrive.
+      window.dispatchEvent(new KeyboardEvent("keydown", { code: "ArrowRight", key: "ArrowRight" }));
+      await sleep(700);
+      window.dispatchEvent(new KeyboardEvent("keyup", { code: "ArrowRight", key: "ArrowRight" }));
+      await sleep(500);
+      const after = player.playerCentroid();
+      return { scenario, before, after, ...(await stats()) };
+    }
+    if (scenario === "bench") {
+      await until(async () => ((await stats()).framesDecoded || 0) >= 30, 8000);
+      player.g2g = [];
+      await sleep(seconds * 1000);
+      return { scenario, seconds, ...(await stats()) };
+    }
+    throw new Error(`unknown scenario ${scenario}`);
+  }
+}
+
+function waitForGathering(pc, ms) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, ms);
+  });
+}
+
+function percentiles(samples) {
+  if (!samples.length) return { p50: null, p99: null, n: 0 };
+  const s = [...samples].sort((a, b) => a - b);
+  const at = (p) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))];
+  return { p50: at(0.5), p99: at(0.99), n: s.length };
+}
