@@ -241,6 +241,18 @@ export class PixelGridPlayer {
       const after = player.playerCentroid();
       return { scenario, before, after, ...(await stats()) };
     }
+    if (scenario === "abuse") {
+      // Garbled, oversized and foreign messages on the input channel: each must be dropped and
+      // counted by the node while the picture keeps coming.
+      await until(async () => ((await stats()).framesDecoded || 0) >= 30, 8000);
+      const before = (await stats()).framesDecoded;
+      const junk = ["not json", "x".repeat(5000), JSON.stringify({ v: 1, type: "reboot" }), JSON.stringify({ v: 9, type: "ping", t: 1 }),
+        JSON.stringify({ v: 1, type: "input", events: [{ t: 0, kind: "teleport" }, { t: 0, kind: "gamepad_axis", index: 99, value: 5 }] })];
+      for (const j of junk) player.dc.send(j);
+      await sleep(Math.max(2500, seconds * 1000));
+      const after = await stats();
+      return { scenario, before, sent: junk.length, ...after };
+    }
     if (scenario === "bench") {
       await until(async () => ((await stats()).framesDecoded || 0) >= 30, 8000);
       player.g2g = [];

@@ -1,0 +1,379 @@
+//! Streaming to players: WHEP, tokens, input and teardown against real webrtc-rs, GStreamer,
+//! lavapipe and (inside a network namespace of the test's own) headless Chromium.
+
+mod support;
+
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_VP8};
+use std::time::Duration;
+use support::{TestNode, chromium_result, eventually, http, in_own_network_namespace, viewer};
+
+fn page(node: &TestNode, scenario: &str, mode: &str) -> String {
+    format!(
+        "http://{}/?autotest={scenario}&mode={mode}&seconds=2",
+        node.addr
+    )
+}
+
+#[test]
+fn chromium_plays_the_stream_at_the_requested_size() {
+    if !in_own_network_namespace("chromium_plays_the_stream_at_the_requested_size") {
+        return;
+    }
+    let node = TestNode::start();
+    let r = chromium_result(&page(&node, "play", "1280x720@30"), Duration::from_secs(40));
+    eprintln!("result: {r}");
+    assert!(r["framesDecoded"].as_u64().unwrap_or(0) >= 60, "{r}");
+    assert_eq!(r["frameWidth"], 1280, "{r}");
+    assert_eq!(r["frameHeight"], 720, "{r}");
+    assert_eq!(r["codec"], "video/H264", "{r}");
+    assert!(
+        r["ttffMs"].as_f64().is_some(),
+        "first frame time measured: {r}"
+    );
+}
+
+#[test]
+fn a_key_pressed_in_the_page_moves_the_player_in_the_video() {
+    if !in_own_network_namespace("a_key_pressed_in_the_page_moves_the_player_in_the_video") {
+        return;
+    }
+    let node = TestNode::start();
+    let r = chromium_result(&page(&node, "input", "640x360@30"), Duration::from_secs(40));
+    eprintln!("result: {r}");
+    let (bx, by) = (
+        r["before"]["x"].as_f64().expect("player seen before"),
+        r["before"]["y"].as_f64().unwrap(),
+    );
+    let (ax, ay) = (
+        r["after"]["x"].as_f64().expect("player seen after"),
+        r["after"]["y"].as_f64().unwrap(),
+    );
+    // 0.7 s of ArrowRight at half an arena width per second ≈ 200 px at 640x360.
+    assert!(ax - bx > 60.0, "player moved {:.1} px right: {r}", ax - bx);
+    assert!((ay - by).abs() < 10.0, "player moved vertically: {r}");
+    assert!(
+        r["node"]["input_accepted"].as_u64().unwrap_or(0) >= 2,
+        "{r}"
+    );
+}
+
+#[test]
+fn bogus_requests_and_garbled_input_do_not_disturb_a_playing_session() {
+    if !in_own_network_namespace(
+        "bogus_requests_and_garbled_input_do_not_disturb_a_playing_session",
+    ) {
+        return;
+    }
+    let node = TestNode::start();
+    let addr = node.addr;
+    let url = page(&node, "abuse", "640x360@30");
+    let browser = std::thread::spawn(move || chromium_result(&url, Duration::from_secs(40)));
+    assert!(
+        eventually(Duration::from_secs(20), || node.live_sessions() == 1),
+        "the page never started a session"
+    );
+    let sid = node.runtime.block_on(node.node.sessions())[0]
+        .session_id
+        .clone();
+    let forged = node.token(&sid, "someone-else", 60);
+    let bogus: Vec<_> = (0..20)
+        .map(|i| {
+            let (path, forged) = (format!("/whep/{sid}"), forged.clone());
+            std::thread::spawn(move || {
+                let (status, _, _) = match i % 4 {
+                    0 => http(
+                        addr,
+                        "POST",
+                        &path,
+                        &[
+                            ("Content-Type", "application/sdp"),
+                            ("Authorization", "Bearer nonsense"),
+                        ],
+                        b"v=0",
+                    ),
+                    1 => http(
+                        addr,
+                        "POST",
+                        &path,
+                        &[("Content-Type", "application/sdp")],
+                        b"v=0\r\n",
+                    ),
+                    2 => http(
+                        addr,
+                        "POST",
+                        &path,
+                        &[
+                            ("Content-Type", "application/sdp"),
+                            ("Authorization", &format!("Bearer {forged}")),
+                        ],
+                        b"v=0",
+                    ),
+                    _ => http(
+                        addr,
+                        "POST",
+                        &path,
+                        &[("Content-Type", "text/plain")],
+                        &[0xff; 2000],
+                    ),
+                };
+                status
+            })
+        })
+        .collect();
+    for b in bogus {
+        let status = b.join().unwrap();
+        assert!((400..500).contains(&status), "bogus request got {status}");
+    }
+    let r = browser.join().unwrap();
+    eprintln!("result: {r}");
+    let (before, after) = (
+        r["before"].as_u64().unwrap(),
+        r["framesDecoded"].as_u64().unwrap(),
+    );
+    assert!(
+        after >= before + 30,
+        "the stream stalled: {before} → {after} frames"
+    );
+    assert!(
+        r["node"]["input_dropped"].as_u64().unwrap_or(0) >= 5,
+        "garbled messages not counted: {r}"
+    );
+    assert_eq!(
+        node.live_sessions(),
+        1,
+        "the playing session must be untouched"
+    );
+}
+
+#[test]
+fn bad_whep_requests_get_precise_statuses_and_start_nothing() {
+    let node = TestNode::start();
+    let a = node.addr;
+    let dev = node.dev_session(320, 240, 30);
+    let sid = dev.session_id.clone();
+    let good = format!("Bearer {}", dev.token);
+    let sdp = [("Content-Type", "application/sdp")];
+    fn with(auth: &str) -> [(&str, &str); 2] {
+        [("Content-Type", "application/sdp"), ("Authorization", auth)]
+    }
+    let path = format!("/whep/{sid}");
+    let expired = format!("Bearer {}", node.token(&sid, support::NODE_ID, -5));
+    let other_node = format!("Bearer {}", node.token(&sid, "another-node", 60));
+    let other_session = format!(
+        "Bearer {}",
+        node.token("another-session", support::NODE_ID, 60)
+    );
+    let foreign_key = format!(
+        "Bearer {}",
+        pixelgrid_proto::token::TokenSigner::from_seed(&[1; 32]).sign(
+            &pixelgrid_proto::token::SessionClaims {
+                sid: sid.clone(),
+                nid: support::NODE_ID.into(),
+                game: "arena".into(),
+                width: 320,
+                height: 240,
+                fps: 30,
+                iat: "2026-01-01T00:00:00Z".into(),
+                exp: "2099-01-01T00:00:00Z".into(),
+            }
+        )
+    );
+    let cases: Vec<(&str, u16, support::HttpReply)> = vec![
+        (
+            "malformed SDP",
+            400,
+            http(a, "POST", &path, &with(&good), b"hello"),
+        ),
+        (
+            "SDP without video",
+            400,
+            http(
+                a,
+                "POST",
+                &path,
+                &with(&good),
+                b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n",
+            ),
+        ),
+        (
+            "wrong content type",
+            415,
+            http(
+                a,
+                "POST",
+                &path,
+                &[("Content-Type", "text/plain"), ("Authorization", &good)],
+                b"v=0",
+            ),
+        ),
+        ("missing token", 401, http(a, "POST", &path, &sdp, b"v=0")),
+        (
+            "garbage token",
+            401,
+            http(a, "POST", &path, &with("Bearer v4.public.AAAA"), b"v=0"),
+        ),
+        (
+            "token signed by another key",
+            401,
+            http(a, "POST", &path, &with(&foreign_key), b"v=0"),
+        ),
+        (
+            "expired token",
+            401,
+            http(a, "POST", &path, &with(&expired), b"v=0"),
+        ),
+        (
+            "token for another node",
+            403,
+            http(a, "POST", &path, &with(&other_node), b"v=0"),
+        ),
+        (
+            "token for another session",
+            403,
+            http(a, "POST", &path, &with(&other_session), b"v=0"),
+        ),
+        (
+            "unknown viewer",
+            404,
+            http(
+                a,
+                "DELETE",
+                &format!("{path}/nobody"),
+                &[("Authorization", &good)],
+                b"",
+            ),
+        ),
+        (
+            "unknown viewer trickle",
+            404,
+            http(
+                a,
+                "PATCH",
+                &format!("{path}/nobody"),
+                &[
+                    ("Content-Type", "application/trickle-ice-sdpfrag"),
+                    ("Authorization", &good),
+                ],
+                b"a=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\n",
+            ),
+        ),
+        (
+            "dev session with odd width",
+            400,
+            http(a, "POST", "/dev/sessions", &[], br#"{"width":641}"#),
+        ),
+        (
+            "dev session for an unknown game",
+            404,
+            http(a, "POST", "/dev/sessions", &[], br#"{"game":"tetris"}"#),
+        ),
+    ];
+    for (what, want, (status, _, body)) in cases {
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(!body.trim().is_empty(), "{what}: the refusal must say why");
+    }
+    assert_eq!(
+        node.live_sessions(),
+        0,
+        "no refused request may start a session"
+    );
+}
+
+#[test]
+fn a_webrtc_viewer_gets_h264_and_a_vp8_only_viewer_gets_vp8() {
+    let node = TestNode::start();
+    for (mime, want) in [(MIME_TYPE_H264, "video/H264"), (MIME_TYPE_VP8, "video/VP8")] {
+        let dev = node.dev_session(320, 240, 30);
+        node.runtime.block_on(async {
+            let v = viewer::connect(node.addr, &dev.whep_url, &dev.token, mime).await;
+            assert!(
+                v.wait_for_packets(20, Duration::from_secs(10)).await,
+                "{mime}: no RTP arrived"
+            );
+            assert_eq!(
+                v.codec
+                    .lock()
+                    .unwrap()
+                    .as_deref()
+                    .map(str::to_ascii_lowercase),
+                Some(want.to_ascii_lowercase())
+            );
+            assert_eq!(v.leave(node.addr).await, 200);
+        });
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || node.live_sessions() == 0),
+        "sessions must end with their last viewer"
+    );
+}
+
+#[test]
+fn a_session_ends_when_its_token_expires() {
+    let node = TestNode::start_with(Duration::from_secs(2));
+    let dev = node.dev_session(320, 240, 30);
+    // The viewer stays connected throughout: only the token's expiry can end the session.
+    let v = node.runtime.block_on(async {
+        let v = viewer::connect(node.addr, &dev.whep_url, &dev.token, MIME_TYPE_H264).await;
+        assert!(v.wait_for_packets(10, Duration::from_secs(10)).await);
+        v
+    });
+    assert_eq!(node.live_sessions(), 1);
+    assert!(
+        eventually(Duration::from_secs(6), || node.live_sessions() == 0),
+        "an expired session must be torn down"
+    );
+    let seen = v.packets.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        v.packets.load(std::sync::atomic::Ordering::Relaxed),
+        seen,
+        "media must stop with the session"
+    );
+}
+
+#[test]
+fn fifty_sessions_open_and_close_without_leaking_threads_files_or_memory() {
+    let node = TestNode::start();
+    let run = |n: usize| {
+        for _ in 0..n {
+            let dev = node.dev_session(320, 240, 30);
+            node.runtime.block_on(async {
+                let v = viewer::connect(node.addr, &dev.whep_url, &dev.token, MIME_TYPE_H264).await;
+                assert!(
+                    v.wait_for_packets(5, Duration::from_secs(10)).await,
+                    "no RTP arrived"
+                );
+                assert_eq!(v.leave(node.addr).await, 200);
+            });
+        }
+        assert!(eventually(Duration::from_secs(10), || node.live_sessions() == 0));
+    };
+    let settle = || std::thread::sleep(Duration::from_millis(1500));
+    run(3); // warm up: first-use allocations, thread pools, shader caches
+    settle();
+    let (threads, fds, rss_kb) = (
+        support::proc_status("Threads"),
+        support::open_fds(),
+        support::proc_status("VmRSS"),
+    );
+    run(50);
+    settle();
+    let (threads2, fds2, rss2_kb) = (
+        support::proc_status("Threads"),
+        support::open_fds(),
+        support::proc_status("VmRSS"),
+    );
+    eprintln!("threads {threads} → {threads2}, fds {fds} → {fds2}, rss {rss_kb} kB → {rss2_kb} kB");
+    assert!(
+        threads2 <= threads + 2,
+        "threads grew from {threads} to {threads2}"
+    );
+    assert!(
+        fds2 <= fds + 2,
+        "file descriptors grew from {fds} to {fds2}"
+    );
+    assert!(
+        rss2_kb <= rss_kb + 64 * 1024,
+        "memory grew from {rss_kb} kB to {rss2_kb} kB"
+    );
+}

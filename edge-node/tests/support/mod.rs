@@ -1,0 +1,271 @@
+//! Helpers for the streaming tests: an in-process node on a free loopback port, raw HTTP, a
+//! network namespace of the test's own for browser tests, headless Chromium, and a webrtc-rs
+//! viewer. Every helper fails loudly, naming what to install, when a component is missing.
+
+#![allow(dead_code)]
+
+use edge_node::game::Catalogue;
+use edge_node::host::SessionHost;
+use edge_node::stream::{DevSession, PeerSettings, StreamNode, StreamSettings};
+use pixelgrid_proto::token::{SessionClaims, TokenSigner, format_rfc3339};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const NODE_ID: &str = "test-node";
+const NETNS_ENV: &str = "PIXELGRID_TEST_IN_NETNS";
+
+/// A node serving on a free loopback port, with its own runtime.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub node: Arc<StreamNode>,
+    pub signer: TokenSigner,
+    pub runtime: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestNode {
+    pub fn start() -> Self {
+        Self::start_with(Duration::from_secs(600))
+    }
+
+    pub fn start_with(dev_token_ttl: Duration) -> Self {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let host = Arc::new(
+            SessionHost::start(Catalogue::default(), None).expect("Vulkan and GStreamer must work"),
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let signer = TokenSigner::from_seed(&[42; 32]);
+        let settings = StreamSettings {
+            node_id: NODE_ID.into(),
+            peer: PeerSettings {
+                udp_addrs: vec![SocketAddr::new(ip, 0)],
+                ice_servers: vec![],
+                input_limits: Default::default(),
+            },
+            dev_token_ttl,
+            encoder_threads: 1,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (node, addr) = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0))
+                .await
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            let node = StreamNode::new(host, settings, signer.verifier(), Some(signer.clone()));
+            let served = Arc::clone(&node);
+            tokio::spawn(async move {
+                let _ = edge_node::stream::serve(listener, served, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            });
+            (node, addr)
+        });
+        Self {
+            addr,
+            node,
+            signer,
+            runtime,
+            stop: Some(stop_tx),
+        }
+    }
+
+    pub fn dev_session(&self, width: u32, height: u32, fps: u32) -> DevSession {
+        let mode = edge_node::video::VideoMode::new(width, height, fps).unwrap();
+        self.node.dev_session("arena", mode).unwrap()
+    }
+
+    /// A token signed by the trusted key, with the given fields and expiry offset.
+    pub fn token(&self, sid: &str, nid: &str, expires_in_s: i64) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        self.signer.sign(&SessionClaims {
+            sid: sid.into(),
+            nid: nid.into(),
+            game: "arena".into(),
+            width: 320,
+            height: 240,
+            fps: 30,
+            iat: format_rfc3339((now - 120) as u64),
+            exp: format_rfc3339((now + expires_in_s) as u64),
+        })
+    }
+
+    pub fn live_sessions(&self) -> usize {
+        self.runtime.block_on(self.node.sessions()).len()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.runtime.block_on(self.node.close_all());
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Status, lower-cased headers, body.
+pub type HttpReply = (u16, Vec<(String, String)>, String);
+
+/// One HTTP/1.1 request.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpReply {
+    let mut s = TcpStream::connect(addr).expect("connect to the node");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// Runs the calling test again inside a new network namespace that has only `lo`, so that
+/// nothing a browser does can reach beyond the machine. Returns true in that child (run the
+/// test body), false in the parent (after asserting the child passed).
+pub fn in_own_network_namespace(test: &str) -> bool {
+    if std::env::var_os(NETNS_ENV).is_some() {
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("`ip` (Debian iproute2) must be installed");
+        assert!(up.success(), "cannot bring lo up in the test namespace");
+        return true;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new("unshare")
+        .arg("--net")
+        .arg("--")
+        .arg(&exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(NETNS_ENV, "1")
+        .status()
+        .expect("`unshare` (util-linux) must be installed; browser tests need root for a network namespace");
+    assert!(
+        status.success(),
+        "{test} failed inside its network namespace (see output above)"
+    );
+    false
+}
+
+pub fn chromium_binary() -> &'static str {
+    let path = "/usr/lib/chromium/chromium";
+    assert!(
+        std::path::Path::new(path).exists(),
+        "Chromium is missing: install Debian's `chromium` (deploy/install-deps.sh does)"
+    );
+    path
+}
+
+/// Opens `url` in headless Chromium and returns the page's `PIXELGRID_RESULT` JSON.
+pub fn chromium_result(url: &str, timeout: Duration) -> serde_json::Value {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new(chromium_binary())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--autoplay-policy=no-user-gesture-required",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("PIXELGRID_RESULT ").nth(1) {
+                let json = rest
+                    .rsplit_once("\", source:")
+                    .map(|(j, _)| j)
+                    .unwrap_or(rest);
+                let _ = tx.send(json.to_owned());
+            }
+        }
+    });
+    let result = rx.recv_timeout(timeout);
+    let _ = child.kill();
+    let _ = child.wait();
+    let json =
+        result.unwrap_or_else(|_| panic!("Chromium gave no result for {url} within {timeout:?}"));
+    let value: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("bad result JSON ({e}): {json}"));
+    assert!(value.get("error").is_none(), "the page failed: {value}");
+    value
+}
+
+/// Reads a number from /proc/self/status (`Threads`, `VmRSS` in kB).
+pub fn proc_status(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|r| r.trim_start_matches(':').split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Polls `f` until it is true or `timeout` passes; returns whether it became true.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+pub mod viewer;
