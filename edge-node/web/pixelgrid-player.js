@@ -23,7 +23,8 @@ export class PixelGridPlayer {
     this.hello = null;
     this.clockOffsetMs = 0;   // node clock − our clock
     this.rttMs = null;
-    this.g2g = [];            // recent glass-to-glass samples, ms
+    this.g2g = [];            // recent glass-to-glass samples (capture → expected on screen), ms
+    this.g2p = [];            // capture → handed to the compositor, ms
     this.nodeFrames = new Map(); // rtp timestamp → node's per-frame timings
     this.timings = { firstFrameMs: null, offerSentAt: null };
     this.lastNodeStats = null;
@@ -119,9 +120,11 @@ export class PixelGridPlayer {
         const captureNode = this.hello.epoch_unix_ms + elapsed;
         const shownNode = performance.timeOrigin + meta.expectedDisplayTime + this.clockOffsetMs;
         const g2g = shownNode - captureNode;
+        const g2p = performance.timeOrigin + meta.presentationTime + this.clockOffsetMs - captureNode;
         if (g2g > -50 && g2g < 5000) {
           this.g2g.push(g2g);
-          if (this.g2g.length > 2000) this.g2g.shift();
+          this.g2p.push(g2p);
+          if (this.g2g.length > 2000) { this.g2g.shift(); this.g2p.shift(); }
         }
       }
       v.requestVideoFrameCallback(onFrame);
@@ -132,7 +135,7 @@ export class PixelGridPlayer {
   async collectStats() {
     if (!this.pc) return null;
     const report = await this.pc.getStats();
-    const s = { g2g: percentiles(this.g2g), rttMs: this.rttMs, node: this.lastNodeStats,
+    const s = { g2g: percentiles(this.g2g), g2p: percentiles(this.g2p), rttMs: this.rttMs, node: this.lastNodeStats,
                 ttffMs: this.timings.firstFrameMs, encoder: this.hello && this.hello.encoder };
     report.forEach((r) => {
       if (r.type === "inbound-rtp" && r.kind === "video") {
@@ -256,6 +259,7 @@ export class PixelGridPlayer {
     if (scenario === "bench") {
       await until(async () => ((await stats()).framesDecoded || 0) >= 30, 8000);
       player.g2g = [];
+      player.g2p = [];
       await sleep(seconds * 1000);
       return { scenario, seconds, ...(await stats()) };
     }

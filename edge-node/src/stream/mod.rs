@@ -8,6 +8,7 @@
 
 mod peer;
 pub mod protocol;
+pub mod viewer;
 mod whep;
 
 pub use peer::{IceServer, PeerSettings};

@@ -1,5 +1,8 @@
-//! A minimal WHEP viewer built on webrtc-rs, for tests that need many connections quickly.
+//! A WHEP viewer built on webrtc-rs: connects to a node, counts the RTP it receives, leaves.
+//! Used by the benchmarks and tests to open many real connections cheaply; the Rust client SDK
+//! builds its player on the same calls.
 
+use crate::{Error, Result};
 use rtc::interceptor::Registry;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -19,11 +22,18 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
 };
 
+/// A connected viewer.
+#[allow(missing_debug_implementations)]
 pub struct Viewer {
+    /// The connection.
     pub pc: Arc<dyn PeerConnection>,
+    /// WHEP resource path (for DELETE).
     pub resource: String,
+    /// The session token used.
     pub token: String,
+    /// RTP packets received so far.
     pub packets: Arc<AtomicU64>,
+    /// MIME type of the negotiated codec, once the track arrived.
     pub codec: Arc<std::sync::Mutex<Option<String>>>,
 }
 
@@ -60,8 +70,10 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// Connects to `whep_path` on `addr` with `token`, offering only `mime` (H.264 or VP8).
-pub async fn connect(addr: SocketAddr, whep_path: &str, token: &str, mime: &str) -> Viewer {
+/// Connects to `whep_path` on `addr` with `token`, offering only `mime` (H.264 or VP8), with host
+/// candidates on 127.0.0.1.
+pub async fn connect(addr: SocketAddr, whep_path: &str, token: &str, mime: &str) -> Result<Viewer> {
+    let fail = |e: webrtc::error::Error| Error::Webrtc(e.to_string());
     let mut engine = MediaEngine::default();
     let fmtp = if mime == MIME_TYPE_H264 {
         "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
@@ -82,8 +94,9 @@ pub async fn connect(addr: SocketAddr, whep_path: &str, token: &str, mime: &str)
             },
             RtpCodecKind::Video,
         )
-        .unwrap();
-    let registry = register_default_interceptors(Registry::new(), &mut engine).unwrap();
+        .map_err(|e| Error::Webrtc(e.to_string()))?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)
+        .map_err(|e| Error::Webrtc(e.to_string()))?;
     let (tx, mut gathered) = tokio::sync::mpsc::channel(1);
     let packets = Arc::new(AtomicU64::new(0));
     let codec = Arc::new(std::sync::Mutex::new(None));
@@ -104,7 +117,7 @@ pub async fn connect(addr: SocketAddr, whep_path: &str, token: &str, mime: &str)
         .with_udp_addrs(vec!["127.0.0.1:0"])
         .build()
         .await
-        .expect("client peer connection");
+        .map_err(fail)?;
     let pc: Arc<dyn PeerConnection> = Arc::new(pc);
     pc.add_transceiver_from_kind(
         RtpCodecKind::Video,
@@ -115,46 +128,52 @@ pub async fn connect(addr: SocketAddr, whep_path: &str, token: &str, mime: &str)
         }),
     )
     .await
-    .unwrap();
-    let _dc = pc.create_data_channel("input", None).await.unwrap();
-    let offer = pc.create_offer(None).await.unwrap();
-    pc.set_local_description(offer).await.unwrap();
+    .map_err(fail)?;
+    let _dc = pc.create_data_channel("input", None).await.map_err(fail)?;
+    let offer = pc.create_offer(None).await.map_err(fail)?;
+    pc.set_local_description(offer).await.map_err(fail)?;
     let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
-    let sdp = pc.local_description().await.unwrap().sdp;
-    let (path, auth) = (whep_path.to_owned(), format!("Bearer {token}"));
-    let (status, headers, answer) = tokio::task::spawn_blocking(move || {
-        super::http(
-            addr,
-            "POST",
-            &path,
-            &[
-                ("Content-Type", "application/sdp"),
-                ("Authorization", &auth),
-            ],
-            sdp.as_bytes(),
-        )
-    })
-    .await
-    .unwrap();
-    assert_eq!(status, 201, "WHEP POST failed: {answer}");
+    let sdp = pc
+        .local_description()
+        .await
+        .ok_or_else(|| Error::Webrtc("no local description".into()))?
+        .sdp;
+    let auth = format!("Bearer {token}");
+    let (status, headers, answer) = http(
+        addr,
+        "POST",
+        whep_path,
+        &[
+            ("Content-Type", "application/sdp"),
+            ("Authorization", &auth),
+        ],
+        sdp.as_bytes(),
+    )
+    .await?;
+    if status != 201 {
+        return Err(Error::Webrtc(format!(
+            "WHEP POST answered {status}: {}",
+            answer.trim()
+        )));
+    }
     let resource = headers
         .iter()
         .find(|(k, _)| k == "location")
         .map(|(_, v)| v.clone())
-        .expect("Location header");
-    pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
-        .await
-        .unwrap();
-    Viewer {
+        .ok_or_else(|| Error::Webrtc("WHEP answer without Location".into()))?;
+    let answer = RTCSessionDescription::answer(answer).map_err(|e| Error::Webrtc(e.to_string()))?;
+    pc.set_remote_description(answer).await.map_err(fail)?;
+    Ok(Viewer {
         pc,
         resource,
         token: token.to_owned(),
         packets,
         codec,
-    }
+    })
 }
 
 impl Viewer {
+    /// Waits until `n` RTP packets arrived; false on timeout.
     pub async fn wait_for_packets(&self, n: u64, timeout: Duration) -> bool {
         let end = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < end {
@@ -166,15 +185,59 @@ impl Viewer {
         false
     }
 
-    /// DELETEs the WHEP resource and closes the connection.
-    pub async fn leave(self, addr: SocketAddr) -> u16 {
-        let (path, auth) = (self.resource.clone(), format!("Bearer {}", self.token));
-        let (status, _, _) = tokio::task::spawn_blocking(move || {
-            super::http(addr, "DELETE", &path, &[("Authorization", &auth)], b"")
-        })
-        .await
-        .unwrap();
+    /// DELETEs the WHEP resource and closes the connection; returns the DELETE's status.
+    pub async fn leave(self, addr: SocketAddr) -> Result<u16> {
+        let auth = format!("Bearer {}", self.token);
+        let (status, _, _) = http(
+            addr,
+            "DELETE",
+            &self.resource,
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .await?;
         let _ = self.pc.close().await;
-        status
+        Ok(status)
     }
+}
+
+/// One HTTP/1.1 request over a fresh connection: (status, lower-cased headers, body).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<(String, String)>, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |e: std::io::Error| Error::Webrtc(format!("HTTP to {addr}: {e}"));
+    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes()).await.map_err(io)?;
+    s.write_all(body).await.map_err(io)?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
+        .await
+        .map_err(|_| Error::Webrtc(format!("HTTP to {addr} timed out")))?
+        .map_err(io)?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| Error::Webrtc(format!("HTTP to {addr}: no status line")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok((status, headers, body.to_owned()))
 }

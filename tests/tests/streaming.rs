@@ -1,11 +1,12 @@
 //! Streaming to players: WHEP, tokens, input and teardown against real webrtc-rs, GStreamer,
 //! lavapipe and (inside a network namespace of the test's own) headless Chromium.
 
-mod support;
-
+use edge_node::stream::viewer;
+use pixelgrid_tests::{
+    self as support, TestNode, chromium_result, eventually, http, in_own_network_namespace,
+};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_VP8};
 use std::time::Duration;
-use support::{TestNode, chromium_result, eventually, http, in_own_network_namespace, viewer};
 
 fn page(node: &TestNode, scenario: &str, mode: &str) -> String {
     format!(
@@ -285,7 +286,9 @@ fn a_webrtc_viewer_gets_h264_and_a_vp8_only_viewer_gets_vp8() {
     for (mime, want) in [(MIME_TYPE_H264, "video/H264"), (MIME_TYPE_VP8, "video/VP8")] {
         let dev = node.dev_session(320, 240, 30);
         node.runtime.block_on(async {
-            let v = viewer::connect(node.addr, &dev.whep_url, &dev.token, mime).await;
+            let v = viewer::connect(node.addr, &dev.whep_url, &dev.token, mime)
+                .await
+                .unwrap();
             assert!(
                 v.wait_for_packets(20, Duration::from_secs(10)).await,
                 "{mime}: no RTP arrived"
@@ -298,7 +301,7 @@ fn a_webrtc_viewer_gets_h264_and_a_vp8_only_viewer_gets_vp8() {
                     .map(str::to_ascii_lowercase),
                 Some(want.to_ascii_lowercase())
             );
-            assert_eq!(v.leave(node.addr).await, 200);
+            assert_eq!(v.leave(node.addr).await.unwrap(), 200);
         });
     }
     assert!(
@@ -313,7 +316,9 @@ fn a_session_ends_when_its_token_expires() {
     let dev = node.dev_session(320, 240, 30);
     // The viewer stays connected throughout: only the token's expiry can end the session.
     let v = node.runtime.block_on(async {
-        let v = viewer::connect(node.addr, &dev.whep_url, &dev.token, MIME_TYPE_H264).await;
+        let v = viewer::connect(node.addr, &dev.whep_url, &dev.token, MIME_TYPE_H264)
+            .await
+            .unwrap();
         assert!(v.wait_for_packets(10, Duration::from_secs(10)).await);
         v
     });
@@ -338,12 +343,14 @@ fn fifty_sessions_open_and_close_without_leaking_threads_files_or_memory() {
         for _ in 0..n {
             let dev = node.dev_session(320, 240, 30);
             node.runtime.block_on(async {
-                let v = viewer::connect(node.addr, &dev.whep_url, &dev.token, MIME_TYPE_H264).await;
+                let v = viewer::connect(node.addr, &dev.whep_url, &dev.token, MIME_TYPE_H264)
+                    .await
+                    .unwrap();
                 assert!(
                     v.wait_for_packets(5, Duration::from_secs(10)).await,
                     "no RTP arrived"
                 );
-                assert_eq!(v.leave(node.addr).await, 200);
+                assert_eq!(v.leave(node.addr).await.unwrap(), 200);
             });
         }
         assert!(eventually(Duration::from_secs(10), || node.live_sessions() == 0));

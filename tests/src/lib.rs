@@ -1,15 +1,16 @@
-//! Helpers for the streaming tests: an in-process node on a free loopback port, raw HTTP, a
-//! network namespace of the test's own for browser tests, headless Chromium, and a webrtc-rs
-//! viewer. Every helper fails loudly, naming what to install, when a component is missing.
+//! PixelGrid's integration harness. Starts real components — an edge node in-process on a free
+//! loopback port, headless Chromium inside a network namespace the test made itself — so that a
+//! new end-to-end test or benchmark is a few lines. Every helper fails loudly, naming what to
+//! install, when a component is missing; nothing is skipped.
 
-#![allow(dead_code)]
+#![allow(clippy::print_stdout, missing_debug_implementations)]
 
 use edge_node::game::Catalogue;
 use edge_node::host::SessionHost;
 use edge_node::stream::{DevSession, PeerSettings, StreamNode, StreamSettings};
 use pixelgrid_proto::token::{SessionClaims, TokenSigner, format_rfc3339};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -117,7 +118,7 @@ impl Drop for TestNode {
 /// Status, lower-cased headers, body.
 pub type HttpReply = (u16, Vec<(String, String)>, String);
 
-/// One HTTP/1.1 request.
+/// One blocking HTTP/1.1 request (for tests that fire requests from plain threads).
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -125,55 +126,56 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpReply {
-    let mut s = TcpStream::connect(addr).expect("connect to the node");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req += &format!("{k}: {v}\r\n");
-    }
-    req += "\r\n";
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(edge_node::stream::viewer::http(
+            addr, method, path, headers, body,
+        ))
+        .expect("HTTP request to the node")
 }
 
-/// Runs the calling test again inside a new network namespace that has only `lo`, so that
-/// nothing a browser does can reach beyond the machine. Returns true in that child (run the
-/// test body), false in the parent (after asserting the child passed).
-pub fn in_own_network_namespace(test: &str) -> bool {
-    if std::env::var_os(NETNS_ENV).is_some() {
-        let up = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .expect("`ip` (Debian iproute2) must be installed");
-        assert!(up.success(), "cannot bring lo up in the test namespace");
-        return true;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let status = Command::new("unshare")
+/// True when this process runs inside the namespace [`reexec_in_network_namespace`] made.
+pub fn in_test_namespace() -> bool {
+    std::env::var_os(NETNS_ENV).is_some()
+}
+
+/// Brings `lo` up inside the test namespace.
+pub fn bring_up_loopback() {
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("`ip` (Debian iproute2) must be installed");
+    assert!(up.success(), "cannot bring lo up in the test namespace");
+}
+
+/// Runs this executable again with `args` inside a new network namespace that has only `lo`,
+/// so that nothing a browser does can reach beyond the machine. Needs root and util-linux.
+pub fn reexec_in_network_namespace(args: &[std::ffi::OsString]) -> std::process::ExitStatus {
+    let exe = std::env::current_exe().expect("own executable");
+    Command::new("unshare")
         .arg("--net")
         .arg("--")
         .arg(&exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args(args)
         .env(NETNS_ENV, "1")
         .status()
-        .expect("`unshare` (util-linux) must be installed; browser tests need root for a network namespace");
+        .expect("`unshare` (util-linux) must be installed; browser tests need root for a network namespace")
+}
+
+/// Runs the calling test again inside its own network namespace. Returns true in that child
+/// (run the test body), false in the parent (after asserting the child passed).
+pub fn in_own_network_namespace(test: &str) -> bool {
+    if in_test_namespace() {
+        bring_up_loopback();
+        return true;
+    }
+    let args: Vec<std::ffi::OsString> = [test, "--exact", "--nocapture", "--test-threads=1"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    let status = reexec_in_network_namespace(&args);
     assert!(
         status.success(),
         "{test} failed inside its network namespace (see output above)"
@@ -267,5 +269,3 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
-
-pub mod viewer;
