@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# The main job: set up this machine, then render and encode the built-in game `arena` on this
-# node (Vulkan on the GPU, or lavapipe on the CPU) and write a video and snapshots you can open.
-# Until the orchestrator and player page land, this is how to watch the grid's edge node work.
+# The main job: set up this machine, build the edge node and serve the built-in game `arena` to
+# a browser over WebRTC. Open the printed URL and click Play. Ctrl-C stops it.
+#
+#   PIXELGRID_LISTEN=ip:port   where to serve (default: this machine's first address, port 8080;
+#                              browsers do not pair with 127.0.0.1 unless told to)
+#
+# Until the orchestrator and the local grid land, the node runs alone in --insecure-dev mode:
+# it signs its own session tokens and serves the player page itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-out="${PIXELGRID_OUT:-out}"
-mkdir -p "$out"
 cargo build --release -p edge-node
 bin=target/release/edge-node
 $bin probe
-$bin snapshot --frames 3 --out "$out/snapshots" --hold ArrowRight >/dev/null
-$bin record --seconds "${PIXELGRID_SECONDS:-10}" --hold ArrowRight --hold ArrowDown --out "$out/arena.mp4"
+if [ -z "${PIXELGRID_LISTEN:-}" ]; then
+  ip=$(hostname -I 2>/dev/null | awk '{print $1}')
+  export PIXELGRID_LISTEN="${ip:-127.0.0.1}:8080"
+fi
 echo
-echo "Play it:   ffplay $out/arena.mp4   (or vlc, or any browser)"
-echo "Look at:   $out/snapshots/frame-00000.png"
-echo "Measure:   $bin bench-pipeline --width 1280 --height 720 --fps 30 --frames 600 --sessions 8"
+echo "Open http://$PIXELGRID_LISTEN/ in Chrome or Firefox and click Play (arrows/WASD, mouse, gamepad)."
+echo "Record instead:  $bin record --seconds 10 --hold ArrowRight --out arena.mp4"
+echo
+exec $bin serve --insecure-dev

@@ -360,4 +360,29 @@ mod tests {
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
     }
+
+    #[test]
+    fn mutated_tokens_are_refused_without_panicking() {
+        let signer = TokenSigner::from_seed(&[7; 32]);
+        let token = signer.sign(&claims(2_000_000_000));
+        let v = signer.verifier();
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..5_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let mut t = token.clone().into_bytes();
+            let at = (rng as usize) % t.len();
+            t[at] = b"AZaz09-_.!"[(rng >> 32) as usize % 10];
+            if let Ok(text) = String::from_utf8(t) {
+                // Either the byte did not change, or the token is now refused.
+                if text != token {
+                    assert!(
+                        v.verify(&text, 0).is_err(),
+                        "a mutated token verified: {text}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -397,4 +397,51 @@ mod tests {
             r#"{"type":"pong","t":5.0,"node_unix_ms":7.0}"#
         );
     }
+
+    /// Mutations of valid messages (the fuzz target's job, run briefly on every test run):
+    /// nothing panics, and whatever passes the gate is valid input.
+    #[test]
+    fn mutated_messages_never_panic_and_admitted_input_is_valid() {
+        let seeds: [&[u8]; 3] = [
+            br#"{"v":1,"type":"input","events":[{"t":1,"kind":"key","code":"KeyW","down":true},{"t":2,"kind":"pointer_move","x":0.5,"y":0.25}]}"#,
+            br#"{"v":1,"type":"input","events":[{"t":3,"kind":"gamepad_axis","index":1,"value":-0.5}]}"#,
+            br#"{"v":1,"type":"ping","t":12}"#,
+        ];
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut state = crate::input::InputState::default();
+        for i in 0..20_000 {
+            let mut m = seeds[i % seeds.len()].to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % m.len().max(1);
+                match next() % 4 {
+                    0 if !m.is_empty() => m[at] = next() as u8,
+                    1 => m.insert(at, b"{}[],:\"0123456789.-e"[(next() % 20) as usize]),
+                    2 if !m.is_empty() => {
+                        m.remove(at);
+                    }
+                    _ => m.truncate(at),
+                }
+            }
+            let mut gate = gate();
+            if let Ok(GateOutcome {
+                message: Some(PlayerMessage::Input(events)),
+                ..
+            }) = gate.admit(0, &m)
+            {
+                for e in events {
+                    assert!(
+                        state.apply(&e.event).is_ok(),
+                        "admitted invalid {e:?} from {:?}",
+                        String::from_utf8_lossy(&m)
+                    );
+                }
+            }
+        }
+    }
 }
