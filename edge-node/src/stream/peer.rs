@@ -262,9 +262,8 @@ impl PeerConnectionEventHandler for Handler {
                 self.connected.notify_waiters();
                 self.connected.notify_one();
             }
-            RTCPeerConnectionState::Failed
-            | RTCPeerConnectionState::Closed
-            | RTCPeerConnectionState::Disconnected => {
+            // Disconnected may recover on its own; Failed and Closed do not.
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                 let _ = self
                     .ctx
                     .gone

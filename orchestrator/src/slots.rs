@@ -1,0 +1,142 @@
+//! Slot reservation: a node with capacity C has slot keys `…/slots/{node}/0` … `{C-1}`; a session
+//! holds a slot by creating its key in a transaction that requires the key to be absent
+//! (`mod_revision == 0`) and the node's record to be unchanged since it was read. So two
+//! sessions can never hold one slot, on either store, however many orchestrator replicas race.
+
+use crate::placement::{self, NodeView, Policy, Request};
+use crate::store::{Compare, Op, Store};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Key prefix of everything the orchestrator stores.
+pub const ROOT: &str = "/pixelgrid/v1";
+
+/// Key of a node's record.
+pub fn node_key(node: &str) -> String {
+    format!("{ROOT}/nodes/{node}")
+}
+
+/// Prefix of a node's slot keys.
+pub fn slot_prefix(node: &str) -> String {
+    format!("{ROOT}/slots/{node}/")
+}
+
+/// A node's registry record, as stored (JSON, versioned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Record format version.
+    pub v: u32,
+    /// What placement needs to know (`used` is recomputed from slot keys).
+    pub view: NodeView,
+}
+
+/// A granted slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotReservation {
+    /// Node id.
+    pub node: String,
+    /// Slot index on it.
+    pub slot: u32,
+    /// Session holding it.
+    pub session: String,
+}
+
+/// How many reservation attempts one launch makes before reporting contention as no capacity.
+pub const MAX_ATTEMPTS: usize = 64;
+
+/// Registers (or updates) a node under `lease`.
+pub async fn put_node(store: &dyn Store, view: &NodeView, lease: i64) -> Result<()> {
+    let record = NodeRecord {
+        v: 1,
+        view: view.clone(),
+    };
+    store
+        .put(
+            &node_key(&view.id),
+            serde_json::to_vec(&record).expect("serialisable"),
+            lease,
+        )
+        .await?;
+    Ok(())
+}
+
+/// The nodes now, with `used` counted from their slot keys, and each record's revision.
+pub async fn nodes(store: &dyn Store) -> Result<Vec<(NodeView, i64)>> {
+    let records = store.range(&format!("{ROOT}/nodes/")).await?;
+    let slots = store.range(&format!("{ROOT}/slots/")).await?;
+    let mut out = Vec::with_capacity(records.len());
+    for kv in records {
+        let Ok(rec) = serde_json::from_slice::<NodeRecord>(&kv.value) else {
+            tracing::warn!(key = %kv.key, "unreadable node record skipped");
+            continue;
+        };
+        let mut view = rec.view;
+        let prefix = slot_prefix(&view.id);
+        view.used = slots.iter().filter(|s| s.key.starts_with(&prefix)).count() as u32;
+        out.push((view, kv.mod_revision));
+    }
+    Ok(out)
+}
+
+/// Places `session` for `req` and reserves a slot atomically, retrying on contention.
+pub async fn reserve(
+    store: &dyn Store,
+    session: &str,
+    req: &Request,
+    policy: &Policy,
+) -> Result<SlotReservation> {
+    for _ in 0..MAX_ATTEMPTS {
+        let grid = nodes(store).await?;
+        let views: Vec<NodeView> = grid.iter().map(|(v, _)| v.clone()).collect();
+        let placement = placement::place(&views, req, policy);
+        let Some(best) = placement.ranked.first() else {
+            return Err(Error::NoCapacity(placement.summary()));
+        };
+        let (view, revision) = grid
+            .iter()
+            .find(|(v, _)| &v.id == best)
+            .expect("ranked nodes come from the grid");
+        let taken: Vec<u32> = store
+            .range(&slot_prefix(&view.id))
+            .await?
+            .iter()
+            .filter_map(|kv| kv.key.rsplit('/').next().and_then(|i| i.parse().ok()))
+            .collect();
+        let Some(slot) = (0..view.capacity).find(|i| !taken.contains(i)) else {
+            continue;
+        };
+        let key = format!("{}{slot}", slot_prefix(&view.id));
+        let outcome = store
+            .txn(
+                vec![
+                    Compare::ModRevision(key.clone(), 0),
+                    Compare::ModRevision(node_key(&view.id), *revision),
+                ],
+                vec![Op::Put {
+                    key,
+                    value: session.as_bytes().to_vec(),
+                    lease: 0,
+                }],
+            )
+            .await?;
+        if outcome.succeeded {
+            return Ok(SlotReservation {
+                node: view.id.clone(),
+                slot,
+                session: session.to_owned(),
+            });
+        }
+        // Someone took that slot (or the node changed) between our read and our write: retry.
+        tracing::debug!(node = %view.id, slot, "slot contention; retrying");
+    }
+    Err(Error::NoCapacity(format!(
+        "slots kept being taken by concurrent launches ({MAX_ATTEMPTS} attempts)"
+    )))
+}
+
+/// Frees a reserved slot.
+pub async fn release(store: &dyn Store, r: &SlotReservation) -> Result<bool> {
+    store
+        .delete(&format!("{}{}", slot_prefix(&r.node), r.slot))
+        .await
+}
