@@ -32,6 +32,10 @@ pub enum Error {
     #[error("GStreamer: {0}")]
     Gstreamer(String),
 
+    /// The node cannot take this now (draining, full, orchestrator unreachable).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+
     /// The WebRTC stack refused or failed an operation.
     #[error("WebRTC: {0}")]
     Webrtc(String),

@@ -6,6 +6,7 @@
 //! encoder together on its own frame clock; [`host::SessionHost`] runs many sessions in one
 //! process on one shared Vulkan device.
 
+pub mod agent;
 pub mod bench;
 pub mod convert;
 pub mod encode;

@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use edge_node::agent::{Agent, AgentConfig};
 use edge_node::bench::{self, BenchRequest};
 use edge_node::encode::{EncoderSettings, chain_for, probe_chain};
 use edge_node::game::Catalogue;
@@ -98,7 +99,29 @@ struct ServeArgs {
     /// TURN credential.
     #[arg(long, env = "PIXELGRID_TURN_CREDENTIAL", default_value = "")]
     turn_credential: String,
-    /// Hex ed25519 public key of the orchestrator whose session tokens this node accepts.
+    /// Orchestrator gRPC URL: register, heartbeat, and accept the tokens it signs.
+    #[arg(long, env = "PIXELGRID_ORCHESTRATOR")]
+    orchestrator: Option<String>,
+    /// This node's identity key file (created 0600 on first run; its public key is the node id).
+    #[arg(long, env = "PIXELGRID_IDENTITY", default_value = "node.key")]
+    identity: std::path::PathBuf,
+    /// URL players reach this node's HTTP server at (default: http://<listen>).
+    #[arg(long, env = "PIXELGRID_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Region code announced to the orchestrator.
+    #[arg(long, env = "PIXELGRID_REGION", default_value = "local")]
+    region: String,
+    /// Price asked, micro-credits per session-minute.
+    #[arg(long, env = "PIXELGRID_PRICE", default_value_t = 0)]
+    price: u64,
+    /// Most sessions this node runs at once.
+    #[arg(long, env = "PIXELGRID_MAX_SESSIONS", default_value_t = 8)]
+    max_sessions: u32,
+    /// On SIGTERM: take no new sessions and let running ones finish for up to this long.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_s: u64,
+    /// Hex ed25519 public key of the orchestrator whose session tokens this node accepts
+    /// (without --orchestrator; with it, the key comes from registration).
     #[arg(long, env = "PIXELGRID_ORCHESTRATOR_KEY")]
     orchestrator_key: Option<String>,
     /// This node's id, as the orchestrator names it in tokens.
@@ -380,21 +403,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None => signer.verifier(),
         };
         (
-            verifier,
+            Some(verifier),
             Some(signer),
             args.node_id.clone().unwrap_or_else(|| "dev-node".into()),
         )
+    } else if args.orchestrator.is_some() {
+        // Verifier and node id come from the identity key and the registration below.
+        (None, None, String::new())
     } else {
         let key = args
             .orchestrator_key
             .as_deref()
-            .context("--orchestrator-key (or PIXELGRID_ORCHESTRATOR_KEY) is required; use --insecure-dev to try a node alone")?;
+            .context("--orchestrator (or --orchestrator-key) is required; use --insecure-dev to try a node alone")?;
         let node_id = args
             .node_id
             .clone()
             .context("--node-id (or PIXELGRID_NODE_ID) is required")?;
         (
-            TokenVerifier::from_hex(key).context("invalid --orchestrator-key")?,
+            Some(TokenVerifier::from_hex(key).context("invalid --orchestrator-key")?),
             None,
             node_id,
         )
@@ -436,6 +462,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         dev_token_ttl: std::time::Duration::from_secs(args.dev_token_ttl_s),
         encoder_threads: args.encoder_threads,
+        max_sessions: args.max_sessions as usize,
     };
     let host = std::sync::Arc::new(SessionHost::start(
         Catalogue::default(),
@@ -445,19 +472,87 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
+        let mut settings = settings;
+        let (verifier, agent) = match (&args.orchestrator, verifier) {
+            (Some(url), verifier) if dev_signer.is_none() || verifier.is_none() => {
+                let (key, created) = pixelgrid_proto::identity::NodeKey::load_or_create(&args.identity)
+                    .with_context(|| format!("identity key {}", args.identity.display()))?;
+                if created {
+                    tracing::info!(path = %args.identity.display(), "created this node's identity key");
+                }
+                let public = args.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+                let agent = Agent::register(agent_config(&host, url, &public, addr, &args)?, key).await?;
+                let verifier = TokenVerifier::from_hex(&agent.registration.token_public_key_hex).context("orchestrator's token key")?;
+                settings.node_id = agent.node_id();
+                (verifier, Some(agent))
+            }
+            (_, Some(verifier)) => (verifier, None),
+            (_, None) => anyhow::bail!("no token key to trust"),
+        };
         let node = StreamNode::new(host, settings, verifier, dev_signer);
         if node.dev_mode() {
             println!("edge-node: play at http://{addr}/");
         } else {
-            println!("edge-node: WHEP at http://{addr}/whep/{{session}}");
+            println!("edge-node {}: WHEP at http://{addr}/whep/{{session}}", node.node_id());
         }
-        edge_node::stream::serve(listener, std::sync::Arc::clone(&node), shutdown_signal()).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(agent) = agent {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(agent.run(std::sync::Arc::clone(&node), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
+        }
+        let drain_node = std::sync::Arc::clone(&node);
+        let drain_for = std::time::Duration::from_secs(args.drain_timeout_s);
+        let shutdown = async move {
+            shutdown_signal().await;
+            // Drain: no new sessions; running ones get until the deadline.
+            drain_node.set_draining(true);
+            let deadline = tokio::time::Instant::now() + drain_for;
+            while !drain_node.session_ids().await.is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            let _ = stop_tx.send(true);
+        };
+        edge_node::stream::serve(listener, std::sync::Arc::clone(&node), shutdown).await?;
         node.close_all().await;
         Ok(())
+    })
+}
+
+fn agent_config(
+    host: &SessionHost,
+    orchestrator: &str,
+    public: &str,
+    addr: std::net::SocketAddr,
+    args: &ServeArgs,
+) -> anyhow::Result<AgentConfig> {
+    use pixelgrid_proto::types::v1 as types;
+    let info = host.vulkan().info();
+    let choice = host.encoder_for(Codec::H264)?;
+    Ok(AgentConfig {
+        orchestrator: orchestrator.to_owned(),
+        whep_base_url: format!("{}/whep", public.trim_end_matches('/')),
+        probe_address: addr.to_string(),
+        region: args.region.clone(),
+        price: args.price,
+        max_sessions: args.max_sessions,
+        games: host.catalogue().ids(),
+        gpu: types::GpuInfo {
+            vendor: info.vendor.clone(),
+            model: info.name.clone(),
+            vram_bytes: 0,
+            driver_version: info.driver.clone(),
+            vulkan_api_version: info.api_version.clone(),
+            cpu_fallback: info.cpu_fallback,
+        },
+        encoders: vec![types::EncoderCapability {
+            element: choice.candidate.element.to_owned(),
+            codec: types::VideoCodec::H264 as i32,
+            hardware: choice.candidate.hardware,
+        }],
     })
 }
 

@@ -21,6 +21,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A node request whose signature does not verify.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// No such node, session or launch.
     #[error("{0} not found")]
     NotFound(String),

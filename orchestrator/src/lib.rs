@@ -3,10 +3,41 @@
 //! - [`placement`]: the placement policy, clock-free and I/O-free.
 //! - [`store`]: etcd or an embedded store behind one [`store::Store`] trait.
 //! - [`slots`]: atomic slot reservation on a node — no two sessions ever hold the same slot.
+//! - [`lifecycle`]: a session's state machine, clock-free.
+//! - [`grid`]: the control plane's operations; [`service`]: its gRPC face; [`leader`]: which
+//!   replica runs the sweeps.
 
 mod error;
+pub mod grid;
+pub mod leader;
+pub mod lifecycle;
 pub mod placement;
+pub mod service;
 pub mod slots;
 pub mod store;
 
 pub use error::{Error, Result};
+
+/// Serves the orchestrator API and the standard gRPC health service on `listener` until
+/// `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    grid: std::sync::Arc<grid::Grid>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::result::Result<(), tonic::transport::Error> {
+    use pixelgrid_proto::orchestrator::v1::orchestrator_server::OrchestratorServer;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<OrchestratorServer<service::OrchestratorService>>()
+        .await;
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(OrchestratorServer::new(service::OrchestratorService::new(
+            grid,
+        )))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}

@@ -3,7 +3,7 @@
 //! (`mod_revision == 0`) and the node's record to be unchanged since it was read. So two
 //! sessions can never hold one slot, on either store, however many orchestrator replicas race.
 
-use crate::placement::{self, NodeView, Policy, Request};
+use crate::placement::{self, NodeView, Placement, Policy, Request};
 use crate::store::{Compare, Op, Store};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -21,13 +21,27 @@ pub fn slot_prefix(node: &str) -> String {
     format!("{ROOT}/slots/{node}/")
 }
 
-/// A node's registry record, as stored (JSON, versioned).
+/// Key of one slot.
+pub fn slot_key(node: &str, slot: u32) -> String {
+    format!("{}{slot}", slot_prefix(node))
+}
+
+/// A node's registry record, as stored (JSON, versioned) under the node's lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     /// Record format version.
     pub v: u32,
     /// What placement needs to know (`used` is recomputed from slot keys).
     pub view: NodeView,
+    /// Where players POST offers: `{whep_base_url}/{session}`.
+    #[serde(default)]
+    pub whep_base_url: String,
+    /// host:port of the node's RTT probe (`GET /probe`).
+    #[serde(default)]
+    pub probe_address: String,
+    /// The lease the record lives under (heartbeats renew it).
+    #[serde(default)]
+    pub lease: i64,
 }
 
 /// A granted slot.
@@ -44,11 +58,15 @@ pub struct SlotReservation {
 /// How many reservation attempts one launch makes before reporting contention as no capacity.
 pub const MAX_ATTEMPTS: usize = 64;
 
-/// Registers (or updates) a node under `lease`.
+/// Registers (or updates) a bare node under `lease` (tests and tools; the control plane writes
+/// full records).
 pub async fn put_node(store: &dyn Store, view: &NodeView, lease: i64) -> Result<()> {
     let record = NodeRecord {
         v: 1,
         view: view.clone(),
+        whep_base_url: String::new(),
+        probe_address: String::new(),
+        lease,
     };
     store
         .put(
@@ -60,22 +78,30 @@ pub async fn put_node(store: &dyn Store, view: &NodeView, lease: i64) -> Result<
     Ok(())
 }
 
-/// The nodes now, with `used` counted from their slot keys, and each record's revision.
-pub async fn nodes(store: &dyn Store) -> Result<Vec<(NodeView, i64)>> {
+/// Every node's full record and revision, with `used` counted from its slot keys.
+pub async fn node_records(store: &dyn Store) -> Result<Vec<(NodeRecord, i64)>> {
     let records = store.range(&format!("{ROOT}/nodes/")).await?;
     let slots = store.range(&format!("{ROOT}/slots/")).await?;
     let mut out = Vec::with_capacity(records.len());
     for kv in records {
-        let Ok(rec) = serde_json::from_slice::<NodeRecord>(&kv.value) else {
+        let Ok(mut rec) = serde_json::from_slice::<NodeRecord>(&kv.value) else {
             tracing::warn!(key = %kv.key, "unreadable node record skipped");
             continue;
         };
-        let mut view = rec.view;
-        let prefix = slot_prefix(&view.id);
-        view.used = slots.iter().filter(|s| s.key.starts_with(&prefix)).count() as u32;
-        out.push((view, kv.mod_revision));
+        let prefix = slot_prefix(&rec.view.id);
+        rec.view.used = slots.iter().filter(|s| s.key.starts_with(&prefix)).count() as u32;
+        out.push((rec, kv.mod_revision));
     }
     Ok(out)
+}
+
+/// The nodes as placement sees them, with each record's revision.
+pub async fn nodes(store: &dyn Store) -> Result<Vec<(NodeView, i64)>> {
+    Ok(node_records(store)
+        .await?
+        .into_iter()
+        .map(|(r, rev)| (r.view, rev))
+        .collect())
 }
 
 /// Places `session` for `req` and reserves a slot atomically, retrying on contention.
@@ -85,6 +111,20 @@ pub async fn reserve(
     req: &Request,
     policy: &Policy,
 ) -> Result<SlotReservation> {
+    reserve_with(store, session, req, policy, |_| Vec::new())
+        .await
+        .map(|(r, _)| r)
+}
+
+/// Like [`reserve`], also applying `extra(&reservation)` in the same transaction (the session
+/// record, say), and returning the placement with its reasons for the nodes left out.
+pub async fn reserve_with(
+    store: &dyn Store,
+    session: &str,
+    req: &Request,
+    policy: &Policy,
+    extra: impl Fn(&SlotReservation) -> Vec<Op>,
+) -> Result<(SlotReservation, Placement)> {
     for _ in 0..MAX_ATTEMPTS {
         let grid = nodes(store).await?;
         let views: Vec<NodeView> = grid.iter().map(|(v, _)| v.clone()).collect();
@@ -105,26 +145,29 @@ pub async fn reserve(
         let Some(slot) = (0..view.capacity).find(|i| !taken.contains(i)) else {
             continue;
         };
-        let key = format!("{}{slot}", slot_prefix(&view.id));
+        let key = slot_key(&view.id, slot);
+        let reservation = SlotReservation {
+            node: view.id.clone(),
+            slot,
+            session: session.to_owned(),
+        };
+        let mut ops = vec![Op::Put {
+            key: key.clone(),
+            value: session.as_bytes().to_vec(),
+            lease: 0,
+        }];
+        ops.extend(extra(&reservation));
         let outcome = store
             .txn(
                 vec![
-                    Compare::ModRevision(key.clone(), 0),
+                    Compare::ModRevision(key, 0),
                     Compare::ModRevision(node_key(&view.id), *revision),
                 ],
-                vec![Op::Put {
-                    key,
-                    value: session.as_bytes().to_vec(),
-                    lease: 0,
-                }],
+                ops,
             )
             .await?;
         if outcome.succeeded {
-            return Ok(SlotReservation {
-                node: view.id.clone(),
-                slot,
-                session: session.to_owned(),
-            });
+            return Ok((reservation, placement));
         }
         // Someone took that slot (or the node changed) between our read and our write: retry.
         tracing::debug!(node = %view.id, slot, "slot contention; retrying");
@@ -136,7 +179,5 @@ pub async fn reserve(
 
 /// Frees a reserved slot.
 pub async fn release(store: &dyn Store, r: &SlotReservation) -> Result<bool> {
-    store
-        .delete(&format!("{}{}", slot_prefix(&r.node), r.slot))
-        .await
+    store.delete(&slot_key(&r.node, r.slot)).await
 }

@@ -52,6 +52,7 @@ impl TestNode {
             },
             dev_token_ttl,
             encoder_threads: 1,
+            max_sessions: 64,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (node, addr) = runtime.block_on(async {
@@ -338,5 +339,146 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An orchestrator and registered edge nodes, in-process on loopback, sharing one runtime.
+pub struct TestGrid {
+    /// The orchestrator's gRPC address.
+    pub orchestrator: SocketAddr,
+    /// The control plane itself.
+    pub grid: Arc<orchestrator::grid::Grid>,
+    /// The edge nodes, each with its HTTP address.
+    pub nodes: Vec<(SocketAddr, Arc<StreamNode>)>,
+    /// True while this grid's replica leads the sweeps.
+    pub leading: Arc<std::sync::atomic::AtomicBool>,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl TestGrid {
+    /// Starts an orchestrator on `store` (short leases, so tests of node loss are quick) and
+    /// `nodes` edge nodes with `max_sessions` each.
+    pub fn start(
+        store: Arc<dyn orchestrator::store::Store>,
+        nodes: usize,
+        max_sessions: u32,
+    ) -> Self {
+        use orchestrator::grid::{Grid, GridConfig};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = GridConfig {
+            heartbeat_interval: Duration::from_millis(300),
+            node_lease_ttl: Duration::from_secs(2),
+            reservation_ttl: Duration::from_secs(3),
+            ..GridConfig::default()
+        };
+        let grid = Arc::new(Grid::new(
+            store,
+            TokenSigner::from_seed(&[9; 32]),
+            orchestrator::placement::Policy::default(),
+            config,
+        ));
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let orchestrator = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(orchestrator::serve(
+                listener,
+                Arc::clone(&grid),
+                std::future::pending(),
+            ));
+            tokio::spawn(orchestrator::leader::run(
+                Arc::clone(&grid),
+                "test".into(),
+                Duration::from_secs(2),
+                Duration::from_millis(200),
+                Arc::clone(&leading),
+            ));
+            addr
+        });
+        let mut me = Self {
+            orchestrator,
+            grid,
+            nodes: Vec::new(),
+            leading,
+            runtime,
+        };
+        for i in 0..nodes {
+            me.add_node(i as u8, max_sessions);
+        }
+        me
+    }
+
+    /// Starts one more edge node (identity from `seed`) and registers it.
+    pub fn add_node(&mut self, seed: u8, max_sessions: u32) -> SocketAddr {
+        let host = Arc::new(
+            SessionHost::start(Catalogue::default(), None).expect("Vulkan and GStreamer must work"),
+        );
+        let orchestrator_url = format!("http://{}", self.orchestrator);
+        let (addr, node) = self.runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let info = host.vulkan().info().clone();
+            let config = edge_node::agent::AgentConfig {
+                orchestrator: orchestrator_url,
+                whep_base_url: format!("http://{addr}/whep"),
+                probe_address: addr.to_string(),
+                region: "local".into(),
+                price: 0,
+                max_sessions,
+                games: host.catalogue().ids(),
+                gpu: pixelgrid_proto::types::v1::GpuInfo {
+                    model: info.name,
+                    cpu_fallback: info.cpu_fallback,
+                    ..Default::default()
+                },
+                encoders: vec![],
+            };
+            let key = pixelgrid_proto::identity::NodeKey::from_seed(&[seed.wrapping_add(100); 32]);
+            let agent = edge_node::agent::Agent::register(config, key)
+                .await
+                .expect("registration");
+            let verifier = pixelgrid_proto::token::TokenVerifier::from_hex(
+                &agent.registration.token_public_key_hex,
+            )
+            .unwrap();
+            let settings = StreamSettings {
+                node_id: agent.node_id(),
+                peer: PeerSettings {
+                    udp_addrs: vec![SocketAddr::new(addr.ip(), 0)],
+                    ice_servers: vec![],
+                    input_limits: Default::default(),
+                },
+                dev_token_ttl: Duration::from_secs(60),
+                encoder_threads: 1,
+                max_sessions: max_sessions as usize,
+            };
+            let node = StreamNode::new(host, settings, verifier, None);
+            tokio::spawn(edge_node::stream::serve(
+                listener,
+                Arc::clone(&node),
+                std::future::pending(),
+            ));
+            tokio::spawn(agent.run(Arc::clone(&node), std::future::pending()));
+            (addr, node)
+        });
+        self.nodes.push((addr, node));
+        addr
+    }
+
+    /// A gRPC client of the orchestrator.
+    pub async fn client(
+        &self,
+    ) -> pixelgrid_proto::orchestrator::v1::orchestrator_client::OrchestratorClient<
+        tonic::transport::Channel,
+    > {
+        pixelgrid_proto::orchestrator::v1::orchestrator_client::OrchestratorClient::connect(
+            format!("http://{}", self.orchestrator),
+        )
+        .await
+        .expect("connect to the orchestrator")
     }
 }

@@ -65,6 +65,10 @@ pub struct StreamCounters {
     pub input_accepted: AtomicU64,
     /// Input events and messages dropped.
     pub input_dropped: AtomicU64,
+    /// A player's connection came up.
+    pub player_connected: std::sync::atomic::AtomicBool,
+    /// ... and the orchestrator has been told.
+    pub connection_reported: std::sync::atomic::AtomicBool,
 }
 
 /// Node-wide counters of refused requests, by reason.
@@ -132,6 +136,8 @@ pub struct StreamSettings {
     pub dev_token_ttl: Duration,
     /// Encoder threads per session.
     pub encoder_threads: u32,
+    /// Most sessions this node runs at once.
+    pub max_sessions: usize,
 }
 
 /// Live sessions and how to admit new ones; see the module docs.
@@ -144,6 +150,7 @@ pub struct StreamNode {
     /// Refused requests by reason.
     pub rejects: RejectCounters,
     gone: mpsc::UnboundedSender<(String, String)>,
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for StreamNode {
@@ -172,6 +179,7 @@ impl StreamNode {
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             rejects: RejectCounters::default(),
             gone: gone_tx,
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
@@ -252,6 +260,17 @@ impl StreamNode {
         })?;
         let mut sessions = self.sessions.lock().await;
         if !sessions.contains_key(&claims.sid) {
+            if self.is_draining() {
+                return Err(Error::Unavailable(
+                    "this node is draining and takes no new sessions".into(),
+                ));
+            }
+            if sessions.len() >= self.settings.max_sessions {
+                return Err(Error::Unavailable(format!(
+                    "this node is full ({} sessions)",
+                    self.settings.max_sessions
+                )));
+            }
             let live = self.start_session(&claims, codec).await?;
             sessions.insert(claims.sid.clone(), live);
         }
@@ -440,6 +459,42 @@ impl StreamNode {
                 expires: s.claims.exp.clone(),
             })
             .collect()
+    }
+
+    /// Ids of the live sessions.
+    pub async fn session_ids(&self) -> Vec<String> {
+        self.sessions.lock().await.keys().cloned().collect()
+    }
+
+    /// Sessions whose player connected since the last call (each reported once).
+    pub async fn take_newly_connected(&self) -> Vec<String> {
+        self.sessions
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, s)| {
+                s.counters.player_connected.load(Ordering::Relaxed)
+                    && !s.counters.connection_reported.swap(true, Ordering::Relaxed)
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Stops (or resumes) taking new sessions; running ones go on.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// True while draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Sessions this node can still start.
+    pub async fn free_slots(&self) -> usize {
+        self.settings
+            .max_sessions
+            .saturating_sub(self.sessions.lock().await.len())
     }
 
     /// Ends every session (shutdown).

@@ -258,6 +258,10 @@ impl PeerConnectionEventHandler for Handler {
         tracing::info!(viewer = %self.viewer_id, %state, "viewer connection");
         match state {
             RTCPeerConnectionState::Connected => {
+                self.ctx
+                    .counters
+                    .player_connected
+                    .store(true, Ordering::Relaxed);
                 self.ctx.session.request_keyframe();
                 self.connected.notify_waiters();
                 self.connected.notify_one();

@@ -1,0 +1,220 @@
+//! The node agent: registers this node with the orchestrator (signed with the node's identity
+//! key), keeps its registration alive with a heartbeat stream, reports which players connected,
+//! ends the sessions the orchestrator ended, and drains when told to.
+
+use crate::stream::StreamNode;
+use crate::{Error, Result};
+use pixelgrid_proto::identity::{NodeKey, SignedRequest};
+use pixelgrid_proto::orchestrator::v1 as pb;
+use pixelgrid_proto::orchestrator::v1::orchestrator_client::OrchestratorClient;
+use pixelgrid_proto::types::v1 as types;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What the node tells the orchestrator about itself.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Orchestrator gRPC URL (`http://host:50051`).
+    pub orchestrator: String,
+    /// Where players POST offers: `{whep_base_url}/{session}`.
+    pub whep_base_url: String,
+    /// host:port of this node's `GET /probe`.
+    pub probe_address: String,
+    /// Region code.
+    pub region: String,
+    /// Micro-credits per session-minute.
+    pub price: u64,
+    /// Sessions this node holds.
+    pub max_sessions: u32,
+    /// Games hosted.
+    pub games: Vec<String>,
+    /// The render device.
+    pub gpu: types::GpuInfo,
+    /// Encoders that work here.
+    pub encoders: Vec<types::EncoderCapability>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("{what}: {e}"))
+}
+
+/// A registered node's agent.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    key: NodeKey,
+    client: OrchestratorClient<tonic::transport::Channel>,
+    /// What the orchestrator answered at registration.
+    pub registration: pb::RegisterNodeResponse,
+}
+
+impl Agent {
+    /// Connects and registers.
+    pub async fn register(config: AgentConfig, key: NodeKey) -> Result<Self> {
+        let client = OrchestratorClient::connect(config.orchestrator.clone())
+            .await
+            .map_err(|e| {
+                unavailable(
+                    &format!(
+                        "orchestrator at {} refused the connection; is it running?",
+                        config.orchestrator
+                    ),
+                    e,
+                )
+            })?;
+        let mut agent = Self {
+            config,
+            key,
+            client,
+            registration: Default::default(),
+        };
+        agent.registration = agent.send_registration().await?;
+        Ok(agent)
+    }
+
+    async fn send_registration(&mut self) -> Result<pb::RegisterNodeResponse> {
+        let c = &self.config;
+        let req = pb::RegisterNodeRequest {
+            node_id: Some(types::NodeId {
+                hex: self.key.node_id(),
+            }),
+            capabilities: Some(types::NodeCapabilities {
+                gpu: Some(c.gpu.clone()),
+                encoders: c.encoders.clone(),
+                games_installed: c.games.clone(),
+                capacity: vec![types::SessionCapacity {
+                    mode: Some(types::VideoMode {
+                        width_px: 1280,
+                        height_px: 720,
+                        fps: 60,
+                    }),
+                    max_sessions: c.max_sessions,
+                }],
+            }),
+            region: Some(types::Region {
+                code: c.region.clone(),
+            }),
+            whep_base_url: c.whep_base_url.clone(),
+            probe_address: c.probe_address.clone(),
+            price: Some(types::Price {
+                micro_credits_per_minute: c.price,
+            }),
+            sent_unix_ms: now_ms(),
+            signature: None,
+        }
+        .sign_with(&self.key);
+        let reply = self
+            .client
+            .register_node(req)
+            .await
+            .map_err(|s| unavailable("registration refused", s.message()))?;
+        tracing::info!(node = %self.key.node_id(), "registered with the orchestrator");
+        Ok(reply.into_inner())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> String {
+        self.key.node_id()
+    }
+
+    /// Heartbeats until `stop` resolves, re-registering when the registration lapsed.
+    pub async fn run(mut self, node: Arc<StreamNode>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut sequence = 0u64;
+        loop {
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::HeartbeatRequest>(4);
+            let replies = match self
+                .client
+                .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            {
+                Ok(r) => r.into_inner(),
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "heartbeat stream refused; retrying");
+                    tokio::select! { _ = &mut stop => return, _ = tokio::time::sleep(Duration::from_secs(1)) => continue }
+                }
+            };
+            let interval =
+                Duration::from_millis(u64::from(self.registration.heartbeat_interval_ms.max(100)));
+            let outcome = self
+                .beat(&node, tx, replies, interval, &mut sequence, &mut stop)
+                .await;
+            match outcome {
+                Beat::Stopped => return,
+                Beat::Lapsed => {
+                    tracing::warn!("registration lapsed; registering again");
+                    if let Ok(r) = self.send_registration().await {
+                        self.registration = r;
+                    }
+                }
+                Beat::Broken => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    async fn beat(
+        &mut self,
+        node: &Arc<StreamNode>,
+        tx: tokio::sync::mpsc::Sender<pb::HeartbeatRequest>,
+        mut replies: tonic::Streaming<pb::HeartbeatResponse>,
+        interval: Duration,
+        sequence: &mut u64,
+        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Beat {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = &mut *stop => return Beat::Stopped,
+                _ = tick.tick() => {
+                    *sequence += 1;
+                    let hb = pb::HeartbeatRequest {
+                        node_id: Some(types::NodeId { hex: self.key.node_id() }),
+                        sequence: *sequence,
+                        sent_unix_ms: now_ms(),
+                        state: if node.is_draining() { pb::NodeState::Draining } else { pb::NodeState::Ready } as i32,
+                        active_session_ids: node.session_ids().await,
+                        connected_session_ids: node.take_newly_connected().await,
+                        free_slots: node.free_slots().await as u32,
+                        cpu_load_percent: 0,
+                        gpu: None,
+                        signature: None,
+                    }
+                    .sign_with(&self.key);
+                    if tx.send(hb).await.is_err() {
+                        return Beat::Broken;
+                    }
+                }
+                reply = replies.message() => match reply {
+                    Ok(Some(r)) => {
+                        if r.drain && !node.is_draining() {
+                            tracing::info!("orchestrator asked this node to drain");
+                            node.set_draining(true);
+                        }
+                        for sid in r.end_session_ids {
+                            node.end_session(&sid, "ended by the orchestrator").await;
+                        }
+                    }
+                    Ok(None) => return Beat::Broken,
+                    Err(s) if s.code() == tonic::Code::NotFound => return Beat::Lapsed,
+                    Err(s) => {
+                        tracing::warn!(error = %s.message(), "heartbeat failed");
+                        return Beat::Broken;
+                    }
+                },
+            }
+        }
+    }
+}
+
+enum Beat {
+    Stopped,
+    Lapsed,
+    Broken,
+}

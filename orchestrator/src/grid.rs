@@ -1,0 +1,728 @@
+//! The control plane's operations over the store, in the orchestrator contract's own types:
+//! node registration and heartbeats on leases, the two-step launch, the session lifecycle, and
+//! the sweeps the leader runs. The gRPC service ([`crate::service`]) is a thin shell over this.
+
+use crate::lifecycle::{self, SessionEvent, SessionState};
+use crate::placement::{self, NodeView, Policy, Request};
+use crate::slots::{self, NodeRecord, ROOT, SlotReservation};
+use crate::store::{Compare, Op, Store};
+use crate::{Error, Result};
+use pixelgrid_proto::identity::SignedRequest;
+use pixelgrid_proto::orchestrator::v1 as pb;
+use pixelgrid_proto::token::{SessionClaims, TokenSigner, format_rfc3339};
+use pixelgrid_proto::types::v1 as types;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Timings of the grid.
+#[derive(Debug, Clone)]
+pub struct GridConfig {
+    /// How often nodes heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A node whose heartbeats stop disappears after this long.
+    pub node_lease_ttl: Duration,
+    /// Time a player has between CreateSession and ChooseNode.
+    pub launch_ttl: Duration,
+    /// Time a reserved slot waits for its player to connect.
+    pub reservation_ttl: Duration,
+    /// Longest a session may run (its token's expiry).
+    pub session_max: Duration,
+    /// Clock skew allowed on signed node requests.
+    pub max_clock_skew: Duration,
+}
+
+impl Default for GridConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(1),
+            node_lease_ttl: Duration::from_secs(5),
+            launch_ttl: Duration::from_secs(30),
+            reservation_ttl: Duration::from_secs(30),
+            session_max: Duration::from_secs(4 * 3600),
+            max_clock_skew: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A launch between its two steps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LaunchRecord {
+    v: u32,
+    game: String,
+    region: String,
+    width: u32,
+    height: u32,
+    fps: u32,
+    codec: i32,
+    max_latency_ms: u32,
+    max_price: u64,
+    candidates: Vec<String>,
+    created_ms: u64,
+}
+
+/// A session, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Record format version.
+    pub v: u32,
+    /// Session id.
+    pub id: String,
+    /// Game.
+    pub game: String,
+    /// Serving node.
+    pub node: String,
+    /// Slot held on it.
+    pub slot: u32,
+    /// Picture width.
+    pub width: u32,
+    /// Picture height.
+    pub height: u32,
+    /// Frames per second.
+    pub fps: u32,
+    /// `types.v1.VideoCodec` value.
+    pub codec: i32,
+    /// Lifecycle state.
+    pub state: SessionState,
+    /// Created, Unix ms.
+    pub created_ms: u64,
+    /// Last change, Unix ms.
+    pub updated_ms: u64,
+    /// Why it ended.
+    #[serde(default)]
+    pub reason: String,
+}
+
+fn session_key(id: &str) -> String {
+    format!("{ROOT}/sessions/{id}")
+}
+
+fn launch_key(id: &str) -> String {
+    format!("{ROOT}/launches/{id}")
+}
+
+/// Unix ms now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::fill(&mut b);
+    pixelgrid_proto::token::hex(&b)
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// What the sweeps changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Pending sessions whose player never came.
+    pub expired: usize,
+    /// Sessions whose node was lost.
+    pub failed: usize,
+    /// Slot keys with no live session behind them.
+    pub orphans: usize,
+}
+
+/// The control plane; see the module docs.
+#[derive(Debug)]
+pub struct Grid {
+    store: Arc<dyn Store>,
+    signer: TokenSigner,
+    policy: Policy,
+    config: GridConfig,
+    heartbeat_seq: Mutex<HashMap<String, u64>>,
+}
+
+impl Grid {
+    /// A control plane on `store`, signing session tokens with `signer`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        signer: TokenSigner,
+        policy: Policy,
+        config: GridConfig,
+    ) -> Self {
+        Self {
+            store,
+            signer,
+            policy,
+            config,
+            heartbeat_seq: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The timings in force.
+    pub fn config(&self) -> &GridConfig {
+        &self.config
+    }
+
+    fn check_clock(&self, sent_ms: u64) -> Result<()> {
+        let skew = now_ms().abs_diff(sent_ms);
+        if skew > self.config.max_clock_skew.as_millis() as u64 {
+            return Err(invalid(
+                "sent_unix_ms",
+                format!("{skew} ms away from the orchestrator's clock; check NTP"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A node joins: the request must be signed by the key its id names.
+    pub async fn register(&self, req: pb::RegisterNodeRequest) -> Result<pb::RegisterNodeResponse> {
+        if !req.verify_signature() {
+            return Err(Error::Unauthenticated(
+                "RegisterNode is not signed by the key its node_id names".into(),
+            ));
+        }
+        let id = req
+            .node_id
+            .as_ref()
+            .map(|n| n.hex.clone())
+            .unwrap_or_default();
+        self.check_clock(req.sent_unix_ms)?;
+        let caps = req.capabilities.clone().unwrap_or_default();
+        if caps.games_installed.is_empty() {
+            return Err(invalid(
+                "capabilities.games_installed",
+                "a node must host at least one game",
+            ));
+        }
+        let capacity = caps
+            .capacity
+            .iter()
+            .map(|c| c.max_sessions)
+            .max()
+            .unwrap_or(0);
+        if capacity == 0 {
+            return Err(invalid(
+                "capabilities.capacity",
+                "a node must hold at least one session",
+            ));
+        }
+        if !req.whep_base_url.starts_with("http://") && !req.whep_base_url.starts_with("https://") {
+            return Err(invalid("whep_base_url", "must be an http(s) URL"));
+        }
+        let lease = self.store.grant_lease(self.config.node_lease_ttl).await?;
+        let record = NodeRecord {
+            v: 1,
+            view: NodeView {
+                id: id.clone(),
+                ready: true,
+                region: req.region.map(|r| r.code).unwrap_or_default(),
+                games: caps.games_installed,
+                capacity,
+                used: 0,
+                price: req.price.map(|p| p.micro_credits_per_minute).unwrap_or(0),
+            },
+            whep_base_url: req.whep_base_url.trim_end_matches('/').to_owned(),
+            probe_address: req.probe_address,
+            lease,
+        };
+        self.store
+            .put(
+                &slots::node_key(&id),
+                serde_json::to_vec(&record).expect("serialisable"),
+                lease,
+            )
+            .await?;
+        self.heartbeat_seq
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        tracing::info!(node = %id, capacity, "node registered");
+        Ok(pb::RegisterNodeResponse {
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+            lease_ttl_ms: self.config.node_lease_ttl.as_millis() as u32,
+            token_public_key_hex: self.signer.public_key_hex(),
+        })
+    }
+
+    async fn node_record(&self, id: &str) -> Result<Option<(NodeRecord, i64)>> {
+        Ok(self.store.get(&slots::node_key(id)).await?.and_then(|kv| {
+            serde_json::from_slice::<NodeRecord>(&kv.value)
+                .ok()
+                .map(|r| (r, kv.mod_revision))
+        }))
+    }
+
+    /// One heartbeat: renews the node's lease, marks connected sessions active, and says which
+    /// sessions the node should end and whether it should drain.
+    pub async fn heartbeat(&self, hb: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
+        if !hb.verify_signature() {
+            return Err(Error::Unauthenticated(
+                "heartbeat is not signed by the key its node_id names".into(),
+            ));
+        }
+        let id = hb
+            .node_id
+            .as_ref()
+            .map(|n| n.hex.clone())
+            .unwrap_or_default();
+        self.check_clock(hb.sent_unix_ms)?;
+        {
+            let mut seqs = self.heartbeat_seq.lock().unwrap_or_else(|p| p.into_inner());
+            let last = seqs.entry(id.clone()).or_insert(0);
+            if hb.sequence <= *last {
+                return Err(invalid(
+                    "sequence",
+                    format!(
+                        "{} is not after {}; replayed or reordered heartbeat",
+                        hb.sequence, *last
+                    ),
+                ));
+            }
+            *last = hb.sequence;
+        }
+        let (record, _) = self.node_record(&id).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "node {id} (its registration lapsed; register again)"
+            ))
+        })?;
+        if !self.store.keep_alive(record.lease).await? {
+            return Err(Error::NotFound(format!(
+                "node {id} (its registration lapsed; register again)"
+            )));
+        }
+        for sid in &hb.connected_session_ids {
+            self.transition(sid, Some(&id), SessionEvent::Connected, "")
+                .await?;
+        }
+        let mut end = Vec::new();
+        for sid in &hb.active_session_ids {
+            match self.session(sid).await? {
+                Some(s) if s.node == id && !s.state.is_final() => {}
+                _ => end.push(sid.clone()),
+            }
+        }
+        Ok(pb::HeartbeatResponse {
+            drain: !record.view.ready,
+            end_session_ids: end,
+        })
+    }
+
+    /// A session's record.
+    pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>> {
+        Ok(self
+            .store
+            .get(&session_key(id))
+            .await?
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+    }
+
+    /// Applies a lifecycle event to a session (optimistically, retried on races); frees its slot
+    /// when it reaches a final state. Returns the record after the event.
+    pub async fn transition(
+        &self,
+        id: &str,
+        node: Option<&str>,
+        event: SessionEvent,
+        reason: &str,
+    ) -> Result<Option<SessionRecord>> {
+        for _ in 0..8 {
+            let Some(kv) = self.store.get(&session_key(id)).await? else {
+                return Ok(None);
+            };
+            let Ok(mut rec) = serde_json::from_slice::<SessionRecord>(&kv.value) else {
+                return Ok(None);
+            };
+            if node.is_some_and(|n| n != rec.node) {
+                return Ok(None);
+            }
+            let Some(next) = lifecycle::next(rec.state, event) else {
+                return Ok(Some(rec));
+            };
+            rec.state = next;
+            rec.updated_ms = now_ms();
+            if next.is_final() {
+                rec.reason = reason.to_owned();
+            }
+            let mut ops = vec![Op::Put {
+                key: session_key(id),
+                value: serde_json::to_vec(&rec).expect("serialisable"),
+                lease: 0,
+            }];
+            if next.is_final() {
+                ops.push(Op::Delete {
+                    key: slots::slot_key(&rec.node, rec.slot),
+                });
+            }
+            if self
+                .store
+                .txn(
+                    vec![Compare::ModRevision(session_key(id), kv.mod_revision)],
+                    ops,
+                )
+                .await?
+                .succeeded
+            {
+                tracing::info!(session = %id, state = ?next, %reason, "session state");
+                return Ok(Some(rec));
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "session {id} kept changing under us; try again"
+        )))
+    }
+
+    /// Launch step one: candidates for the player to measure.
+    pub async fn create_session(
+        &self,
+        req: pb::CreateSessionRequest,
+    ) -> Result<pb::CreateSessionResponse> {
+        if req.game.is_empty() || req.game.len() > 64 {
+            return Err(invalid("game", "must name a game (1–64 characters)"));
+        }
+        let c = req.constraints.clone().unwrap_or_default();
+        let mode = c.mode.unwrap_or(types::VideoMode {
+            width_px: 1280,
+            height_px: 720,
+            fps: 60,
+        });
+        for (field, v, max) in [
+            ("constraints.mode.width_px", mode.width_px, 4096),
+            ("constraints.mode.height_px", mode.height_px, 4096),
+        ] {
+            if !(16..=max).contains(&v) || v % 2 != 0 {
+                return Err(invalid(
+                    field,
+                    format!("{v} px; use an even size in 16..={max}"),
+                ));
+            }
+        }
+        if !(1..=240).contains(&mode.fps) {
+            return Err(invalid(
+                "constraints.mode.fps",
+                format!("{}; use 1..=240", mode.fps),
+            ));
+        }
+        if req.max_candidates > 20 {
+            return Err(invalid("max_candidates", "at most 20"));
+        }
+        let region = req.player_region.map(|r| r.code).unwrap_or_default();
+        let preq = Request {
+            game: req.game.clone(),
+            region: region.clone(),
+            max_price: (c.max_micro_credits_per_minute > 0)
+                .then_some(c.max_micro_credits_per_minute),
+            ..Request::default()
+        };
+        let mut policy = self.policy.clone();
+        if req.max_candidates > 0 {
+            policy.max_candidates = req.max_candidates as usize;
+        }
+        let records = slots::node_records(self.store.as_ref()).await?;
+        let views: Vec<NodeView> = records.iter().map(|(r, _)| r.view.clone()).collect();
+        let picked = placement::candidates(&views, &preq, &policy);
+        if picked.ranked.is_empty() {
+            return Err(Error::NoCapacity(picked.summary()));
+        }
+        let launch_id = random_id();
+        let launch = LaunchRecord {
+            v: 1,
+            game: req.game,
+            region,
+            width: mode.width_px,
+            height: mode.height_px,
+            fps: mode.fps,
+            codec: c
+                .codecs
+                .first()
+                .copied()
+                .unwrap_or(types::VideoCodec::H264 as i32),
+            max_latency_ms: c.max_latency_ms,
+            max_price: c.max_micro_credits_per_minute,
+            candidates: picked.ranked.clone(),
+            created_ms: now_ms(),
+        };
+        let lease = self.store.grant_lease(self.config.launch_ttl).await?;
+        self.store
+            .put(
+                &launch_key(&launch_id),
+                serde_json::to_vec(&launch).expect("serialisable"),
+                lease,
+            )
+            .await?;
+        let candidates = picked
+            .ranked
+            .iter()
+            .filter_map(|id| records.iter().find(|(r, _)| &r.view.id == id))
+            .map(|(r, _)| pb::Candidate {
+                node_id: Some(types::NodeId {
+                    hex: r.view.id.clone(),
+                }),
+                probe_address: r.probe_address.clone(),
+                region: Some(types::Region {
+                    code: r.view.region.clone(),
+                }),
+            })
+            .collect();
+        Ok(pb::CreateSessionResponse {
+            launch_id,
+            candidates,
+            choose_before_unix_ms: launch.created_ms + self.config.launch_ttl.as_millis() as u64,
+        })
+    }
+
+    /// Launch step two: place with the measured round trips, reserve a slot atomically, sign the
+    /// session token.
+    pub async fn choose_node(&self, req: pb::ChooseNodeRequest) -> Result<pb::ChooseNodeResponse> {
+        let kv = self
+            .store
+            .get(&launch_key(&req.launch_id))
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "launch {} (it expired or was used; call CreateSession again)",
+                    req.launch_id
+                ))
+            })?;
+        let launch: LaunchRecord =
+            serde_json::from_slice(&kv.value).map_err(|e| Error::Store(e.to_string()))?;
+        let mut rtt = std::collections::BTreeMap::new();
+        for s in &req.latencies {
+            let id = s
+                .node_id
+                .as_ref()
+                .map(|n| n.hex.clone())
+                .unwrap_or_default();
+            if launch.candidates.contains(&id) {
+                rtt.insert(id, s.rtt_ms);
+            }
+        }
+        if rtt.is_empty() {
+            return Err(invalid(
+                "latencies",
+                "no round trip measured to any candidate",
+            ));
+        }
+        let preq = Request {
+            game: launch.game.clone(),
+            region: launch.region.clone(),
+            rtt_ms: rtt,
+            max_latency_ms: (launch.max_latency_ms > 0).then_some(launch.max_latency_ms),
+            max_price: (launch.max_price > 0).then_some(launch.max_price),
+            waited_ms: now_ms().saturating_sub(launch.created_ms),
+        };
+        let session_id = random_id();
+        let now = now_ms();
+        let record_for = |r: &SlotReservation| SessionRecord {
+            v: 1,
+            id: session_id.clone(),
+            game: launch.game.clone(),
+            node: r.node.clone(),
+            slot: r.slot,
+            width: launch.width,
+            height: launch.height,
+            fps: launch.fps,
+            codec: launch.codec,
+            state: SessionState::Pending,
+            created_ms: now,
+            updated_ms: now,
+            reason: String::new(),
+        };
+        let (reservation, placement) =
+            slots::reserve_with(self.store.as_ref(), &session_id, &preq, &self.policy, |r| {
+                vec![
+                    Op::Put {
+                        key: session_key(&session_id),
+                        value: serde_json::to_vec(&record_for(r)).expect("serialisable"),
+                        lease: 0,
+                    },
+                    Op::Delete {
+                        key: launch_key(&req.launch_id),
+                    },
+                ]
+            })
+            .await?;
+        let record = record_for(&reservation);
+        let node = self
+            .node_record(&reservation.node)
+            .await?
+            .map(|(r, _)| r)
+            .ok_or_else(|| Error::Unavailable("the chosen node vanished; launch again".into()))?;
+        let now_s = now / 1000;
+        let token = self.signer.sign(&SessionClaims {
+            sid: session_id.clone(),
+            nid: reservation.node.clone(),
+            game: launch.game.clone(),
+            width: launch.width,
+            height: launch.height,
+            fps: launch.fps,
+            iat: format_rfc3339(now_s),
+            exp: format_rfc3339(now_s + self.config.session_max.as_secs()),
+        });
+        tracing::info!(session = %session_id, node = %reservation.node, slot = reservation.slot, "session placed");
+        Ok(pb::ChooseNodeResponse {
+            session: Some(to_proto(&record)),
+            session_token: token,
+            whep_url: format!("{}/{session_id}", node.whep_base_url),
+            rejected: placement
+                .rejected
+                .iter()
+                .map(|(id, why)| format!("{id}: {why}"))
+                .collect(),
+        })
+    }
+
+    /// Ends a session now and frees its slot.
+    pub async fn end_session(&self, id: &str, reason: &str) -> Result<SessionRecord> {
+        let reason = if reason.is_empty() {
+            "ended by request"
+        } else {
+            reason
+        };
+        self.transition(id, None, SessionEvent::End, reason)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("session {id}")))
+    }
+
+    /// Stops placing sessions on a node (its heartbeat answer tells it to drain).
+    pub async fn drain(&self, id: &str) -> Result<NodeRecord> {
+        for _ in 0..8 {
+            let (mut record, revision) = self
+                .node_record(id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("node {id}")))?;
+            record.view.ready = false;
+            let put = Op::Put {
+                key: slots::node_key(id),
+                value: serde_json::to_vec(&record).expect("serialisable"),
+                lease: record.lease,
+            };
+            if self
+                .store
+                .txn(
+                    vec![Compare::ModRevision(slots::node_key(id), revision)],
+                    vec![put],
+                )
+                .await?
+                .succeeded
+            {
+                tracing::info!(node = %id, "node draining");
+                return Ok(record);
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "node {id} kept changing under us; try again"
+        )))
+    }
+
+    /// Every session record (optionally one node's, one state's).
+    pub async fn sessions(
+        &self,
+        node: &str,
+        state: Option<SessionState>,
+    ) -> Result<Vec<SessionRecord>> {
+        Ok(self
+            .store
+            .range(&format!("{ROOT}/sessions/"))
+            .await?
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<SessionRecord>(&kv.value).ok())
+            .filter(|s| node.is_empty() || s.node == node)
+            .filter(|s| state.is_none_or(|st| s.state == st))
+            .collect())
+    }
+
+    /// The leader's periodic work: expire reservations nobody used, fail sessions of lost nodes,
+    /// free slots with no live session behind them.
+    pub async fn sweep(&self, now_ms: u64) -> Result<SweepReport> {
+        let mut report = SweepReport::default();
+        let nodes: Vec<String> = slots::node_records(self.store.as_ref())
+            .await?
+            .into_iter()
+            .map(|(r, _)| r.view.id)
+            .collect();
+        for s in self.sessions("", None).await? {
+            if s.state.is_final() {
+                continue;
+            }
+            if !nodes.contains(&s.node) {
+                if self
+                    .transition(&s.id, None, SessionEvent::NodeLost, "node lost")
+                    .await?
+                    .is_some()
+                {
+                    report.failed += 1;
+                }
+                continue;
+            }
+            let tick = SessionEvent::Tick {
+                now_ms,
+                created_ms: s.created_ms,
+                reservation_ttl_ms: self.config.reservation_ttl.as_millis() as u64,
+            };
+            if lifecycle::next(s.state, tick).is_some()
+                && self
+                    .transition(&s.id, None, tick, "the player never connected")
+                    .await?
+                    .is_some()
+            {
+                report.expired += 1;
+            }
+        }
+        for kv in self.store.range(&format!("{ROOT}/slots/")).await? {
+            let sid = String::from_utf8_lossy(&kv.value).into_owned();
+            let live = self
+                .session(&sid)
+                .await?
+                .is_some_and(|s| !s.state.is_final());
+            if !live
+                && self
+                    .store
+                    .txn(
+                        vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
+                        vec![Op::Delete { key: kv.key }],
+                    )
+                    .await?
+                    .succeeded
+            {
+                report.orphans += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// A session record in the contract's form.
+pub fn to_proto(s: &SessionRecord) -> pb::Session {
+    let state = match s.state {
+        SessionState::Pending => pb::SessionState::Pending,
+        SessionState::Active => pb::SessionState::Active,
+        SessionState::Ended => pb::SessionState::Ended,
+        SessionState::Failed => pb::SessionState::Failed,
+        SessionState::Expired => pb::SessionState::Expired,
+    };
+    pb::Session {
+        session_id: s.id.clone(),
+        game: s.game.clone(),
+        node_id: Some(types::NodeId {
+            hex: s.node.clone(),
+        }),
+        mode: Some(types::VideoMode {
+            width_px: s.width,
+            height_px: s.height,
+            fps: s.fps,
+        }),
+        codec: s.codec,
+        state: state as i32,
+        created_unix_ms: s.created_ms,
+        updated_unix_ms: s.updated_ms,
+        end_reason: s.reason.clone(),
+    }
+}

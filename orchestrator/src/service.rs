@@ -1,0 +1,200 @@
+//! The gRPC face of [`Grid`]: `pixelgrid.orchestrator.v1.Orchestrator`.
+
+use crate::grid::{Grid, to_proto};
+use crate::lifecycle::SessionState;
+use crate::{Error, slots};
+use pixelgrid_proto::orchestrator::v1 as pb;
+use pixelgrid_proto::orchestrator::v1::orchestrator_server::Orchestrator;
+use pixelgrid_proto::types::v1 as types;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::NoCapacity(_) => Status::resource_exhausted(msg),
+            Error::InvalidArgument { .. } => Status::invalid_argument(msg),
+            Error::Unavailable(_) => Status::unavailable(msg),
+            Error::Unauthenticated(_) => Status::unauthenticated(msg),
+            Error::NotFound(_) => Status::not_found(msg),
+            _ => Status::internal(msg),
+        }
+    }
+}
+
+/// The service; see the module docs.
+#[derive(Debug, Clone)]
+pub struct OrchestratorService {
+    grid: Arc<Grid>,
+}
+
+impl OrchestratorService {
+    /// A service over `grid`.
+    pub fn new(grid: Arc<Grid>) -> Self {
+        Self { grid }
+    }
+}
+
+fn node_id(n: &Option<types::NodeId>) -> String {
+    n.as_ref().map(|n| n.hex.clone()).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl Orchestrator for OrchestratorService {
+    async fn register_node(
+        &self,
+        r: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        Ok(Response::new(self.grid.register(r.into_inner()).await?))
+    }
+
+    type HeartbeatStream =
+        Pin<Box<dyn Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send>>;
+
+    async fn heartbeat(
+        &self,
+        r: Request<Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        let mut inbound = r.into_inner();
+        let grid = Arc::clone(&self.grid);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Ok(Some(hb)) = inbound.message().await {
+                let reply = grid.heartbeat(hb).await.map_err(Status::from);
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn create_session(
+        &self,
+        r: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        Ok(Response::new(
+            self.grid.create_session(r.into_inner()).await?,
+        ))
+    }
+
+    async fn choose_node(
+        &self,
+        r: Request<pb::ChooseNodeRequest>,
+    ) -> Result<Response<pb::ChooseNodeResponse>, Status> {
+        Ok(Response::new(self.grid.choose_node(r.into_inner()).await?))
+    }
+
+    async fn get_session(
+        &self,
+        r: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let id = r.into_inner().session_id;
+        let s = self
+            .grid
+            .session(&id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("session {id} not found")))?;
+        Ok(Response::new(to_proto(&s)))
+    }
+
+    async fn end_session(
+        &self,
+        r: Request<pb::EndSessionRequest>,
+    ) -> Result<Response<pb::EndSessionResponse>, Status> {
+        let r = r.into_inner();
+        let s = self.grid.end_session(&r.session_id, &r.reason).await?;
+        Ok(Response::new(pb::EndSessionResponse {
+            session: Some(to_proto(&s)),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        r: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let region = r.into_inner().region_code;
+        let records = slots::node_records(self.grid.store().as_ref())
+            .await
+            .map_err(Status::from)?;
+        let nodes = records
+            .into_iter()
+            .map(|(r, _)| r)
+            .filter(|r| region.is_empty() || r.view.region == region)
+            .map(|r| pb::NodeSummary {
+                node_id: Some(types::NodeId {
+                    hex: r.view.id.clone(),
+                }),
+                state: if r.view.ready {
+                    pb::NodeState::Ready
+                } else {
+                    pb::NodeState::Draining
+                } as i32,
+                region: Some(types::Region {
+                    code: r.view.region.clone(),
+                }),
+                capabilities: Some(types::NodeCapabilities {
+                    games_installed: r.view.games.clone(),
+                    ..Default::default()
+                }),
+                whep_base_url: r.whep_base_url,
+                probe_address: r.probe_address,
+                price: Some(types::Price {
+                    micro_credits_per_minute: r.view.price,
+                }),
+                free_slots: r.view.capacity.saturating_sub(r.view.used),
+                active_sessions: r.view.used,
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn list_sessions(
+        &self,
+        r: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let r = r.into_inner();
+        let state =
+            match pb::SessionState::try_from(r.state).unwrap_or(pb::SessionState::Unspecified) {
+                pb::SessionState::Unspecified => None,
+                pb::SessionState::Pending => Some(SessionState::Pending),
+                pb::SessionState::Active => Some(SessionState::Active),
+                pb::SessionState::Ended => Some(SessionState::Ended),
+                pb::SessionState::Failed => Some(SessionState::Failed),
+                pb::SessionState::Expired => Some(SessionState::Expired),
+            };
+        let sessions = self
+            .grid
+            .sessions(&r.node_id_hex, state)
+            .await?
+            .iter()
+            .map(to_proto)
+            .collect();
+        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+    }
+
+    async fn drain_node(
+        &self,
+        r: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let id = node_id(&r.into_inner().node_id);
+        if id.is_empty() {
+            return Err(Status::invalid_argument("invalid node_id: required"));
+        }
+        let rec = self.grid.drain(&id).await?;
+        Ok(Response::new(pb::DrainNodeResponse {
+            node: Some(pb::NodeSummary {
+                node_id: Some(types::NodeId { hex: rec.view.id }),
+                state: pb::NodeState::Draining as i32,
+                ..Default::default()
+            }),
+        }))
+    }
+}
