@@ -7,6 +7,7 @@
 //! - [`grid`]: the control plane's operations; [`service`]: its gRPC face; [`leader`]: which
 //!   replica runs the sweeps.
 
+pub mod bench;
 mod error;
 pub mod grid;
 pub mod leader;

@@ -17,6 +17,8 @@ use std::time::Duration;
     about = "PixelGrid control plane: node registry, placement, sessions (gRPC)"
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// gRPC listen address.
     #[arg(long, env = "PIXELGRID_LISTEN", default_value = "127.0.0.1:50051")]
     listen: std::net::SocketAddr,
@@ -48,6 +50,29 @@ struct Cli {
     leader_ttl_ms: u64,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Measure placements/s, placement latency, heartbeats/s and double bookings.
+    Bench {
+        /// Nodes to register (4 slots each).
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Launches in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Placements to make.
+        #[arg(long, default_value_t = 2_000)]
+        launches: usize,
+        /// `etcd` (the --etcd endpoints, or an etcd this command starts on a free loopback port)
+        /// or `embedded`.
+        #[arg(long, default_value = "etcd")]
+        store: String,
+        /// Seconds of heartbeat load.
+        #[arg(long, default_value_t = 5)]
+        heartbeat_seconds: u64,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -64,6 +89,24 @@ fn main() -> anyhow::Result<()> {
 
 #[allow(clippy::print_stdout)]
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Bench {
+        nodes,
+        concurrency,
+        launches,
+        store,
+        heartbeat_seconds,
+    }) = &cli.command
+    {
+        return bench(
+            &cli,
+            *nodes,
+            *concurrency,
+            *launches,
+            store,
+            *heartbeat_seconds,
+        )
+        .await;
+    }
     let (seed, created) = pixelgrid_proto::identity::load_or_create_seed(&cli.token_key)
         .with_context(|| format!("token key {}", cli.token_key.display()))?;
     if created {
@@ -106,5 +149,75 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn bench(
+    cli: &Cli,
+    nodes: usize,
+    concurrency: usize,
+    launches: usize,
+    store: &str,
+    heartbeat_seconds: u64,
+) -> anyhow::Result<()> {
+    let mut etcd_child = None;
+    let _dir;
+    let backend: Arc<dyn Store> = match store {
+        "embedded" => Arc::new(EmbeddedStore::new()),
+        "etcd" if !cli.etcd.is_empty() => Arc::new(EtcdStore::connect(&cli.etcd).await?),
+        "etcd" => {
+            // A fresh single-member etcd on free loopback ports, like the tests start.
+            let dir =
+                std::env::temp_dir().join(format!("pixelgrid-bench-etcd-{}", std::process::id()));
+            let port = |_| {
+                std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port()))
+            };
+            let (client, peer) = (port(0)??, port(1)??);
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = std::process::Command::new("etcd")
+                .args(["--name", "bench", "--data-dir"])
+                .arg(&dir)
+                .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("bench={peer_url}"), "--log-level", "error", "--quota-backend-bytes", "4294967296"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("cannot start etcd: install Debian's etcd-server (deploy/install-deps.sh) or pass --etcd")?;
+            etcd_child = Some(child);
+            _dir = dir;
+            let mut store = None;
+            for _ in 0..50 {
+                if let Ok(s) = EtcdStore::connect(std::slice::from_ref(&endpoint)).await
+                    && s.get("/probe").await.is_ok()
+                {
+                    store = Some(s);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Arc::new(store.context("etcd did not come up")?)
+        }
+        other => anyhow::bail!("invalid store: {other:?}; use etcd or embedded"),
+    };
+    let report = orchestrator::bench::run(
+        backend,
+        store,
+        nodes,
+        concurrency,
+        launches,
+        Duration::from_millis(5000),
+        heartbeat_seconds,
+    )
+    .await;
+    if let Some(mut c) = etcd_child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let report = report?;
+    println!("{}", report.table());
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

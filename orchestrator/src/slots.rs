@@ -126,22 +126,26 @@ pub async fn reserve_with(
     extra: impl Fn(&SlotReservation) -> Vec<Op>,
 ) -> Result<(SlotReservation, Placement)> {
     for _ in 0..MAX_ATTEMPTS {
-        let grid = nodes(store).await?;
-        let views: Vec<NodeView> = grid.iter().map(|(v, _)| v.clone()).collect();
+        // Unmeasured nodes cannot win a placement, so only measured ones are read.
+        let grid = if req.rtt_ms.is_empty() {
+            let mut grid = Vec::new();
+            for (view, rev) in nodes(store).await? {
+                let taken = slot_indices(store, &view.id).await?;
+                grid.push((view, rev, taken));
+            }
+            grid
+        } else {
+            nodes_named(store, req.rtt_ms.keys()).await?
+        };
+        let views: Vec<NodeView> = grid.iter().map(|(v, _, _)| v.clone()).collect();
         let placement = placement::place(&views, req, policy);
         let Some(best) = placement.ranked.first() else {
             return Err(Error::NoCapacity(placement.summary()));
         };
-        let (view, revision) = grid
+        let (view, revision, taken) = grid
             .iter()
-            .find(|(v, _)| &v.id == best)
+            .find(|(v, _, _)| &v.id == best)
             .expect("ranked nodes come from the grid");
-        let taken: Vec<u32> = store
-            .range(&slot_prefix(&view.id))
-            .await?
-            .iter()
-            .filter_map(|kv| kv.key.rsplit('/').next().and_then(|i| i.parse().ok()))
-            .collect();
         let Some(slot) = (0..view.capacity).find(|i| !taken.contains(i)) else {
             continue;
         };
@@ -177,7 +181,46 @@ pub async fn reserve_with(
     )))
 }
 
+async fn slot_indices(store: &dyn Store, node: &str) -> Result<Vec<u32>> {
+    Ok(store
+        .range(&slot_prefix(node))
+        .await?
+        .iter()
+        .filter_map(|kv| kv.key.rsplit('/').next().and_then(|i| i.parse().ok()))
+        .collect())
+}
+
 /// Frees a reserved slot.
 pub async fn release(store: &dyn Store, r: &SlotReservation) -> Result<bool> {
     store.delete(&slot_key(&r.node, r.slot)).await
+}
+
+/// Only the named nodes (those a player measured), read concurrently, with `used` counted from
+/// their slot keys and the taken slot indices: a placement reads K records, not the registry.
+pub async fn nodes_named<'a>(
+    store: &dyn Store,
+    ids: impl IntoIterator<Item = &'a String>,
+) -> Result<Vec<(NodeView, i64, Vec<u32>)>> {
+    let reads = ids.into_iter().map(|id| async move {
+        let (record, taken) =
+            futures::future::join(store.get(&node_key(id)), store.range(&slot_prefix(id))).await;
+        let (Some(kv), taken) = (record?, taken?) else {
+            return Ok(None);
+        };
+        let Ok(rec) = serde_json::from_slice::<NodeRecord>(&kv.value) else {
+            return Ok(None);
+        };
+        let taken: Vec<u32> = taken
+            .iter()
+            .filter_map(|kv| kv.key.rsplit('/').next().and_then(|i| i.parse().ok()))
+            .collect();
+        let mut view = rec.view;
+        view.used = taken.len() as u32;
+        Ok::<_, Error>(Some((view, kv.mod_revision, taken)))
+    });
+    let mut out = Vec::new();
+    for r in futures::future::join_all(reads).await {
+        out.extend(r?);
+    }
+    Ok(out)
 }

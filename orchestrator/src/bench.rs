@@ -1,0 +1,220 @@
+//! `orchestrator bench`: placements per second and their latency, heartbeats per second, and
+//! double bookings (must be 0), against the embedded store or a real etcd.
+
+use crate::placement::{NodeView, Policy, Request};
+use crate::slots::{self, ROOT};
+use crate::store::Store;
+use crate::{Error, Result};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// "etcd" or "embedded".
+    pub store: String,
+    /// Nodes registered.
+    pub nodes: usize,
+    /// Concurrent launches in flight.
+    pub concurrency: usize,
+    /// Placements attempted.
+    pub launches: usize,
+    /// Placements granted.
+    pub granted: usize,
+    /// Granted placements per second.
+    pub placements_per_s: f64,
+    /// Placement latency, median, ms.
+    pub p50_ms: f64,
+    /// Placement latency, 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Lease renewals per second sustained (a node heartbeat renews one lease).
+    pub heartbeats_per_s: f64,
+    /// Heartbeats per second the grid needs: `nodes / heartbeat interval`.
+    pub heartbeats_needed_per_s: f64,
+    /// Slots granted to two sessions (must be 0).
+    pub double_bookings: usize,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// Registers `nodes` nodes under leases, runs `launches` placements `concurrency` at a time,
+/// then renews every lease as fast as it can for `heartbeat_seconds`.
+pub async fn run(
+    store: Arc<dyn Store>,
+    store_name: &str,
+    nodes: usize,
+    concurrency: usize,
+    launches: usize,
+    heartbeat_interval: Duration,
+    heartbeat_seconds: u64,
+) -> Result<BenchReport> {
+    if nodes == 0 || concurrency == 0 {
+        return Err(Error::InvalidArgument {
+            field: "nodes/concurrency",
+            reason: "must be at least 1".into(),
+        });
+    }
+    // Register: one lease per node, as real nodes have.
+    let mut leases = Vec::with_capacity(nodes);
+    let register = Instant::now();
+    for chunk in (0..nodes).collect::<Vec<_>>().chunks(256) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let s = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                let lease = s.grant_lease(Duration::from_secs(60)).await?;
+                let view = NodeView {
+                    id: format!("node-{i:05}"),
+                    ready: true,
+                    region: "local".into(),
+                    games: vec!["arena".into()],
+                    capacity: 4,
+                    used: 0,
+                    price: 0,
+                };
+                slots::put_node(s.as_ref(), &view, lease).await?;
+                Ok::<_, Error>(lease)
+            }));
+        }
+        for t in tasks {
+            leases.push(t.await.map_err(|e| Error::Store(e.to_string()))??);
+        }
+    }
+    tracing::info!(
+        nodes,
+        secs = register.elapsed().as_secs_f64(),
+        "nodes registered"
+    );
+
+    // Each player measured a handful of nodes, as after the candidate step.
+    let request = move |i: usize| Request {
+        game: "arena".into(),
+        region: "local".into(),
+        rtt_ms: (0..5)
+            .map(|k| {
+                (
+                    format!("node-{:05}", (i * 7 + k * 1931) % nodes),
+                    5 + k as u32,
+                )
+            })
+            .collect(),
+        ..Request::default()
+    };
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (s, next) = (Arc::clone(&store), Arc::clone(&next));
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= launches {
+                    return out;
+                }
+                let t = Instant::now();
+                let r = slots::reserve(
+                    s.as_ref(),
+                    &format!("s-{i:07}"),
+                    &request(i),
+                    &Policy::default(),
+                )
+                .await;
+                out.push((t.elapsed().as_secs_f64() * 1e3, r.ok()));
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut granted = Vec::new();
+    for w in workers {
+        for (ms, r) in w.await.map_err(|e| Error::Store(e.to_string()))? {
+            latencies.push(ms);
+            granted.extend(r);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    // Double bookings, checked in the store: a granted slot must hold its own session.
+    let held: HashMap<String, String> = store
+        .range(&format!("{ROOT}/slots/"))
+        .await?
+        .into_iter()
+        .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
+        .collect();
+    let double_bookings = granted
+        .iter()
+        .filter(|r| held.get(&slots::slot_key(&r.node, r.slot)) != Some(&r.session))
+        .count();
+
+    // Heartbeats: renew leases round-robin, `concurrency` at a time.
+    let hb_end = Instant::now() + Duration::from_secs(heartbeat_seconds);
+    let leases = Arc::new(leases);
+    let renewed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let hb_start = Instant::now();
+    let mut beaters = Vec::new();
+    for w in 0..concurrency {
+        let (s, leases, renewed) = (
+            Arc::clone(&store),
+            Arc::clone(&leases),
+            Arc::clone(&renewed),
+        );
+        beaters.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < hb_end {
+                let _ = s.keep_alive(leases[i % leases.len()]).await;
+                renewed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                i += concurrency;
+            }
+        }));
+    }
+    for b in beaters {
+        let _ = b.await;
+    }
+    let heartbeats_per_s = renewed.load(std::sync::atomic::Ordering::Relaxed) as f64
+        / hb_start.elapsed().as_secs_f64();
+
+    Ok(BenchReport {
+        store: store_name.to_owned(),
+        nodes,
+        concurrency,
+        launches,
+        granted: granted.len(),
+        placements_per_s: granted.len() as f64 / elapsed,
+        p50_ms: pct(&mut latencies.clone(), 0.5),
+        p99_ms: pct(&mut latencies, 0.99),
+        heartbeats_per_s,
+        heartbeats_needed_per_s: nodes as f64 / heartbeat_interval.as_secs_f64(),
+        double_bookings,
+    })
+}
+
+impl BenchReport {
+    /// A table for people.
+    pub fn table(&self) -> String {
+        format!(
+            "store {}  nodes {}  concurrency {}\n\
+             placements: {} of {} granted, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms\n\
+             heartbeats: {:.0}/s sustained (grid needs {:.0}/s)\n\
+             double_bookings: {}",
+            self.store,
+            self.nodes,
+            self.concurrency,
+            self.granted,
+            self.launches,
+            self.placements_per_s,
+            self.p50_ms,
+            self.p99_ms,
+            self.heartbeats_per_s,
+            self.heartbeats_needed_per_s,
+            self.double_bookings
+        )
+    }
+}
