@@ -1,0 +1,179 @@
+//! `pixelgrid`: the grid's command line for operators.
+
+use clap::{Parser, Subcommand};
+use pixelgrid_client::{NodeRow, SessionRow, short, table};
+use pixelgrid_proto::orchestrator::v1 as pb;
+use pixelgrid_proto::orchestrator::v1::orchestrator_client::OrchestratorClient;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pixelgrid",
+    version,
+    about = "Operate a PixelGrid: nodes, sessions, draining"
+)]
+struct Cli {
+    /// Orchestrator gRPC URL.
+    #[arg(
+        long,
+        global = true,
+        env = "PIXELGRID_ORCHESTRATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    orchestrator: String,
+    /// Print JSON for scripts instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Registered nodes.
+    Nodes {
+        /// Only this region.
+        #[arg(long, default_value = "")]
+        region: String,
+    },
+    /// Sessions (all states unless --state).
+    Sessions {
+        /// Only this node's.
+        #[arg(long, default_value = "")]
+        node: String,
+        /// pending, active, ended, failed or expired.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Stop placing sessions on a node; running ones finish.
+    Drain {
+        /// Node id.
+        node: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[allow(clippy::print_stdout)]
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut c = OrchestratorClient::connect(cli.orchestrator.clone())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "orchestrator at {} refused the connection ({e}); is it running?",
+                cli.orchestrator
+            )
+        })?;
+    let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    match cli.command {
+        Command::Nodes { region } => {
+            let nodes = c
+                .list_nodes(pb::ListNodesRequest {
+                    region_code: region,
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .nodes;
+            let rows: Vec<NodeRow> = nodes.iter().map(NodeRow::from).collect();
+            if cli.json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            short(&r.node),
+                            r.state.clone(),
+                            r.region.clone(),
+                            r.sessions.to_string(),
+                            r.free.to_string(),
+                            r.games.join(","),
+                            r.whep.clone(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    table(
+                        &[
+                            "NODE", "STATE", "REGION", "SESSIONS", "FREE", "GAMES", "WHEP"
+                        ],
+                        &cells
+                    )
+                );
+            }
+        }
+        Command::Sessions { node, state } => {
+            let state = match state.as_deref().map(str::to_ascii_uppercase) {
+                None => pb::SessionState::Unspecified,
+                Some(s) => pb::SessionState::from_str_name(&format!("SESSION_STATE_{s}"))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "invalid --state {s:?}; use pending, active, ended, failed or expired"
+                        )
+                    })?,
+            };
+            let sessions = c
+                .list_sessions(pb::ListSessionsRequest {
+                    node_id_hex: node,
+                    state: state as i32,
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .sessions;
+            let rows: Vec<SessionRow> = sessions.iter().map(SessionRow::from).collect();
+            if cli.json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.session.clone(),
+                            r.state.clone(),
+                            r.game.clone(),
+                            short(&r.node),
+                            r.mode.clone(),
+                            r.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    table(
+                        &["SESSION", "STATE", "GAME", "NODE", "MODE", "REASON"],
+                        &cells
+                    )
+                );
+            }
+        }
+        Command::Drain { node } => {
+            let r = c
+                .drain_node(pb::DrainNodeRequest {
+                    node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: node.clone() }),
+                    deadline_ms: 0,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let row = r.node.as_ref().map(NodeRow::from);
+            if cli.json {
+                println!("{}", serde_json::to_string(&row)?);
+            } else {
+                println!("draining {node}: it takes no new sessions; running ones finish");
+            }
+        }
+    }
+    Ok(())
+}

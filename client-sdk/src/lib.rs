@@ -1,0 +1,149 @@
+//! PixelGrid's client side. For now: the operator views behind the `pixelgrid` CLI — nodes and
+//! sessions as readable tables or JSON, and draining a node. The player SDK (launch, frames,
+//! input, reconnect) builds on the same orchestrator client.
+
+use pixelgrid_proto::orchestrator::v1 as pb;
+use serde::Serialize;
+
+/// A node as the CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeRow {
+    /// Node id (hex public key).
+    pub node: String,
+    /// READY or DRAINING.
+    pub state: String,
+    /// Region.
+    pub region: String,
+    /// Sessions running or reserved.
+    pub sessions: u32,
+    /// Free slots.
+    pub free: u32,
+    /// Games hosted.
+    pub games: Vec<String>,
+    /// WHEP base URL.
+    pub whep: String,
+}
+
+/// A session as the CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionRow {
+    /// Session id.
+    pub session: String,
+    /// Lifecycle state.
+    pub state: String,
+    /// Game.
+    pub game: String,
+    /// Serving node.
+    pub node: String,
+    /// WIDTHxHEIGHT@FPS.
+    pub mode: String,
+    /// Why it ended.
+    pub reason: String,
+}
+
+fn state_name(s: i32) -> String {
+    pb::SessionState::try_from(s)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("SESSION_STATE_")
+                .to_owned()
+        })
+        .unwrap_or_else(|_| "UNKNOWN".into())
+}
+
+impl From<&pb::NodeSummary> for NodeRow {
+    fn from(n: &pb::NodeSummary) -> Self {
+        Self {
+            node: n
+                .node_id
+                .as_ref()
+                .map(|i| i.hex.clone())
+                .unwrap_or_default(),
+            state: pb::NodeState::try_from(n.state)
+                .map(|s| s.as_str_name().trim_start_matches("NODE_STATE_").to_owned())
+                .unwrap_or_default(),
+            region: n
+                .region
+                .as_ref()
+                .map(|r| r.code.clone())
+                .unwrap_or_default(),
+            sessions: n.active_sessions,
+            free: n.free_slots,
+            games: n
+                .capabilities
+                .as_ref()
+                .map(|c| c.games_installed.clone())
+                .unwrap_or_default(),
+            whep: n.whep_base_url.clone(),
+        }
+    }
+}
+
+impl From<&pb::Session> for SessionRow {
+    fn from(s: &pb::Session) -> Self {
+        Self {
+            session: s.session_id.clone(),
+            state: state_name(s.state),
+            game: s.game.clone(),
+            node: s
+                .node_id
+                .as_ref()
+                .map(|i| i.hex.clone())
+                .unwrap_or_default(),
+            mode: s
+                .mode
+                .map(|m| format!("{}x{}@{}", m.width_px, m.height_px, m.fps))
+                .unwrap_or_default(),
+            reason: s.end_reason.clone(),
+        }
+    }
+}
+
+/// Left-aligned columns with a header row.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(header.iter().map(|h| (*h).to_owned()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+/// Shortens a 64-hex-digit id for tables.
+pub fn short(id: &str) -> String {
+    if id.len() > 16 {
+        format!("{}…", &id[..12])
+    } else {
+        id.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["A", "LONG"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A    LONG\nxyz  1\nq    22");
+    }
+}

@@ -1,0 +1,80 @@
+//! `pixelgrid` against a running orchestrator with a registered edge node.
+
+use orchestrator::store::EmbeddedStore;
+use pixelgrid_tests::{TestGrid, eventually};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn pixelgrid(grid: &TestGrid, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_pixelgrid"))
+        .args(args)
+        .env(
+            "PIXELGRID_ORCHESTRATOR",
+            format!("http://{}", grid.orchestrator),
+        )
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn operators_list_nodes_and_sessions_and_drain_a_node() {
+    let grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 1, 3);
+    let node_id = grid.nodes[0].1.node_id().to_owned();
+    assert!(eventually(Duration::from_secs(10), || pixelgrid(
+        &grid,
+        &["nodes", "--json"]
+    )
+    .1
+    .contains(&node_id)));
+
+    let (code, out, _) = pixelgrid(&grid, &["nodes"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("NODE") && out.contains("READY") && out.contains("arena"),
+        "{out}"
+    );
+    let (code, out, _) = pixelgrid(&grid, &["nodes", "--json"]);
+    assert_eq!(code, 0);
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(nodes[0]["free"], 3);
+
+    let (code, out, _) = pixelgrid(&grid, &["sessions", "--json"]);
+    assert_eq!((code, out.trim()), (0, "[]"));
+    let (code, _, err) = pixelgrid(&grid, &["sessions", "--state", "sleeping"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid --state"), "{err}");
+
+    let (code, out, _) = pixelgrid(&grid, &["drain", &node_id]);
+    assert_eq!(code, 0, "{out}");
+    // The node hears it on its next heartbeat and refuses new sessions.
+    let node = Arc::clone(&grid.nodes[0].1);
+    assert!(
+        eventually(Duration::from_secs(5), || node.is_draining()),
+        "the node must start draining"
+    );
+    assert!(pixelgrid(&grid, &["nodes"]).1.contains("DRAINING"));
+
+    let (code, _, err) = pixelgrid(&grid, &["drain", "no-such-node"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NotFound"), "{err}");
+}
+
+#[test]
+fn an_unreachable_orchestrator_is_a_clear_error() {
+    let o = Command::new(env!("CARGO_BIN_EXE_pixelgrid"))
+        .args(["--orchestrator", "http://127.0.0.1:9", "nodes"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("refused the connection") && err.contains("127.0.0.1:9"),
+        "{err}"
+    );
+}
