@@ -161,33 +161,15 @@ async fn bench(
     store: &str,
     heartbeat_seconds: u64,
 ) -> anyhow::Result<()> {
-    let mut etcd_child = None;
-    let _dir;
+    let mut local_etcd = None;
     let backend: Arc<dyn Store> = match store {
         "embedded" => Arc::new(EmbeddedStore::new()),
         "etcd" if !cli.etcd.is_empty() => Arc::new(EtcdStore::connect(&cli.etcd).await?),
         "etcd" => {
-            // A fresh single-member etcd on free loopback ports, like the tests start.
-            let dir =
-                std::env::temp_dir().join(format!("pixelgrid-bench-etcd-{}", std::process::id()));
-            let port = |_| {
-                std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port()))
-            };
-            let (client, peer) = (port(0)??, port(1)??);
-            let endpoint = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = std::process::Command::new("etcd")
-                .args(["--name", "bench", "--data-dir"])
-                .arg(&dir)
-                .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("bench={peer_url}"), "--log-level", "error", "--quota-backend-bytes", "4294967296"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .context("cannot start etcd: install Debian's etcd-server (deploy/install-deps.sh) or pass --etcd")?;
-            etcd_child = Some(child);
-            _dir = dir;
+            // A fresh single-member etcd on free loopback ports.
+            let etcd = orchestrator::store::LocalEtcd::start(1)?;
+            let endpoint = etcd.endpoints[0].clone();
+            local_etcd = Some(etcd);
             let mut store = None;
             for _ in 0..50 {
                 if let Ok(s) = EtcdStore::connect(std::slice::from_ref(&endpoint)).await
@@ -212,10 +194,7 @@ async fn bench(
         heartbeat_seconds,
     )
     .await;
-    if let Some(mut c) = etcd_child {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(local_etcd);
     let report = report?;
     println!("{}", report.table());
     println!("{}", serde_json::to_string(&report)?);

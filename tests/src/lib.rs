@@ -280,65 +280,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A single-member etcd (Debian `etcd-server`) on free loopback ports with a temp data dir,
-/// killed when dropped.
+/// A single-member etcd on free loopback ports (see [`orchestrator::store::LocalEtcd`]).
 pub struct Etcd {
-    child: std::process::Child,
+    _etcd: orchestrator::store::LocalEtcd,
     /// Client URL, `http://127.0.0.1:PORT`.
     pub endpoint: String,
-    _dir: tempfile::TempDir,
 }
 
 impl Etcd {
-    /// Starts etcd and waits until it accepts connections.
+    /// Starts etcd and waits until it accepts connections; fails loudly when it cannot.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path())
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("t={peer_url}"),
-                "--log-level",
-                "error",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "etcd is missing: install Debian's `etcd-server` (deploy/install-deps.sh does)",
-            );
-        let ready = eventually(Duration::from_secs(15), || {
-            std::net::TcpStream::connect(("127.0.0.1", client)).is_ok()
-        });
-        assert!(ready, "etcd did not start on {endpoint}");
+        let etcd = orchestrator::store::LocalEtcd::start(1).unwrap_or_else(|e| panic!("{e}"));
         Self {
-            child,
-            endpoint,
-            _dir: dir,
+            endpoint: etcd.endpoints[0].clone(),
+            _etcd: etcd,
         }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -483,92 +439,5 @@ impl TestGrid {
     }
 }
 
-/// A 3-member (or n-member) etcd cluster on loopback, each member a child process with its own
-/// temp data dir.
-pub struct EtcdCluster {
-    members: Vec<Option<std::process::Child>>,
-    /// Client URLs, one per member.
-    pub endpoints: Vec<String>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl EtcdCluster {
-    /// Starts `n` members and waits until each accepts connections.
-    pub fn start(n: usize) -> Self {
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let initial = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut members = Vec::new();
-        let mut dirs = Vec::new();
-        let mut endpoints = Vec::new();
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let dir = tempfile::tempdir().unwrap();
-            let endpoint = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new("etcd")
-                .args(["--name", &format!("m{i}"), "--data-dir"])
-                .arg(dir.path())
-                .args([
-                    "--listen-client-urls",
-                    &endpoint,
-                    "--advertise-client-urls",
-                    &endpoint,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer_url,
-                    "--initial-advertise-peer-urls",
-                    &peer_url,
-                ])
-                .args([
-                    "--initial-cluster",
-                    &initial,
-                    "--initial-cluster-state",
-                    "new",
-                    "--initial-cluster-token",
-                    "pixelgrid-test",
-                ])
-                .args(["--log-level", "error"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect(
-                    "etcd is missing: install Debian's `etcd-server` (deploy/install-deps.sh does)",
-                );
-            members.push(Some(child));
-            dirs.push(dir);
-            endpoints.push(endpoint);
-        }
-        for (client, _) in &ports {
-            let up = eventually(Duration::from_secs(20), || {
-                std::net::TcpStream::connect(("127.0.0.1", *client)).is_ok()
-            });
-            assert!(up, "etcd member on port {client} did not start");
-        }
-        Self {
-            members,
-            endpoints,
-            _dirs: dirs,
-        }
-    }
-
-    /// Kills member `i` with SIGKILL.
-    pub fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.members[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill(i);
-        }
-    }
-}
+/// An n-member etcd cluster on loopback.
+pub type EtcdCluster = orchestrator::store::LocalEtcd;

@@ -171,7 +171,7 @@ fn killing_the_leader_hands_the_sweeps_to_another_replica_within_the_lease() {
 
 #[test]
 fn launches_keep_succeeding_when_an_etcd_member_dies() {
-    let mut cluster = EtcdCluster::start(3);
+    let mut cluster = EtcdCluster::start(3).expect("a 3-member etcd cluster");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

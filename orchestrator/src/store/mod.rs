@@ -10,9 +10,11 @@
 
 mod embedded;
 mod etcd;
+mod local_etcd;
 
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
+pub use local_etcd::LocalEtcd;
 
 use crate::Result;
 use std::time::Duration;
