@@ -94,6 +94,13 @@ pub async fn run(
         "nodes registered"
     );
 
+    // Placements read a watch-maintained copy of the registry, as the daemon does.
+    let cache = crate::cache::RegistryCache::start(Arc::clone(&store)).await?;
+    let synced = Instant::now();
+    while cache.node_count() < nodes && synced.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // Each player measured a handful of nodes, as after the candidate step.
     let request = move |i: usize| Request {
         game: "arena".into(),
@@ -112,7 +119,7 @@ pub async fn run(
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (s, next) = (Arc::clone(&store), Arc::clone(&next));
+        let (s, next, cache) = (Arc::clone(&store), Arc::clone(&next), Arc::clone(&cache));
         workers.push(tokio::spawn(async move {
             let mut out = Vec::new();
             loop {
@@ -121,13 +128,16 @@ pub async fn run(
                     return out;
                 }
                 let t = Instant::now();
-                let r = slots::reserve(
+                let r = slots::reserve_with(
                     s.as_ref(),
+                    Some(&cache),
                     &format!("s-{i:07}"),
                     &request(i),
                     &Policy::default(),
+                    |_| Vec::new(),
                 )
-                .await;
+                .await
+                .map(|(r, _)| r);
                 out.push((t.elapsed().as_secs_f64() * 1e3, r.ok()));
             }
         }));

@@ -142,6 +142,7 @@ pub struct Grid {
     policy: Policy,
     config: GridConfig,
     heartbeat_seq: Mutex<HashMap<String, u64>>,
+    cache: Option<Arc<crate::cache::RegistryCache>>,
 }
 
 impl Grid {
@@ -158,7 +159,14 @@ impl Grid {
             policy,
             config,
             heartbeat_seq: Mutex::new(HashMap::new()),
+            cache: None,
         }
+    }
+
+    /// Places from a watch-maintained registry cache: one store transaction per placement.
+    pub fn with_cache(mut self, cache: Arc<crate::cache::RegistryCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// The store.
@@ -535,8 +543,13 @@ impl Grid {
             updated_ms: now,
             reason: String::new(),
         };
-        let (reservation, placement) =
-            slots::reserve_with(self.store.as_ref(), &session_id, &preq, &self.policy, |r| {
+        let (reservation, placement) = slots::reserve_with(
+            self.store.as_ref(),
+            self.cache.as_deref(),
+            &session_id,
+            &preq,
+            &self.policy,
+            |r| {
                 vec![
                     Op::Put {
                         key: session_key(&session_id),
@@ -547,8 +560,9 @@ impl Grid {
                         key: launch_key(&req.launch_id),
                     },
                 ]
-            })
-            .await?;
+            },
+        )
+        .await?;
         let record = record_for(&reservation);
         let node = self
             .node_record(&reservation.node)

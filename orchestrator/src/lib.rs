@@ -8,6 +8,7 @@
 //!   replica runs the sweeps.
 
 pub mod bench;
+pub mod cache;
 mod error;
 pub mod grid;
 pub mod leader;

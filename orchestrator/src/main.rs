@@ -125,7 +125,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         reservation_ttl: Duration::from_secs(cli.reservation_ttl_s),
         ..GridConfig::default()
     };
-    let grid = Arc::new(Grid::new(store, signer.clone(), Policy::default(), config));
+    let cache = orchestrator::cache::RegistryCache::start(Arc::clone(&store)).await?;
+    let grid =
+        Arc::new(Grid::new(store, signer.clone(), Policy::default(), config).with_cache(cache));
     let replica = cli
         .replica_id
         .clone()

@@ -3,6 +3,7 @@
 //! (`mod_revision == 0`) and the node's record to be unchanged since it was read. So two
 //! sessions can never hold one slot, on either store, however many orchestrator replicas race.
 
+use crate::cache::RegistryCache;
 use crate::placement::{self, NodeView, Placement, Policy, Request};
 use crate::store::{Compare, Op, Store};
 use crate::{Error, Result};
@@ -111,7 +112,7 @@ pub async fn reserve(
     req: &Request,
     policy: &Policy,
 ) -> Result<SlotReservation> {
-    reserve_with(store, session, req, policy, |_| Vec::new())
+    reserve_with(store, None, session, req, policy, |_| Vec::new())
         .await
         .map(|(r, _)| r)
 }
@@ -120,14 +121,18 @@ pub async fn reserve(
 /// record, say), and returning the placement with its reasons for the nodes left out.
 pub async fn reserve_with(
     store: &dyn Store,
+    cache: Option<&RegistryCache>,
     session: &str,
     req: &Request,
     policy: &Policy,
     extra: impl Fn(&SlotReservation) -> Vec<Op>,
 ) -> Result<(SlotReservation, Placement)> {
-    for _ in 0..MAX_ATTEMPTS {
-        // Unmeasured nodes cannot win a placement, so only measured ones are read.
-        let grid = if req.rtt_ms.is_empty() {
+    for attempt in 0..MAX_ATTEMPTS {
+        // Unmeasured nodes cannot win a placement, so only measured ones are read — from the
+        // cache while it keeps proving current, from the store after it did not.
+        let grid = if let Some(cache) = cache.filter(|_| attempt < 2) {
+            cache.grid(req.rtt_ms.keys())
+        } else if req.rtt_ms.is_empty() {
             let mut grid = Vec::new();
             for (view, rev) in nodes(store).await? {
                 let taken = slot_indices(store, &view.id).await?;
@@ -171,6 +176,9 @@ pub async fn reserve_with(
             )
             .await?;
         if outcome.succeeded {
+            if let Some(c) = cache {
+                c.note_taken(&reservation.node, reservation.slot);
+            }
             return Ok((reservation, placement));
         }
         // Someone took that slot (or the node changed) between our read and our write: retry.

@@ -244,3 +244,45 @@ fn a_node_whose_lease_lapses_leaves_placement() {
         }
     });
 }
+
+#[test]
+fn a_watch_sees_every_change_after_its_snapshot_including_lease_expiry() {
+    use orchestrator::store::WatchEvent;
+    on_both(|s| async move {
+        s.put("/w/before", b"0".to_vec(), 0).await.unwrap();
+        s.put("/x/elsewhere", b"0".to_vec(), 0).await.unwrap();
+        let (now, mut events) = s.range_and_watch("/w/").await.unwrap();
+        assert_eq!(
+            now.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(),
+            ["/w/before"]
+        );
+        let lease = s.grant_lease(Duration::from_secs(2)).await.unwrap();
+        s.put("/w/a", b"1".to_vec(), 0).await.unwrap();
+        s.put("/x/ignored", b"1".to_vec(), 0).await.unwrap();
+        s.put("/w/leased", b"2".to_vec(), lease).await.unwrap();
+        s.delete("/w/a").await.unwrap();
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        while seen.len() < 4 && tokio::time::Instant::now() < deadline {
+            // The embedded store notices expiry when it is next touched, as the leader's sweeps do.
+            let _ = s.get("/w/poke").await;
+            if let Ok(Some(e)) =
+                tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+            {
+                seen.push(match e {
+                    WatchEvent::Put(kv) => format!("put {}", kv.key),
+                    WatchEvent::Delete { key } => format!("delete {key}"),
+                });
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                "put /w/a",
+                "put /w/leased",
+                "delete /w/a",
+                "delete /w/leased"
+            ]
+        );
+    });
+}

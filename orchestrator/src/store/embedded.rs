@@ -1,7 +1,7 @@
 //! The in-process backend: a `BTreeMap` with etcd's revision, lease and transaction semantics.
 //! Leases expire on the monotonic clock, checked whenever the store is touched.
 
-use super::{Compare, KeyValue, LeaseId, Op, Store, TxnOutcome};
+use super::{Compare, KeyValue, LeaseId, Op, Store, TxnOutcome, WatchEvent, WatchReceiver};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -20,6 +20,7 @@ struct State {
     next_lease: LeaseId,
     keys: BTreeMap<String, KeyValue>,
     leases: HashMap<LeaseId, Lease>,
+    watchers: Vec<(String, tokio::sync::mpsc::UnboundedSender<WatchEvent>)>,
 }
 
 impl State {
@@ -42,8 +43,21 @@ impl State {
             }
             for k in lease.keys {
                 self.keys.remove(&k);
+                self.notify(WatchEvent::Delete { key: k });
             }
         }
+    }
+
+    fn notify(&mut self, event: WatchEvent) {
+        let key = match &event {
+            WatchEvent::Put(kv) => &kv.key,
+            WatchEvent::Delete { key } => key,
+        };
+        let key = key.clone();
+        // Closed watchers are dropped as they are found.
+        self.watchers.retain(|(prefix, tx)| {
+            !key.starts_with(prefix.as_str()) || tx.send(event.clone()).is_ok()
+        });
     }
 
     fn apply(&mut self, op: Op) -> Result<()> {
@@ -65,21 +79,21 @@ impl State {
                         .keys
                         .insert(key.clone());
                 }
-                self.keys.insert(
-                    key.clone(),
-                    KeyValue {
-                        key,
-                        value,
-                        mod_revision: self.revision,
-                        lease,
-                    },
-                );
+                let kv = KeyValue {
+                    key: key.clone(),
+                    value,
+                    mod_revision: self.revision,
+                    lease,
+                };
+                self.keys.insert(key, kv.clone());
+                self.notify(WatchEvent::Put(kv));
             }
             Op::Delete { key } => {
-                if let Some(old) = self.keys.remove(&key)
-                    && let Some(l) = self.leases.get_mut(&old.lease)
-                {
-                    l.keys.remove(&key);
+                if let Some(old) = self.keys.remove(&key) {
+                    if let Some(l) = self.leases.get_mut(&old.lease) {
+                        l.keys.remove(&key);
+                    }
+                    self.notify(WatchEvent::Delete { key });
                 }
             }
         }
@@ -214,6 +228,21 @@ impl Store for EmbeddedStore {
         self.with(|s| {
             s.drop_lease(lease);
             Ok(())
+        })
+    }
+
+    async fn range_and_watch(&self, prefix: &str) -> Result<(Vec<KeyValue>, WatchReceiver)> {
+        // Snapshot and subscription under one lock: nothing can slip between them.
+        self.with(|s| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            s.watchers.push((prefix.to_owned(), tx));
+            let now = s
+                .keys
+                .range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v.clone())
+                .collect();
+            Ok((now, rx))
         })
     }
 }

@@ -2,9 +2,12 @@
 //! Operations are retried with backoff on transport errors: after an etcd member dies the client
 //! may keep using it until its connection fails.
 
-use super::{Compare, KeyValue, LeaseId, Op, Store, TxnOutcome};
+use super::{Compare, KeyValue, LeaseId, Op, Store, TxnOutcome, WatchEvent, WatchReceiver};
 use crate::{Error, Result};
-use etcd_client::{Client, Compare as EtcdCompare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use std::time::Duration;
 
 /// How many times an operation is tried before its error is returned.
@@ -185,5 +188,46 @@ impl Store for EtcdStore {
             Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("not found") => Ok(()),
             Err(e) => Err(self.unavailable(e)),
         }
+    }
+
+    async fn range_and_watch(&self, prefix: &str) -> Result<(Vec<KeyValue>, WatchReceiver)> {
+        let r = self
+            .retry(
+                |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await },
+            )
+            .await?;
+        let revision = r.header().map_or(0, |h| h.revision());
+        let now = r.kvs().iter().map(kv).collect();
+        // etcd keeps history, so watching from the snapshot's next revision leaves no gap.
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = self
+            .client
+            .clone()
+            .watch(prefix, Some(options))
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(resp)) = stream.message().await {
+                if resp.canceled() {
+                    break;
+                }
+                for ev in resp.events() {
+                    let Some(k) = ev.kv() else { continue };
+                    let event = match ev.event_type() {
+                        EventType::Put => WatchEvent::Put(kv(k)),
+                        EventType::Delete => WatchEvent::Delete {
+                            key: String::from_utf8_lossy(k.key()).into_owned(),
+                        },
+                    };
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok((now, rx))
     }
 }

@@ -61,6 +61,22 @@ pub enum Op {
     },
 }
 
+/// A change a watch reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A key was written.
+    Put(KeyValue),
+    /// A key was deleted (or its lease ended).
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+/// Changes under a prefix, in revision order. It closes when the watch breaks (the store went
+/// away): the watcher should sync again.
+pub type WatchReceiver = tokio::sync::mpsc::UnboundedReceiver<WatchEvent>;
+
 /// What a transaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxnOutcome {
@@ -89,4 +105,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn keep_alive(&self, lease: LeaseId) -> Result<bool>;
     /// Ends a lease now, removing its keys.
     async fn revoke(&self, lease: LeaseId) -> Result<()>;
+    /// The keys under `prefix` now, and every change to them after that snapshot, with no gap.
+    async fn range_and_watch(&self, prefix: &str) -> Result<(Vec<KeyValue>, WatchReceiver)>;
 }
