@@ -22,6 +22,12 @@ pub struct NodeRow {
     pub games: Vec<String>,
     /// WHEP base URL.
     pub whep: String,
+    /// CPU load, percent.
+    pub cpu_load_percent: u32,
+    /// GPU telemetry in words ("unavailable: …" without an NVIDIA driver).
+    pub gpu: String,
+    /// Time since the last heartbeat, ms.
+    pub heartbeat_age_ms: u64,
 }
 
 /// A session as the CLI shows it.
@@ -75,8 +81,29 @@ impl From<&pb::NodeSummary> for NodeRow {
                 .map(|c| c.games_installed.clone())
                 .unwrap_or_default(),
             whep: n.whep_base_url.clone(),
+            cpu_load_percent: n.cpu_load_percent,
+            gpu: match &n.gpu {
+                Some(g) if g.available => format!(
+                    "{}% util, {}/{} MiB, encoder {}%, {} °C",
+                    g.gpu_utilization_percent,
+                    g.memory_used_bytes >> 20,
+                    g.memory_total_bytes >> 20,
+                    g.encoder_utilization_percent,
+                    g.temperature_celsius
+                ),
+                Some(g) => format!("unavailable: {}", g.unavailable_reason),
+                None => "not reported".into(),
+            },
+            heartbeat_age_ms: now_ms().saturating_sub(n.last_heartbeat_unix_ms),
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl From<&pb::Session> for SessionRow {

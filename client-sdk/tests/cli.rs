@@ -43,6 +43,16 @@ fn operators_list_nodes_and_sessions_and_drain_a_node() {
     assert_eq!(code, 0);
     let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(nodes[0]["free"], 3);
+    // Heartbeats carry telemetry: recent, and NVML's answer (no driver on CI machines).
+    assert!(
+        nodes[0]["heartbeat_age_ms"].as_u64().unwrap() < 3000,
+        "{nodes}"
+    );
+    let gpu = nodes[0]["gpu"].as_str().unwrap();
+    assert!(
+        gpu.starts_with("unavailable: no NVIDIA driver") || gpu.contains("util"),
+        "{gpu}"
+    );
 
     let (code, out, _) = pixelgrid(&grid, &["sessions", "--json"]);
     assert_eq!((code, out.trim()), (0, "[]"));

@@ -3,6 +3,7 @@
 //! ends the sessions the orchestrator ended, and drains when told to.
 
 use crate::stream::StreamNode;
+use crate::telemetry::{GpuTelemetry, TelemetrySource};
 use crate::{Error, Result};
 use pixelgrid_proto::identity::{NodeKey, SignedRequest};
 use pixelgrid_proto::orchestrator::v1 as pb;
@@ -45,10 +46,54 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("{what}: {e}"))
 }
 
+/// CPU load over the last minute, percent of all cores (from /proc/loadavg).
+fn cpu_load_percent() -> u32 {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|l| l.parse::<f64>().ok())
+        })
+        .map(|l| ((l / cores) * 100.0).clamp(0.0, 100.0) as u32)
+        .unwrap_or(0)
+}
+
+/// The first GPU's NVML reading, or why there is none, in the contract's form.
+fn gpu_telemetry(source: &TelemetrySource) -> types::GpuTelemetry {
+    match source.sample() {
+        GpuTelemetry::Available { gpus, .. } => match gpus.first() {
+            Some(g) => types::GpuTelemetry {
+                available: true,
+                unavailable_reason: String::new(),
+                gpu_utilization_percent: g.gpu_utilization_percent.unwrap_or(0),
+                memory_used_bytes: g.memory_used_bytes.unwrap_or(0),
+                memory_total_bytes: g.memory_total_bytes.unwrap_or(0),
+                encoder_utilization_percent: g.encoder_utilization_percent.unwrap_or(0),
+                encoder_sessions: g.encoder_sessions.unwrap_or(0),
+                temperature_celsius: g.temperature_celsius.unwrap_or(0),
+                power_milliwatts: g.power_milliwatts.unwrap_or(0),
+            },
+            None => types::GpuTelemetry {
+                unavailable_reason: "NVML sees no GPU".into(),
+                ..Default::default()
+            },
+        },
+        GpuTelemetry::Unavailable { reason } => types::GpuTelemetry {
+            unavailable_reason: reason,
+            ..Default::default()
+        },
+    }
+}
+
 /// A registered node's agent.
 #[derive(Debug)]
 pub struct Agent {
     config: AgentConfig,
+    telemetry: TelemetrySource,
     key: NodeKey,
     client: OrchestratorClient<tonic::transport::Channel>,
     /// What the orchestrator answered at registration.
@@ -71,6 +116,7 @@ impl Agent {
             })?;
         let mut agent = Self {
             config,
+            telemetry: TelemetrySource::open(),
             key,
             client,
             registration: Default::default(),
@@ -182,8 +228,8 @@ impl Agent {
                         active_session_ids: node.session_ids().await,
                         connected_session_ids: node.take_newly_connected().await,
                         free_slots: node.free_slots().await as u32,
-                        cpu_load_percent: 0,
-                        gpu: None,
+                        cpu_load_percent: cpu_load_percent(),
+                        gpu: Some(gpu_telemetry(&self.telemetry)),
                         signature: None,
                     }
                     .sign_with(&self.key);

@@ -94,6 +94,25 @@ pub struct SessionRecord {
     pub reason: String,
 }
 
+/// What a node's latest heartbeat said, kept under the node's lease.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// When the heartbeat was received, Unix ms.
+    pub last_heartbeat_ms: u64,
+    /// CPU load, percent.
+    pub cpu_load_percent: u32,
+    /// Free slots the node itself reports.
+    pub free_slots: u32,
+    /// NVML reading as the node sent it (protobuf, base64), when it sent one.
+    #[serde(default)]
+    pub gpu_pb: Vec<u8>,
+}
+
+/// Key of a node's status.
+pub fn status_key(node: &str) -> String {
+    format!("{ROOT}/status/{node}")
+}
+
 fn session_key(id: &str) -> String {
     format!("{ROOT}/sessions/{id}")
 }
@@ -306,6 +325,23 @@ impl Grid {
                 "node {id} (its registration lapsed; register again)"
             )));
         }
+        let status = NodeStatus {
+            last_heartbeat_ms: now_ms(),
+            cpu_load_percent: hb.cpu_load_percent,
+            free_slots: hb.free_slots,
+            gpu_pb: hb
+                .gpu
+                .as_ref()
+                .map(prost::Message::encode_to_vec)
+                .unwrap_or_default(),
+        };
+        self.store
+            .put(
+                &status_key(&id),
+                serde_json::to_vec(&status).expect("serialisable"),
+                record.lease,
+            )
+            .await?;
         for sid in &hb.connected_session_ids {
             self.transition(sid, Some(&id), SessionEvent::Connected, "")
                 .await?;
@@ -321,6 +357,15 @@ impl Grid {
             drain: !record.view.ready,
             end_session_ids: end,
         })
+    }
+
+    /// A node's last reported status.
+    pub async fn status(&self, node: &str) -> Result<Option<NodeStatus>> {
+        Ok(self
+            .store
+            .get(&status_key(node))
+            .await?
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
     }
 
     /// A session's record.

@@ -123,11 +123,13 @@ impl Orchestrator for OrchestratorService {
         let records = slots::node_records(self.grid.store().as_ref())
             .await
             .map_err(Status::from)?;
-        let nodes = records
+        let mut nodes = Vec::new();
+        for (r, _) in records
             .into_iter()
-            .map(|(r, _)| r)
-            .filter(|r| region.is_empty() || r.view.region == region)
-            .map(|r| pb::NodeSummary {
+            .filter(|(r, _)| region.is_empty() || r.view.region == region)
+        {
+            let status = self.grid.status(&r.view.id).await?.unwrap_or_default();
+            nodes.push(pb::NodeSummary {
                 node_id: Some(types::NodeId {
                     hex: r.view.id.clone(),
                 }),
@@ -150,9 +152,13 @@ impl Orchestrator for OrchestratorService {
                 }),
                 free_slots: r.view.capacity.saturating_sub(r.view.used),
                 active_sessions: r.view.used,
-                ..Default::default()
-            })
-            .collect();
+                cpu_load_percent: status.cpu_load_percent,
+                gpu: prost::Message::decode(status.gpu_pb.as_slice())
+                    .ok()
+                    .filter(|_| !status.gpu_pb.is_empty()),
+                last_heartbeat_unix_ms: status.last_heartbeat_ms,
+            });
+        }
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 

@@ -97,8 +97,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             r.region.clone(),
                             r.sessions.to_string(),
                             r.free.to_string(),
+                            format!("{}%", r.cpu_load_percent),
                             r.games.join(","),
                             r.whep.clone(),
+                            r.gpu.clone(),
                         ]
                     })
                     .collect();
@@ -106,7 +108,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "{}",
                     table(
                         &[
-                            "NODE", "STATE", "REGION", "SESSIONS", "FREE", "GAMES", "WHEP"
+                            "NODE", "STATE", "REGION", "SESSIONS", "FREE", "CPU", "GAMES", "WHEP",
+                            "GPU"
                         ],
                         &cells
                     )
