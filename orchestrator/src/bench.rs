@@ -1,10 +1,15 @@
 //! `orchestrator bench`: placements per second and their latency, heartbeats per second, and
 //! double bookings (must be 0), against the embedded store or a real etcd.
 
-use crate::placement::{NodeView, Policy, Request};
+use crate::grid::{Grid, GridConfig};
+use crate::placement::{Policy, Request};
 use crate::slots::{self, ROOT};
 use crate::store::Store;
 use crate::{Error, Result};
+use pixelgrid_proto::identity::{NodeKey, SignedRequest};
+use pixelgrid_proto::orchestrator::v1 as pb;
+use pixelgrid_proto::token::TokenSigner;
+use pixelgrid_proto::types::v1 as types;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,8 +50,9 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-/// Registers `nodes` nodes under leases, runs `launches` placements `concurrency` at a time,
-/// then renews every lease as fast as it can for `heartbeat_seconds`.
+/// Registers `nodes` nodes (signed, through the control plane), runs `launches` placements
+/// `concurrency` at a time, then sends signed heartbeats as fast as it can for
+/// `heartbeat_seconds`.
 pub async fn run(
     store: Arc<dyn Store>,
     store_name: &str,
@@ -62,30 +68,58 @@ pub async fn run(
             reason: "must be at least 1".into(),
         });
     }
-    // Register: one lease per node, as real nodes have.
-    let mut leases = Vec::with_capacity(nodes);
+    // Register through the control plane, signed, as real nodes do (one lease each).
+    let grid = Arc::new(Grid::new(
+        Arc::clone(&store),
+        TokenSigner::from_seed(&[1; 32]),
+        Policy::default(),
+        GridConfig {
+            heartbeat_interval,
+            node_lease_ttl: Duration::from_secs(60),
+            ..GridConfig::default()
+        },
+    ));
+    let keys: Arc<Vec<NodeKey>> = Arc::new(
+        (0..nodes)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+                NodeKey::from_seed(&seed)
+            })
+            .collect(),
+    );
     let register = Instant::now();
     for chunk in (0..nodes).collect::<Vec<_>>().chunks(256) {
         let mut tasks = Vec::new();
         for &i in chunk {
-            let s = Arc::clone(&store);
+            let (grid, keys) = (Arc::clone(&grid), Arc::clone(&keys));
             tasks.push(tokio::spawn(async move {
-                let lease = s.grant_lease(Duration::from_secs(60)).await?;
-                let view = NodeView {
-                    id: format!("node-{i:05}"),
-                    ready: true,
-                    region: "local".into(),
-                    games: vec!["arena".into()],
-                    capacity: 4,
-                    used: 0,
-                    price: 0,
-                };
-                slots::put_node(s.as_ref(), &view, lease).await?;
-                Ok::<_, Error>(lease)
+                let key = &keys[i];
+                let req = pb::RegisterNodeRequest {
+                    node_id: Some(types::NodeId { hex: key.node_id() }),
+                    capabilities: Some(types::NodeCapabilities {
+                        games_installed: vec!["arena".into()],
+                        capacity: vec![types::SessionCapacity {
+                            mode: None,
+                            max_sessions: 4,
+                        }],
+                        ..Default::default()
+                    }),
+                    region: Some(types::Region {
+                        code: "local".into(),
+                    }),
+                    whep_base_url: format!("http://127.0.0.1:9/whep/{i}"),
+                    probe_address: "127.0.0.1:9".into(),
+                    price: None,
+                    sent_unix_ms: crate::grid::now_ms(),
+                    signature: None,
+                }
+                .sign_with(key);
+                grid.register(req).await.map(|_| ())
             }));
         }
         for t in tasks {
-            leases.push(t.await.map_err(|e| Error::Store(e.to_string()))??);
+            t.await.map_err(|e| Error::Store(e.to_string()))??;
         }
     }
     tracing::info!(
@@ -93,6 +127,7 @@ pub async fn run(
         secs = register.elapsed().as_secs_f64(),
         "nodes registered"
     );
+    let ids: Arc<Vec<String>> = Arc::new(keys.iter().map(NodeKey::node_id).collect());
 
     // Placements read a watch-maintained copy of the registry, as the daemon does.
     let cache = crate::cache::RegistryCache::start(Arc::clone(&store)).await?;
@@ -102,13 +137,14 @@ pub async fn run(
     }
 
     // Each player measured a handful of nodes, as after the candidate step.
+    let ids_for_requests = Arc::clone(&ids);
     let request = move |i: usize| Request {
         game: "arena".into(),
         region: "local".into(),
         rtt_ms: (0..5)
             .map(|k| {
                 (
-                    format!("node-{:05}", (i * 7 + k * 1931) % nodes),
+                    ids_for_requests[(i * 7 + k * 1931) % nodes].clone(),
                     5 + k as u32,
                 )
             })
@@ -119,7 +155,12 @@ pub async fn run(
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (s, next, cache) = (Arc::clone(&store), Arc::clone(&next), Arc::clone(&cache));
+        let (s, next, cache, request) = (
+            Arc::clone(&store),
+            Arc::clone(&next),
+            Arc::clone(&cache),
+            request.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut out = Vec::new();
             loop {
@@ -164,23 +205,37 @@ pub async fn run(
         .filter(|r| held.get(&slots::slot_key(&r.node, r.slot)) != Some(&r.session))
         .count();
 
-    // Heartbeats: renew leases round-robin, `concurrency` at a time.
+    // Heartbeats: signed, through the control plane (verify, renew the lease, store the status),
+    // round-robin over the nodes, `concurrency` at a time.
     let hb_end = Instant::now() + Duration::from_secs(heartbeat_seconds);
-    let leases = Arc::new(leases);
     let renewed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // One rising counter for all: every node's sequence rises whichever worker sends for it.
+    let sequence = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let hb_start = Instant::now();
     let mut beaters = Vec::new();
     for w in 0..concurrency {
-        let (s, leases, renewed) = (
-            Arc::clone(&store),
-            Arc::clone(&leases),
+        let (grid, keys, renewed, sequence) = (
+            Arc::clone(&grid),
+            Arc::clone(&keys),
             Arc::clone(&renewed),
+            Arc::clone(&sequence),
         );
         beaters.push(tokio::spawn(async move {
             let mut i = w;
             while Instant::now() < hb_end {
-                let _ = s.keep_alive(leases[i % leases.len()]).await;
-                renewed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let key = &keys[i % keys.len()];
+                let hb = pb::HeartbeatRequest {
+                    node_id: Some(types::NodeId { hex: key.node_id() }),
+                    sequence: sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    sent_unix_ms: crate::grid::now_ms(),
+                    state: pb::NodeState::Ready as i32,
+                    cpu_load_percent: 10,
+                    ..Default::default()
+                }
+                .sign_with(key);
+                if grid.heartbeat(hb).await.is_ok() {
+                    renewed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 i += concurrency;
             }
         }));
