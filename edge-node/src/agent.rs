@@ -193,7 +193,10 @@ impl Agent {
                 .beat(&node, tx, replies, interval, &mut sequence, &mut stop)
                 .await;
             match outcome {
-                Beat::Stopped => return,
+                Beat::Stopped => {
+                    self.deregister().await;
+                    return;
+                }
                 Beat::Lapsed => {
                     tracing::warn!("registration lapsed; registering again");
                     if let Ok(r) = self.send_registration().await {
@@ -201,6 +204,24 @@ impl Agent {
                     }
                 }
                 Beat::Broken => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    /// Leaves the grid at once rather than waiting for the lease to lapse.
+    async fn deregister(&mut self) {
+        let req = pb::DeregisterNodeRequest {
+            node_id: Some(types::NodeId {
+                hex: self.key.node_id(),
+            }),
+            sent_unix_ms: now_ms(),
+            signature: None,
+        }
+        .sign_with(&self.key);
+        match self.client.deregister_node(req).await {
+            Ok(_) => tracing::info!("deregistered from the orchestrator"),
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "could not deregister; the registration will lapse by itself")
             }
         }
     }

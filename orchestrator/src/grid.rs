@@ -650,6 +650,45 @@ impl Grid {
             .ok_or_else(|| Error::NotFound(format!("session {id}")))
     }
 
+    /// A node leaves: its registration (record, status) goes at once and its running sessions
+    /// fail, freeing their slots.
+    pub async fn deregister(
+        &self,
+        req: pb::DeregisterNodeRequest,
+    ) -> Result<pb::DeregisterNodeResponse> {
+        if !req.verify_signature() {
+            return Err(Error::Unauthenticated(
+                "DeregisterNode is not signed by the key its node_id names".into(),
+            ));
+        }
+        self.check_clock(req.sent_unix_ms)?;
+        let id = req.node_id.map(|n| n.hex).unwrap_or_default();
+        let (record, _) = self
+            .node_record(&id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("node {id}")))?;
+        self.store.revoke(record.lease).await?;
+        let mut failed = 0;
+        for s in self
+            .sessions(&id, None)
+            .await?
+            .into_iter()
+            .filter(|s| !s.state.is_final())
+        {
+            if self
+                .transition(&s.id, None, SessionEvent::NodeLost, "node left the grid")
+                .await?
+                .is_some()
+            {
+                failed += 1;
+            }
+        }
+        tracing::info!(node = %id, sessions_failed = failed, "node deregistered");
+        Ok(pb::DeregisterNodeResponse {
+            sessions_failed: failed,
+        })
+    }
+
     /// Stops placing sessions on a node (its heartbeat answer tells it to drain).
     pub async fn drain(&self, id: &str) -> Result<NodeRecord> {
         for _ in 0..8 {

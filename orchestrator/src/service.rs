@@ -203,4 +203,11 @@ impl Orchestrator for OrchestratorService {
             }),
         }))
     }
+
+    async fn deregister_node(
+        &self,
+        r: Request<pb::DeregisterNodeRequest>,
+    ) -> Result<Response<pb::DeregisterNodeResponse>, Status> {
+        Ok(Response::new(self.grid.deregister(r.into_inner()).await?))
+    }
 }

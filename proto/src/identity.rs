@@ -2,7 +2,7 @@
 //! node → orchestrator/indexer requests carry a signature over their canonical encoding — the
 //! protobuf encoding of the message with its `signature` field unset.
 
-use crate::orchestrator::v1::{HeartbeatRequest, RegisterNodeRequest};
+use crate::orchestrator::v1::{DeregisterNodeRequest, HeartbeatRequest, RegisterNodeRequest};
 use crate::token::{hex, unhex};
 use crate::types::v1::NodeSignature;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -139,6 +139,15 @@ impl SignedRequest for RegisterNodeRequest {
 }
 
 impl SignedRequest for HeartbeatRequest {
+    fn signature_mut(&mut self) -> &mut Option<NodeSignature> {
+        &mut self.signature
+    }
+    fn signer_id(&self) -> Option<&str> {
+        self.node_id.as_ref().map(|n| n.hex.as_str())
+    }
+}
+
+impl SignedRequest for DeregisterNodeRequest {
     fn signature_mut(&mut self) -> &mut Option<NodeSignature> {
         &mut self.signature
     }

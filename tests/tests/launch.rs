@@ -374,3 +374,84 @@ where
     }
     false
 }
+
+#[test]
+fn a_node_that_deregisters_leaves_at_once_and_its_sessions_fail() {
+    let grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 0, 1);
+    let g = &grid;
+    grid.runtime.block_on(async {
+        let mut c = g.client().await;
+        let key = NodeKey::from_seed(&[88; 32]);
+        let register = pb::RegisterNodeRequest {
+            node_id: Some(types::NodeId { hex: key.node_id() }),
+            capabilities: Some(types::NodeCapabilities {
+                games_installed: vec!["arena".into()],
+                capacity: vec![types::SessionCapacity {
+                    mode: None,
+                    max_sessions: 2,
+                }],
+                ..Default::default()
+            }),
+            whep_base_url: "http://127.0.0.1:9/whep".into(),
+            probe_address: "127.0.0.1:9".into(),
+            sent_unix_ms: orchestrator::grid::now_ms(),
+            ..Default::default()
+        }
+        .sign_with(&key);
+        c.register_node(register).await.unwrap();
+        let launch = c
+            .create_session(launch_request("arena"))
+            .await
+            .unwrap()
+            .into_inner();
+        let latencies = vec![pb::LatencySample {
+            node_id: Some(types::NodeId { hex: key.node_id() }),
+            rtt_ms: 2,
+        }];
+        let sid = c
+            .choose_node(pb::ChooseNodeRequest {
+                launch_id: launch.launch_id,
+                latencies,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .unwrap()
+            .session_id;
+
+        let unsigned = pb::DeregisterNodeRequest {
+            node_id: Some(types::NodeId { hex: key.node_id() }),
+            sent_unix_ms: orchestrator::grid::now_ms(),
+            signature: None,
+        };
+        assert_eq!(
+            c.deregister_node(unsigned.clone())
+                .await
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
+        let reply = c
+            .deregister_node(unsigned.sign_with(&key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.sessions_failed, 1);
+        assert!(
+            c.list_nodes(pb::ListNodesRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .nodes
+                .is_empty()
+        );
+        let s = c
+            .get_session(pb::GetSessionRequest { session_id: sid })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.state, pb::SessionState::Failed as i32);
+        assert!(s.end_reason.contains("left the grid"), "{s:?}");
+    });
+}
