@@ -346,6 +346,13 @@ impl Grid {
             self.transition(sid, Some(&id), SessionEvent::Connected, "")
                 .await?;
         }
+        // Active sessions the node no longer runs have ended there (the player left).
+        for s in self.sessions(&id, Some(SessionState::Active)).await? {
+            if !hb.active_session_ids.contains(&s.id) {
+                self.transition(&s.id, Some(&id), SessionEvent::End, "the player left")
+                    .await?;
+            }
+        }
         let mut end = Vec::new();
         for sid in &hb.active_session_ids {
             match self.session(sid).await? {

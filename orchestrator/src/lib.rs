@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod cache;
 mod error;
+pub mod gateway;
 pub mod grid;
 pub mod leader;
 pub mod lifecycle;
@@ -41,5 +42,16 @@ pub async fn serve(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
         )
+        .await
+}
+
+/// Serves the JSON gateway and player page on `listener` until `shutdown` completes.
+pub async fn serve_gateway(
+    listener: tokio::net::TcpListener,
+    grid: std::sync::Arc<grid::Grid>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, gateway::router(grid))
+        .with_graceful_shutdown(shutdown)
         .await
 }

@@ -22,6 +22,9 @@ struct Cli {
     /// gRPC listen address.
     #[arg(long, env = "PIXELGRID_LISTEN", default_value = "127.0.0.1:50051")]
     listen: std::net::SocketAddr,
+    /// HTTP address of the player page and the browsers' JSON gateway.
+    #[arg(long, env = "PIXELGRID_HTTP_LISTEN", default_value = "127.0.0.1:8000")]
+    http_listen: std::net::SocketAddr,
     /// etcd endpoints (comma-separated); without them the store is embedded in this process.
     #[arg(long, env = "PIXELGRID_ETCD", value_delimiter = ',')]
     etcd: Vec<String>,

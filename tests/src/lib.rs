@@ -302,6 +302,8 @@ impl Etcd {
 pub struct TestGrid {
     /// The orchestrator's gRPC address.
     pub orchestrator: SocketAddr,
+    /// The orchestrator's player page and JSON gateway.
+    pub gateway: SocketAddr,
     /// The control plane itself.
     pub grid: Arc<orchestrator::grid::Grid>,
     /// The edge nodes, each with its HTTP address.
@@ -331,16 +333,31 @@ impl TestGrid {
             reservation_ttl: Duration::from_secs(3),
             ..GridConfig::default()
         };
-        let grid = Arc::new(Grid::new(
-            store,
-            TokenSigner::from_seed(&[9; 32]),
-            orchestrator::placement::Policy::default(),
-            config,
-        ));
+        let cache = runtime
+            .block_on(orchestrator::cache::RegistryCache::start(Arc::clone(
+                &store,
+            )))
+            .expect("registry cache");
+        let grid = Arc::new(
+            Grid::new(
+                store,
+                TokenSigner::from_seed(&[9; 32]),
+                orchestrator::placement::Policy::default(),
+                config,
+            )
+            .with_cache(cache),
+        );
         let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let orchestrator = runtime.block_on(async {
+        let (orchestrator, gateway) = runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
+            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let gateway = http.local_addr().unwrap();
+            tokio::spawn(orchestrator::serve_gateway(
+                http,
+                Arc::clone(&grid),
+                std::future::pending(),
+            ));
             tokio::spawn(orchestrator::serve(
                 listener,
                 Arc::clone(&grid),
@@ -353,10 +370,11 @@ impl TestGrid {
                 Duration::from_millis(200),
                 Arc::clone(&leading),
             ));
-            addr
+            (addr, gateway)
         });
         let mut me = Self {
             orchestrator,
+            gateway,
             grid,
             nodes: Vec::new(),
             leading,

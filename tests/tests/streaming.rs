@@ -2,8 +2,10 @@
 //! lavapipe and (inside a network namespace of the test's own) headless Chromium.
 
 use edge_node::stream::viewer;
+use orchestrator::store::EmbeddedStore;
 use pixelgrid_tests::{
-    self as support, TestNode, chromium_result, eventually, http, in_own_network_namespace,
+    self as support, TestGrid, TestNode, chromium_result, eventually, http,
+    in_own_network_namespace,
 };
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_VP8};
 use std::time::Duration;
@@ -383,4 +385,26 @@ fn fifty_sessions_open_and_close_without_leaking_threads_files_or_memory() {
         rss2_kb <= rss_kb + 64 * 1024,
         "memory grew from {rss_kb} kB to {rss2_kb} kB"
     );
+}
+
+#[test]
+fn chromium_plays_through_the_orchestrators_player_page() {
+    if !in_own_network_namespace("chromium_plays_through_the_orchestrators_player_page") {
+        return;
+    }
+    let grid = TestGrid::start(std::sync::Arc::new(EmbeddedStore::new()), 2, 2);
+    let url = format!("http://{}/?autotest=play&mode=640x360@30", grid.gateway);
+    let r = chromium_result(&url, Duration::from_secs(40));
+    eprintln!("result: {r}");
+    assert!(r["framesDecoded"].as_u64().unwrap_or(0) >= 60, "{r}");
+    assert_eq!(r["frameWidth"], 640, "{r}");
+    // The orchestrator placed it and the node reported the player: the session is active.
+    let active = grid
+        .runtime
+        .block_on(
+            grid.grid
+                .sessions("", Some(orchestrator::lifecycle::SessionState::Active)),
+        )
+        .unwrap();
+    assert_eq!(active.len(), 1, "one active session in the registry");
 }

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tower_http::cors::{Any, CorsLayer};
 
-const PLAYER_HTML: &str = include_str!("../../web/player.html");
-const PLAYER_JS: &str = include_str!("../../web/pixelgrid-player.js");
+const PLAYER_HTML: &str = include_str!("../../../client-sdk/web/player.html");
+const PLAYER_JS: &str = include_str!("../../../client-sdk/web/pixelgrid-player.js");
 /// Largest SDP offer accepted.
 const MAX_OFFER_BYTES: usize = 64 * 1024;
 

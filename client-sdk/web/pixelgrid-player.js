@@ -1,7 +1,9 @@
-// PixelGrid player: WHEP client, input capture and stream statistics for one game session.
+// PixelGrid browser SDK: launch through the orchestrator, WHEP client, input capture and stream
+// statistics for one game session.
 //
+//   const s = await PixelGridPlayer.launch("/api", { game: "arena", width: 1280, height: 720, fps: 60 });
 //   const p = new PixelGridPlayer(videoElement, { onStats });
-//   await p.connect(whepUrl, sessionToken);   // POST offer → answer (WHEP)
+//   await p.connect(s.whep_url, s.token);     // POST offer → answer (WHEP)
 //   p.captureInput(window, videoElement);     // keyboard, mouse (pointer lock), gamepad
 //   await p.close();                          // DELETE the WHEP resource
 //
@@ -157,6 +159,31 @@ export class PixelGridPlayer {
     this.lastStats = s;
     this.onStats(s);
     return s;
+  }
+
+  // Two-step launch through the orchestrator's JSON gateway at `api`: get candidates, measure
+  // the round trip to each node's probe (best of three), let the orchestrator place the session.
+  static async launch(api, { game = "arena", width = 1280, height = 720, fps = 60, region = "" } = {}) {
+    const post = async (url, body) => {
+      const res = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      if (!res.ok) throw new Error(`${url}: ${res.status} ${await res.text()}`);
+      return res.json();
+    };
+    const launch = await post(`${api}/sessions`, { game, width, height, fps, region });
+    const rtt = {};
+    await Promise.all(launch.candidates.map(async (c) => {
+      let best = Infinity;
+      for (let i = 0; i < 3; i++) {
+        const t = performance.now();
+        try {
+          await fetch(c.probe_url, { cache: "no-store" });
+          best = Math.min(best, performance.now() - t);
+        } catch (_) { /* unreachable candidates are left out */ }
+      }
+      if (best < Infinity) rtt[c.node_id] = Math.max(1, Math.round(best));
+    }));
+    const chosen = await post(`${api}/sessions/${launch.launch_id}/choose`, { rtt_ms: rtt });
+    return { ...chosen, rtt_ms: rtt };
   }
 
   static formatStats(s) {

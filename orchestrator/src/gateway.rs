@@ -1,0 +1,169 @@
+//! A small JSON gateway over the control plane for browsers, and the player page, served by the
+//! orchestrator. (Chosen over gRPC-web: two plain `fetch` calls, no generated JS client.)
+//!
+//! | method | path | what |
+//! | --- | --- | --- |
+//! | GET | `/api/info` | `{"mode":"grid"}` — tells the page it is on a grid |
+//! | POST | `/api/sessions` | `{game,width,height,fps,region}` → `{launch_id, candidates:[{node_id, probe_url}]}` |
+//! | POST | `/api/sessions/{launch_id}/choose` | `{rtt_ms:{node_id:ms}}` → `{session_id, node_id, token, whep_url, rejected}` |
+//! | DELETE | `/api/sessions/{session_id}` | end it |
+//! | GET | `/`, `/player.js` | the player page and browser SDK |
+
+use crate::Error;
+use crate::grid::Grid;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use pixelgrid_proto::orchestrator::v1 as pb;
+use pixelgrid_proto::types::v1 as types;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const PLAYER_HTML: &str = include_str!("../../client-sdk/web/player.html");
+const PLAYER_JS: &str = include_str!("../../client-sdk/web/pixelgrid-player.js");
+
+struct ApiError(Error);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            Error::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::NoCapacity(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", self.0),
+        )
+            .into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LaunchBody {
+    #[serde(default = "arena")]
+    game: String,
+    #[serde(default = "w")]
+    width: u32,
+    #[serde(default = "h")]
+    height: u32,
+    #[serde(default = "fps")]
+    fps: u32,
+    #[serde(default)]
+    region: String,
+}
+
+fn arena() -> String {
+    "arena".into()
+}
+fn w() -> u32 {
+    1280
+}
+fn h() -> u32 {
+    720
+}
+fn fps() -> u32 {
+    60
+}
+
+#[derive(Debug, Deserialize)]
+struct ChooseBody {
+    rtt_ms: BTreeMap<String, u32>,
+}
+
+/// The gateway's routes.
+pub fn router(grid: Arc<Grid>) -> axum::Router {
+    axum::Router::new()
+        .route("/", get(|| async { Html(PLAYER_HTML) }))
+        .route(
+            "/player.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], PLAYER_JS) }),
+        )
+        .route(
+            "/api/info",
+            get(|| async { Json(json!({ "mode": "grid" })) }),
+        )
+        .route("/api/sessions", post(launch))
+        .route("/api/sessions/{id}/choose", post(choose))
+        .route("/api/sessions/{id}", delete(end))
+        .with_state(grid)
+}
+
+async fn launch(
+    State(grid): State<Arc<Grid>>,
+    Json(b): Json<LaunchBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = grid
+        .create_session(pb::CreateSessionRequest {
+            game: b.game,
+            player_region: Some(types::Region { code: b.region }),
+            constraints: Some(pb::LaunchConstraints {
+                mode: Some(types::VideoMode {
+                    width_px: b.width,
+                    height_px: b.height,
+                    fps: b.fps,
+                }),
+                ..Default::default()
+            }),
+            max_candidates: 0,
+        })
+        .await?;
+    let candidates: Vec<_> = r
+        .candidates
+        .iter()
+        .map(|c| json!({ "node_id": c.node_id.as_ref().map(|n| n.hex.clone()), "probe_url": format!("http://{}/probe", c.probe_address) }))
+        .collect();
+    Ok(Json(
+        json!({ "launch_id": r.launch_id, "candidates": candidates }),
+    ))
+}
+
+async fn choose(
+    State(grid): State<Arc<Grid>>,
+    Path(id): Path<String>,
+    Json(b): Json<ChooseBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let latencies = b
+        .rtt_ms
+        .into_iter()
+        .map(|(node, rtt_ms)| pb::LatencySample {
+            node_id: Some(types::NodeId { hex: node }),
+            rtt_ms,
+        })
+        .collect();
+    let r = grid
+        .choose_node(pb::ChooseNodeRequest {
+            launch_id: id,
+            latencies,
+        })
+        .await?;
+    let session = r.session.unwrap_or_default();
+    Ok(Json(json!({
+        "session_id": session.session_id,
+        "node_id": session.node_id.map(|n| n.hex),
+        "token": r.session_token,
+        "whep_url": r.whep_url,
+        "rejected": r.rejected,
+    })))
+}
+
+async fn end(
+    State(grid): State<Arc<Grid>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    grid.end_session(&id, "ended by the player").await?;
+    Ok(StatusCode::OK)
+}
