@@ -1,25 +1,54 @@
 #!/usr/bin/env bash
-# The main job: set up this machine, build the edge node and serve the built-in game `arena` to
-# a browser over WebRTC. Open the printed URL and click Play. Ctrl-C stops it.
+# The main job: set up this machine and run a whole PixelGrid on it — an orchestrator (embedded
+# store, or a real etcd with --etcd) and two edge nodes rendering on this machine's GPU or on the
+# CPU (lavapipe) — then open the printed URL and click Play. Ctrl-C stops everything.
 #
-#   PIXELGRID_LISTEN=ip:port   where to serve (default: this machine's first address, port 8080;
-#                              browsers do not pair with 127.0.0.1 unless told to)
-#
-# Until the orchestrator and the local grid land, the node runs alone in --insecure-dev mode:
-# it signs its own session tokens and serves the player page itself.
+#   deploy/run.sh [--etcd]
+#   PIXELGRID_HOST=ip      address browsers reach this machine at (default: its first address;
+#                          browsers do not pair WebRTC with 127.0.0.1 unless told to)
+#   PIXELGRID_STATE=dir    node identities, token key, etcd data (default: out/grid)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release -p edge-node
-bin=target/release/edge-node
-$bin probe
-if [ -z "${PIXELGRID_LISTEN:-}" ]; then
-  ip=$(hostname -I 2>/dev/null | awk '{print $1}')
-  export PIXELGRID_LISTEN="${ip:-127.0.0.1}:8080"
+cargo build --release -p orchestrator -p edge-node -p pixelgrid-client
+bin=target/release
+host="${PIXELGRID_HOST:-$(hostname -I 2>/dev/null | awk '{print $1}')}"
+host="${host:-127.0.0.1}"
+state="${PIXELGRID_STATE:-out/grid}"
+mkdir -p "$state"
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+etcd_args=()
+if [ "${1:-}" = "--etcd" ]; then
+  etcd --name grid --data-dir "$state/etcd" --listen-client-urls http://127.0.0.1:2379 \
+    --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
+    --log-level error > "$state/etcd.log" 2>&1 &
+  pids+=($!)
+  etcd_args=(--etcd http://127.0.0.1:2379)
+  sleep 2
 fi
+
+$bin/orchestrator --listen 127.0.0.1:50051 --http-listen "$host:8000" \
+  --token-key "$state/token.key" "${etcd_args[@]}" &
+pids+=($!)
+sleep 1
+for i in 1 2; do
+  $bin/edge-node serve --orchestrator http://127.0.0.1:50051 --listen "$host:808$i" \
+    --identity "$state/node-$i.key" --max-sessions 4 --drain-timeout-s 5 &
+  pids+=($!)
+done
+sleep 3
+$bin/pixelgrid --orchestrator http://127.0.0.1:50051 nodes || true
 echo
-echo "Open http://$PIXELGRID_LISTEN/ in Chrome or Firefox and click Play (arrows/WASD, mouse, gamepad)."
-echo "Record instead:  $bin record --seconds 10 --hold ArrowRight --out arena.mp4"
-echo
-exec $bin serve --insecure-dev
+echo "Play: open http://$host:8000/ in Chrome or Firefox and click Play (arrows/WASD, mouse, gamepad)."
+echo "Operate: $bin/pixelgrid --orchestrator http://127.0.0.1:50051 sessions   (nodes, drain NODE)"
+echo "Ctrl-C stops the grid."
+wait
