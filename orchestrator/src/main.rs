@@ -148,11 +148,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(cli.http_listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.http_listen))?;
-    println!("orchestrator: gRPC on {} (token key {})", listener.local_addr()?, signer.public_key_hex());
+    println!(
+        "orchestrator: gRPC on {} (token key {})",
+        listener.local_addr()?,
+        signer.public_key_hex()
+    );
     println!("orchestrator: play at http://{}/", http.local_addr()?);
-    tokio::spawn(orchestrator::serve_gateway(http, Arc::clone(&grid), async {
-        let _ = tokio::signal::ctrl_c().await;
-    }));
+    tokio::spawn(orchestrator::serve_gateway(
+        http,
+        Arc::clone(&grid),
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    ));
     orchestrator::serve(listener, grid, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -49,10 +49,105 @@ enum Command {
         /// Node id.
         node: String,
     },
+    /// Payouts: check a node's payout against an epoch's published Merkle root, offline.
+    Payouts {
+        #[command(subcommand)]
+        command: PayoutsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PayoutsCommand {
+    /// Verify a payout proof (exit 0 when it holds, 1 when it does not). Needs no network.
+    Verify {
+        /// The epoch's Merkle root (hex).
+        #[arg(long)]
+        root: String,
+        /// Node id (hex public key).
+        #[arg(long)]
+        node: String,
+        /// Payout, micro-credits.
+        #[arg(long)]
+        amount: u64,
+        /// The leaf's index among the epoch's sorted payouts.
+        #[arg(long)]
+        index: u64,
+        /// Number of payouts in the epoch.
+        #[arg(long)]
+        count: u64,
+        /// Sibling hashes from the leaf up, comma-separated hex.
+        #[arg(long, value_delimiter = ',')]
+        siblings: Vec<String>,
+    },
+}
+
+#[allow(clippy::print_stdout)]
+fn verify_payout(
+    root: &str,
+    node: &str,
+    amount: u64,
+    index: u64,
+    count: u64,
+    siblings: &[String],
+) -> anyhow::Result<bool> {
+    use pixelgrid_proto::token::unhex;
+    let hash = |name: &str, h: &str| -> anyhow::Result<[u8; 32]> {
+        unhex(h.trim())
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| anyhow::anyhow!("invalid {name}: {h:?} is not 64 hex digits"))
+    };
+    let root = hash("--root", root)?;
+    let node = hash("--node", node)?;
+    let siblings = siblings
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| hash("--siblings", s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ok = indexer::merkle::verify(
+        &root,
+        &node,
+        amount,
+        &indexer::merkle::Proof {
+            index,
+            count,
+            siblings,
+        },
+    );
+    println!(
+        "{}",
+        if ok {
+            "valid: the payout is in the epoch's root"
+        } else {
+            "INVALID: the payout does not match the root"
+        }
+    );
+    Ok(ok)
 }
 
 fn main() {
     let cli = Cli::parse();
+    // Offline: no orchestrator needed.
+    if let Command::Payouts {
+        command:
+            PayoutsCommand::Verify {
+                root,
+                node,
+                amount,
+                index,
+                count,
+                siblings,
+            },
+    } = &cli.command
+    {
+        match verify_payout(root, node, *amount, *index, *count, siblings) {
+            Ok(true) => return,
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(2);
+            }
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -161,6 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Payouts { .. } => unreachable!("handled offline in main"),
         Command::Drain { node } => {
             let r = c
                 .drain_node(pb::DrainNodeRequest {

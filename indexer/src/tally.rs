@@ -1,0 +1,543 @@
+//! The tally: a deterministic function from accepted reports and probe results to per-epoch
+//! uptime, delivery and payouts. No clock, no I/O: every input carries its time.
+//!
+//! Time is cut into epochs (`epoch_ms`, an hour by default) and slots (`slot_ms`, the report and
+//! probe period). A node is **up for a slot** only when it sent an accepted report in that slot
+//! **and** passed the indexer's own probe in it (and failed none): self-reports alone earn
+//! nothing, as with Aethir's checker nodes. Delivered play time counts only at the promised
+//! quality, and a session's reported time is capped by the time since the node's previous report,
+//! so it cannot be inflated. Money is integer micro-credits:
+//!
+//! ```text
+//! readiness = readiness_reward × uptime / epoch      (0 when uptime is under the SLA floor)
+//! delivery  = delivery_reward_per_minute × delivered_ms / 60 000
+//! payout    = readiness + delivery − refund_per_dropped_session × sessions the node dropped   (≥ 0)
+//! ```
+//! Late, duplicated, replayed, reordered, future-dated, forged and unknown-node reports are
+//! refused with a verdict and credit nothing; a closed epoch never changes.
+
+use crate::merkle::{self, Hash};
+use crate::report::signature_valid;
+use pixelgrid_proto::indexer::v1::SignedNodeReport;
+use pixelgrid_proto::token::unhex;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The rules; the same everywhere, or roots will not match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TallyConfig {
+    /// Epoch length, ms (divisible by `slot_ms`).
+    pub epoch_ms: u64,
+    /// Report and probe period, ms.
+    pub slot_ms: u64,
+    /// Largest difference between a report's time and its arrival, ms.
+    pub max_clock_skew_ms: u64,
+    /// Uptime below this fraction (parts per million) forfeits the readiness reward.
+    pub sla_floor_ppm: u64,
+    /// Micro-credits for a whole epoch of uptime.
+    pub readiness_reward: u64,
+    /// Micro-credits per minute of play delivered at the promised quality.
+    pub delivery_reward_per_minute: u64,
+    /// Micro-credits taken back per session the node dropped.
+    pub refund_per_dropped_session: u64,
+}
+
+impl Default for TallyConfig {
+    fn default() -> Self {
+        Self {
+            epoch_ms: 3_600_000,
+            slot_ms: 60_000,
+            max_clock_skew_ms: 30_000,
+            // Aethir publishes 99 % monthly; per epoch we apply the same floor.
+            sla_floor_ppm: 990_000,
+            readiness_reward: 1_000_000,
+            delivery_reward_per_minute: 10_000,
+            refund_per_dropped_session: 50_000,
+        }
+    }
+}
+
+/// What became of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    /// Credited.
+    Accepted,
+    /// No report or node id.
+    Malformed,
+    /// Not a registered node.
+    UnknownNode,
+    /// The signature does not verify for the node it names.
+    BadSignature,
+    /// Its time is too far from its arrival.
+    ClockSkew,
+    /// Its sequence number is not after the last accepted one (duplicate, replay, reordering).
+    Replayed,
+    /// It falls in an epoch already closed.
+    EpochClosed,
+}
+
+#[derive(Debug, Clone, Default)]
+struct NodeEpoch {
+    reported: BTreeSet<u64>,
+    probe_ok: BTreeSet<u64>,
+    probe_failed: BTreeSet<u64>,
+    delivered_ms: u64,
+    dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LastReport {
+    sequence: u64,
+    sent_ms: u64,
+}
+
+/// One node's outcome for a closed epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodePayout {
+    /// Node id (hex).
+    pub node_id: String,
+    /// Payout, micro-credits.
+    pub amount: u64,
+    /// Verified uptime, ms.
+    pub uptime_ms: u64,
+    /// Play delivered at the promised quality, ms.
+    pub delivered_ms: u64,
+    /// Taken back for dropped sessions, micro-credits.
+    pub refunded: u64,
+    /// Whether uptime reached the SLA floor.
+    pub sla_met: bool,
+}
+
+/// A closed epoch: payouts sorted by node id, and their Merkle root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClosedEpoch {
+    /// Epoch number (start / epoch_ms).
+    pub epoch: u64,
+    /// Payouts, sorted by node id.
+    pub payouts: Vec<NodePayout>,
+    /// Merkle root over `(node_id, amount)`.
+    pub root: Hash,
+}
+
+impl ClosedEpoch {
+    /// The proof for one node's payout.
+    pub fn proof(&self, node_id: &str) -> Option<(u64, merkle::Proof)> {
+        let i = self.payouts.iter().position(|p| p.node_id == node_id)?;
+        Some((
+            self.payouts[i].amount,
+            merkle::prove(&leaves(&self.payouts), i)?,
+        ))
+    }
+}
+
+fn leaves(payouts: &[NodePayout]) -> Vec<([u8; 32], u64)> {
+    payouts
+        .iter()
+        .filter_map(|p| {
+            unhex(&p.node_id)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(|id| (id, p.amount))
+        })
+        .collect()
+}
+
+/// The tally state; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    config: TallyConfig,
+    nodes: BTreeSet<String>,
+    last: BTreeMap<String, LastReport>,
+    open: BTreeMap<(u64, String), NodeEpoch>,
+    closed: BTreeMap<u64, ClosedEpoch>,
+}
+
+impl Tally {
+    /// An empty tally.
+    pub fn new(config: TallyConfig) -> Self {
+        assert!(
+            config.slot_ms > 0 && config.epoch_ms.is_multiple_of(config.slot_ms),
+            "epoch_ms must be a multiple of slot_ms"
+        );
+        Self {
+            config,
+            nodes: BTreeSet::new(),
+            last: BTreeMap::new(),
+            open: BTreeMap::new(),
+            closed: BTreeMap::new(),
+        }
+    }
+
+    /// The rules in force.
+    pub fn config(&self) -> &TallyConfig {
+        &self.config
+    }
+
+    /// Knows a node (from the orchestrator's registry).
+    pub fn add_node(&mut self, node_id: &str) {
+        self.nodes.insert(node_id.to_owned());
+    }
+
+    fn epoch_of(&self, ms: u64) -> u64 {
+        ms / self.config.epoch_ms
+    }
+
+    /// Takes one report that arrived at `now_ms`.
+    pub fn ingest(&mut self, signed: &SignedNodeReport, now_ms: u64) -> Verdict {
+        let Some(report) = &signed.report else {
+            return Verdict::Malformed;
+        };
+        let Some(node) = report.node_id.as_ref().map(|n| n.hex.clone()) else {
+            return Verdict::Malformed;
+        };
+        if !self.nodes.contains(&node) {
+            return Verdict::UnknownNode;
+        }
+        if !signature_valid(signed) {
+            return Verdict::BadSignature;
+        }
+        if report.sent_unix_ms.abs_diff(now_ms) > self.config.max_clock_skew_ms {
+            return Verdict::ClockSkew;
+        }
+        let last = self.last.get(&node).copied();
+        if last.is_some_and(|l| report.sequence <= l.sequence) {
+            return Verdict::Replayed;
+        }
+        let epoch = self.epoch_of(report.sent_unix_ms);
+        if self.closed.contains_key(&epoch) {
+            return Verdict::EpochClosed;
+        }
+        // Time a session can have been played since the node's previous report.
+        let since_last = last.map_or(self.config.slot_ms, |l| {
+            report.sent_unix_ms.saturating_sub(l.sent_ms)
+        });
+        self.last.insert(
+            node.clone(),
+            LastReport {
+                sequence: report.sequence,
+                sent_ms: report.sent_unix_ms,
+            },
+        );
+        let entry = self.open.entry((epoch, node)).or_default();
+        entry
+            .reported
+            .insert(report.sent_unix_ms / self.config.slot_ms);
+        for s in &report.sessions {
+            if s.dropped_by_node {
+                entry.dropped += 1;
+            }
+            let (Some(p), Some(a)) = (&s.promised, &s.achieved) else {
+                continue;
+            };
+            let at_promise = a.width_px >= p.width_px
+                && a.height_px >= p.height_px
+                && u64::from(a.fps) * 100 >= u64::from(p.fps) * 95;
+            if at_promise {
+                entry.delivered_ms += s.delivered_ms.min(since_last);
+            }
+        }
+        Verdict::Accepted
+    }
+
+    /// Records the indexer's own probe of `node_id` at `at_ms`.
+    pub fn record_probe(&mut self, node_id: &str, at_ms: u64, passed: bool) {
+        let epoch = self.epoch_of(at_ms);
+        if self.closed.contains_key(&epoch) || !self.nodes.contains(node_id) {
+            return;
+        }
+        let slot = at_ms / self.config.slot_ms;
+        let entry = self.open.entry((epoch, node_id.to_owned())).or_default();
+        if passed {
+            entry.probe_ok.insert(slot);
+        } else {
+            entry.probe_failed.insert(slot);
+        }
+    }
+
+    /// Closes `epoch` (idempotent: closing again returns the same result and changes nothing).
+    pub fn close_epoch(&mut self, epoch: u64) -> &ClosedEpoch {
+        if !self.closed.contains_key(&epoch) {
+            let c = &self.config;
+            let keys: Vec<(u64, String)> = self
+                .open
+                .range((epoch, String::new())..(epoch + 1, String::new()))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut payouts = Vec::new();
+            for key in keys {
+                let e = self.open.remove(&key).expect("listed");
+                let up_slots = e
+                    .reported
+                    .iter()
+                    .filter(|s| e.probe_ok.contains(s) && !e.probe_failed.contains(s))
+                    .count() as u64;
+                let uptime_ms = up_slots * c.slot_ms;
+                let sla_met = u128::from(uptime_ms) * 1_000_000
+                    >= u128::from(c.sla_floor_ppm) * u128::from(c.epoch_ms);
+                let readiness = if sla_met {
+                    (u128::from(c.readiness_reward) * u128::from(uptime_ms)
+                        / u128::from(c.epoch_ms)) as u64
+                } else {
+                    0
+                };
+                let delivery = (u128::from(c.delivery_reward_per_minute)
+                    * u128::from(e.delivered_ms)
+                    / 60_000) as u64;
+                let refunded = c.refund_per_dropped_session.saturating_mul(e.dropped);
+                payouts.push(NodePayout {
+                    node_id: key.1,
+                    amount: readiness.saturating_add(delivery).saturating_sub(refunded),
+                    uptime_ms,
+                    delivered_ms: e.delivered_ms,
+                    refunded,
+                    sla_met,
+                });
+            }
+            payouts.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+            let root = merkle::root(&leaves(&payouts));
+            self.closed.insert(
+                epoch,
+                ClosedEpoch {
+                    epoch,
+                    payouts,
+                    root,
+                },
+            );
+        }
+        &self.closed[&epoch]
+    }
+
+    /// A closed epoch, if it is.
+    pub fn closed(&self, epoch: u64) -> Option<&ClosedEpoch> {
+        self.closed.get(&epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::sign;
+    use pixelgrid_proto::identity::NodeKey;
+    use pixelgrid_proto::indexer::v1::{NodeReport, SessionDelivery};
+    use pixelgrid_proto::types::v1::{NodeId, VideoMode};
+
+    const MIN: u64 = 60_000;
+
+    fn config() -> TallyConfig {
+        TallyConfig {
+            sla_floor_ppm: 0,
+            ..TallyConfig::default()
+        }
+    }
+
+    fn report(
+        key: &NodeKey,
+        seq: u64,
+        at: u64,
+        sessions: Vec<SessionDelivery>,
+    ) -> SignedNodeReport {
+        sign(
+            NodeReport {
+                node_id: Some(NodeId { hex: key.node_id() }),
+                sequence: seq,
+                sent_unix_ms: at,
+                state: 1,
+                sessions,
+                telemetry_digest: vec![],
+            },
+            key,
+        )
+    }
+
+    fn mode(w: u32, h: u32, fps: u32) -> Option<VideoMode> {
+        Some(VideoMode {
+            width_px: w,
+            height_px: h,
+            fps,
+        })
+    }
+
+    /// A node that reports and passes its probe every minute of an hour, except `down` minutes.
+    fn run_hour(t: &mut Tally, key: &NodeKey, down: std::ops::Range<u64>, probes_pass: bool) {
+        for m in 0..60 {
+            if down.contains(&m) {
+                continue;
+            }
+            let at = m * MIN + 1_000;
+            assert_eq!(
+                t.ingest(&report(key, m + 1, at, vec![]), at + 50),
+                Verdict::Accepted
+            );
+            t.record_probe(&key.node_id(), at + 20_000, probes_pass);
+        }
+    }
+
+    #[test]
+    fn a_node_down_for_ten_minutes_loses_exactly_that_uptime() {
+        let key = NodeKey::from_seed(&[1; 32]);
+        let mut t = Tally::new(config());
+        t.add_node(&key.node_id());
+        run_hour(&mut t, &key, 20..30, true);
+        let e = t.close_epoch(0);
+        assert_eq!(e.payouts[0].uptime_ms, 50 * MIN);
+        assert_eq!(e.payouts[0].amount, 1_000_000 * 50 / 60);
+    }
+
+    #[test]
+    fn reporting_without_passing_probes_earns_no_uptime() {
+        let key = NodeKey::from_seed(&[2; 32]);
+        let mut t = Tally::new(config());
+        t.add_node(&key.node_id());
+        run_hour(&mut t, &key, 0..0, false);
+        assert_eq!(t.close_epoch(0).payouts[0].uptime_ms, 0);
+    }
+
+    #[test]
+    fn forged_replayed_reordered_duplicated_and_future_reports_credit_nothing() {
+        let key = NodeKey::from_seed(&[3; 32]);
+        let stranger = NodeKey::from_seed(&[4; 32]);
+        let mut t = Tally::new(config());
+        t.add_node(&key.node_id());
+        let at = 5 * MIN;
+        let good = report(&key, 10, at, vec![]);
+        assert_eq!(t.ingest(&good, at), Verdict::Accepted);
+        assert_eq!(t.ingest(&good, at + 1), Verdict::Replayed, "duplicate");
+        assert_eq!(
+            t.ingest(&report(&key, 9, at + MIN, vec![]), at + MIN),
+            Verdict::Replayed,
+            "reordered"
+        );
+        let mut forged = report(&key, 11, at + MIN, vec![]);
+        forged.report.as_mut().unwrap().sent_unix_ms += 1;
+        assert_eq!(
+            t.ingest(&forged, at + MIN),
+            Verdict::BadSignature,
+            "altered after signing"
+        );
+        let mut impostor = report(&stranger, 12, at + MIN, vec![]);
+        impostor.report.as_mut().unwrap().node_id = Some(NodeId { hex: key.node_id() });
+        assert_eq!(
+            t.ingest(&impostor, at + MIN),
+            Verdict::BadSignature,
+            "signed by another key"
+        );
+        assert_eq!(
+            t.ingest(&report(&stranger, 1, at, vec![]), at),
+            Verdict::UnknownNode
+        );
+        assert_eq!(
+            t.ingest(&report(&key, 13, at + 10 * MIN, vec![]), at + MIN),
+            Verdict::ClockSkew,
+            "future-dated"
+        );
+        assert_eq!(
+            t.ingest(&SignedNodeReport::default(), at),
+            Verdict::Malformed
+        );
+        // Only the one good report counts: its slot, with a probe, is the only uptime.
+        t.record_probe(&key.node_id(), at + 10_000, true);
+        t.record_probe(&key.node_id(), at + MIN + 10_000, true);
+        assert_eq!(t.close_epoch(0).payouts[0].uptime_ms, MIN);
+    }
+
+    #[test]
+    fn delivery_counts_only_at_the_promised_quality_and_cannot_be_inflated() {
+        let key = NodeKey::from_seed(&[5; 32]);
+        let mut t = Tally::new(config());
+        t.add_node(&key.node_id());
+        let good = SessionDelivery {
+            session_id: "a".into(),
+            promised: mode(1280, 720, 60),
+            achieved: mode(1280, 720, 58),
+            delivered_ms: MIN,
+            dropped_by_node: false,
+        };
+        let poor = SessionDelivery {
+            session_id: "b".into(),
+            promised: mode(1280, 720, 60),
+            achieved: mode(640, 360, 60),
+            delivered_ms: MIN,
+            dropped_by_node: false,
+        };
+        let inflated = SessionDelivery {
+            session_id: "c".into(),
+            promised: mode(1280, 720, 60),
+            achieved: mode(1280, 720, 60),
+            delivered_ms: 100 * MIN,
+            dropped_by_node: false,
+        };
+        let dropped = SessionDelivery {
+            session_id: "d".into(),
+            dropped_by_node: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            t.ingest(&report(&key, 1, MIN, vec![good, poor]), MIN),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            t.ingest(&report(&key, 2, 2 * MIN, vec![inflated, dropped]), 2 * MIN),
+            Verdict::Accepted
+        );
+        let p = &t.close_epoch(0).payouts[0];
+        assert_eq!(
+            p.delivered_ms,
+            2 * MIN,
+            "one good minute plus the inflated one capped at a minute"
+        );
+        assert_eq!(p.refunded, 50_000);
+        assert_eq!(
+            p.amount, 0,
+            "two minutes of delivery (20,000) minus one refund (50,000), floored at 0"
+        );
+    }
+
+    #[test]
+    fn the_sla_floor_withholds_readiness() {
+        let key = NodeKey::from_seed(&[6; 32]);
+        let mut t = Tally::new(TallyConfig::default());
+        t.add_node(&key.node_id());
+        run_hour(&mut t, &key, 59..60, true);
+        let p = &t.close_epoch(0).payouts[0];
+        assert!(!p.sla_met, "59/60 is under 99 %");
+        assert_eq!(p.amount, 0);
+    }
+
+    #[test]
+    fn two_indexers_fed_the_same_inputs_publish_the_same_root_and_proofs_check() {
+        let keys: Vec<NodeKey> = (10..15).map(|i| NodeKey::from_seed(&[i; 32])).collect();
+        let feed = |t: &mut Tally| {
+            for (i, k) in keys.iter().enumerate() {
+                t.add_node(&k.node_id());
+                run_hour(t, k, 0..(i as u64 * 3), true);
+            }
+        };
+        let (mut a, mut b) = (Tally::new(config()), Tally::new(config()));
+        feed(&mut a);
+        feed(&mut b);
+        let (ea, eb) = (a.close_epoch(0).clone(), b.close_epoch(0).clone());
+        assert_eq!(ea.root, eb.root);
+        assert_eq!(ea, eb);
+        for k in &keys {
+            let (amount, proof) = ea.proof(&k.node_id()).unwrap();
+            let id: [u8; 32] = unhex(&k.node_id()).unwrap().try_into().unwrap();
+            assert!(merkle::verify(&ea.root, &id, amount, &proof));
+            assert!(
+                !merkle::verify(&ea.root, &id, amount + 1, &proof),
+                "a tampered amount fails"
+            );
+        }
+    }
+
+    #[test]
+    fn a_closed_epoch_never_changes() {
+        let key = NodeKey::from_seed(&[7; 32]);
+        let mut t = Tally::new(config());
+        t.add_node(&key.node_id());
+        run_hour(&mut t, &key, 0..0, true);
+        let first = t.close_epoch(0).clone();
+        let late = report(&key, 1000, 30 * MIN, vec![]);
+        assert_eq!(t.ingest(&late, 30 * MIN), Verdict::EpochClosed);
+        t.record_probe(&key.node_id(), 30 * MIN, false);
+        assert_eq!(t.close_epoch(0), &first, "closing again changes nothing");
+    }
+}
