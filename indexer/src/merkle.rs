@@ -72,6 +72,60 @@ pub struct Proof {
     pub siblings: Vec<Hash>,
 }
 
+/// Every level of a tree, leaves first: built once, it gives any leaf's proof in O(log n).
+#[derive(Debug, Clone)]
+pub struct Tree {
+    levels: Vec<Vec<Hash>>,
+}
+
+impl Tree {
+    /// The tree over `payouts` (sorted by node id).
+    pub fn new(payouts: &[([u8; 32], u64)]) -> Self {
+        let mut levels = vec![
+            payouts
+                .iter()
+                .map(|(id, amount)| leaf(id, *amount))
+                .collect::<Vec<_>>(),
+        ];
+        while levels.last().is_some_and(|l| l.len() > 1) {
+            let next = next_level(levels.last().expect("non-empty"));
+            levels.push(next);
+        }
+        Self { levels }
+    }
+
+    /// The root (32 zero bytes for no leaves).
+    pub fn root(&self) -> Hash {
+        self.levels
+            .last()
+            .and_then(|l| l.first())
+            .copied()
+            .unwrap_or([0; 32])
+    }
+
+    /// The proof for leaf `index`.
+    pub fn proof(&self, index: usize) -> Option<Proof> {
+        let count = self.levels.first()?.len();
+        if index >= count {
+            return None;
+        }
+        let mut i = index;
+        let mut siblings = Vec::new();
+        for level in &self.levels[..self.levels.len() - 1] {
+            let sibling = if i.is_multiple_of(2) { i + 1 } else { i - 1 };
+            if sibling < level.len() {
+                siblings.push(level[sibling]);
+            }
+            i /= 2;
+        }
+        Some(Proof {
+            index: index as u64,
+            count: count as u64,
+            siblings,
+        })
+    }
+}
+
 /// The proof for leaf `index` of `payouts` (sorted by node id).
 pub fn prove(payouts: &[([u8; 32], u64)], index: usize) -> Option<Proof> {
     if index >= payouts.len() {
@@ -155,6 +209,19 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_tree_gives_the_same_root_and_proofs() {
+        for n in 0..=9 {
+            let p = payouts(n);
+            let t = Tree::new(&p);
+            assert_eq!(t.root(), root(&p));
+            for i in 0..n {
+                assert_eq!(t.proof(i), prove(&p, i));
+            }
+            assert_eq!(t.proof(n), None);
         }
     }
 

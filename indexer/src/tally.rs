@@ -125,8 +125,16 @@ impl ClosedEpoch {
         let i = self.payouts.iter().position(|p| p.node_id == node_id)?;
         Some((
             self.payouts[i].amount,
-            merkle::prove(&leaves(&self.payouts), i)?,
+            merkle::Tree::new(&leaves(&self.payouts)).proof(i)?,
         ))
+    }
+
+    /// Every node's proof, in payout order, from one tree.
+    pub fn proofs(&self) -> Vec<merkle::Proof> {
+        let tree = merkle::Tree::new(&leaves(&self.payouts));
+        (0..self.payouts.len())
+            .filter_map(|i| tree.proof(i))
+            .collect()
     }
 }
 
@@ -183,6 +191,27 @@ impl Tally {
 
     /// Takes one report that arrived at `now_ms`.
     pub fn ingest(&mut self, signed: &SignedNodeReport, now_ms: u64) -> Verdict {
+        let valid = signature_valid(signed);
+        self.ingest_checked(signed, valid, now_ms)
+    }
+
+    /// Takes reports that arrived at `now_ms`, verifying their signatures as one batch; the
+    /// verdicts are exactly those of ingesting them one by one, in order.
+    pub fn ingest_batch(&mut self, batch: &[SignedNodeReport], now_ms: u64) -> Vec<Verdict> {
+        let valid = crate::report::signatures_valid(batch);
+        batch
+            .iter()
+            .zip(valid)
+            .map(|(s, v)| self.ingest_checked(s, v, now_ms))
+            .collect()
+    }
+
+    fn ingest_checked(
+        &mut self,
+        signed: &SignedNodeReport,
+        signature_ok: bool,
+        now_ms: u64,
+    ) -> Verdict {
         let Some(report) = &signed.report else {
             return Verdict::Malformed;
         };
@@ -192,7 +221,7 @@ impl Tally {
         if !self.nodes.contains(&node) {
             return Verdict::UnknownNode;
         }
-        if !signature_valid(signed) {
+        if !signature_ok {
             return Verdict::BadSignature;
         }
         if report.sent_unix_ms.abs_diff(now_ms) > self.config.max_clock_skew_ms {
@@ -526,6 +555,24 @@ mod tests {
                 "a tampered amount fails"
             );
         }
+    }
+
+    #[test]
+    fn a_batch_gets_the_same_verdicts_as_one_by_one_even_with_a_forgery_inside() {
+        let keys: Vec<NodeKey> = (20..24).map(|i| NodeKey::from_seed(&[i; 32])).collect();
+        let mut batch: Vec<SignedNodeReport> =
+            keys.iter().map(|k| report(k, 1, MIN, vec![])).collect();
+        batch[2].report.as_mut().unwrap().sequence = 99; // forged after signing
+        batch.push(batch[0].clone()); // duplicate
+        let (mut a, mut b) = (Tally::new(config()), Tally::new(config()));
+        for k in &keys {
+            a.add_node(&k.node_id());
+            b.add_node(&k.node_id());
+        }
+        let one_by_one: Vec<Verdict> = batch.iter().map(|r| a.ingest(r, MIN)).collect();
+        assert_eq!(b.ingest_batch(&batch, MIN), one_by_one);
+        assert_eq!(one_by_one[2], Verdict::BadSignature);
+        assert_eq!(one_by_one[4], Verdict::Replayed);
     }
 
     #[test]
