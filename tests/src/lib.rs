@@ -459,3 +459,32 @@ impl TestGrid {
 
 /// An n-member etcd cluster on loopback.
 pub type EtcdCluster = orchestrator::store::LocalEtcd;
+
+/// A signed registration for a node that exists only in the test: hosts `arena`, holds
+/// `max_sessions`, and has no real WHEP endpoint (port 9, discard).
+pub fn signed_registration(
+    key: &pixelgrid_proto::identity::NodeKey,
+    max_sessions: u32,
+) -> pixelgrid_proto::orchestrator::v1::RegisterNodeRequest {
+    use pixelgrid_proto::identity::SignedRequest;
+    use pixelgrid_proto::types::v1 as types;
+    pixelgrid_proto::orchestrator::v1::RegisterNodeRequest {
+        node_id: Some(types::NodeId { hex: key.node_id() }),
+        capabilities: Some(types::NodeCapabilities {
+            games_installed: vec!["arena".into()],
+            capacity: vec![types::SessionCapacity {
+                mode: None,
+                max_sessions,
+            }],
+            ..Default::default()
+        }),
+        region: Some(types::Region {
+            code: "local".into(),
+        }),
+        whep_base_url: "http://127.0.0.1:9/whep".into(),
+        probe_address: "127.0.0.1:9".into(),
+        sent_unix_ms: orchestrator::grid::now_ms(),
+        ..Default::default()
+    }
+    .sign_with(key)
+}

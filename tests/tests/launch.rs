@@ -192,26 +192,7 @@ fn a_node_that_stops_heartbeating_disappears_and_its_sessions_fail() {
     grid.runtime.block_on(async {
         let mut c = g.client().await;
         let key = NodeKey::from_seed(&[77; 32]);
-        let register = pb::RegisterNodeRequest {
-            node_id: Some(types::NodeId { hex: key.node_id() }),
-            capabilities: Some(types::NodeCapabilities {
-                games_installed: vec!["arena".into()],
-                capacity: vec![types::SessionCapacity {
-                    mode: None,
-                    max_sessions: 4,
-                }],
-                ..Default::default()
-            }),
-            region: Some(types::Region {
-                code: "local".into(),
-            }),
-            whep_base_url: "http://127.0.0.1:9/whep".into(),
-            probe_address: "127.0.0.1:9".into(),
-            price: None,
-            sent_unix_ms: orchestrator::grid::now_ms(),
-            signature: None,
-        }
-        .sign_with(&key);
+        let register = pixelgrid_tests::signed_registration(&key, 4);
         let reply = c.register_node(register).await.unwrap().into_inner();
         let launch = c
             .create_session(launch_request("arena"))
@@ -382,22 +363,7 @@ fn a_node_that_deregisters_leaves_at_once_and_its_sessions_fail() {
     grid.runtime.block_on(async {
         let mut c = g.client().await;
         let key = NodeKey::from_seed(&[88; 32]);
-        let register = pb::RegisterNodeRequest {
-            node_id: Some(types::NodeId { hex: key.node_id() }),
-            capabilities: Some(types::NodeCapabilities {
-                games_installed: vec!["arena".into()],
-                capacity: vec![types::SessionCapacity {
-                    mode: None,
-                    max_sessions: 2,
-                }],
-                ..Default::default()
-            }),
-            whep_base_url: "http://127.0.0.1:9/whep".into(),
-            probe_address: "127.0.0.1:9".into(),
-            sent_unix_ms: orchestrator::grid::now_ms(),
-            ..Default::default()
-        }
-        .sign_with(&key);
+        let register = pixelgrid_tests::signed_registration(&key, 2);
         c.register_node(register).await.unwrap();
         let launch = c
             .create_session(launch_request("arena"))
