@@ -347,8 +347,13 @@ impl Grid {
                 .await?;
         }
         // Active sessions the node no longer runs have ended there (the player left).
-        for s in self.sessions(&id, Some(SessionState::Active)).await? {
-            if !hb.active_session_ids.contains(&s.id) {
+        for s in self
+            .live_sessions(Some(&id))
+            .await?
+            .into_iter()
+            .filter_map(|(_, s)| s)
+        {
+            if s.state == SessionState::Active && !hb.active_session_ids.contains(&s.id) {
                 self.transition(&s.id, Some(&id), SessionEvent::End, "the player left")
                     .await?;
             }
@@ -677,9 +682,10 @@ impl Grid {
         self.store.revoke(record.lease).await?;
         let mut failed = 0;
         for s in self
-            .sessions(&id, None)
+            .live_sessions(Some(&id))
             .await?
             .into_iter()
+            .filter_map(|(_, s)| s)
             .filter(|s| !s.state.is_final())
         {
             if self
@@ -744,19 +750,55 @@ impl Grid {
             .collect())
     }
 
+    /// Every session holding a slot (on one node, or all), with its slot key. Only non-final
+    /// sessions hold slots, so this is bounded by capacity, not by history; `None` marks a slot
+    /// whose session record is missing.
+    async fn live_sessions(
+        &self,
+        node: Option<&str>,
+    ) -> Result<Vec<(crate::store::KeyValue, Option<SessionRecord>)>> {
+        let prefix = node.map_or_else(|| format!("{ROOT}/slots/"), slots::slot_prefix);
+        let mut out = Vec::new();
+        for kv in self.store.range(&prefix).await? {
+            let record = self.session(&String::from_utf8_lossy(&kv.value)).await?;
+            out.push((kv, record));
+        }
+        Ok(out)
+    }
+
     /// The leader's periodic work: expire reservations nobody used, fail sessions of lost nodes,
     /// free slots with no live session behind them.
     pub async fn sweep(&self, now_ms: u64) -> Result<SweepReport> {
         let mut report = SweepReport::default();
-        let nodes: Vec<String> = slots::node_records(self.store.as_ref())
-            .await?
-            .into_iter()
-            .map(|(r, _)| r.view.id)
-            .collect();
-        for s in self.sessions("", None).await? {
-            if s.state.is_final() {
+        // Registered nodes: from the watch-fed cache when there is one (it can only lag, which
+        // delays a failure by a moment), else from the store.
+        let nodes: std::collections::HashSet<String> = match &self.cache {
+            Some(cache) => cache
+                .grid(std::iter::empty())
+                .into_iter()
+                .map(|(v, _, _)| v.id)
+                .collect(),
+            None => slots::node_records(self.store.as_ref())
+                .await?
+                .into_iter()
+                .map(|(r, _)| r.view.id)
+                .collect(),
+        };
+        for (slot, s) in self.live_sessions(None).await? {
+            let Some(s) = s.filter(|s| !s.state.is_final()) else {
+                // A slot with no live session behind it (its record ended or is gone).
+                let freed = self
+                    .store
+                    .txn(
+                        vec![Compare::ModRevision(slot.key.clone(), slot.mod_revision)],
+                        vec![Op::Delete { key: slot.key }],
+                    )
+                    .await?;
+                if freed.succeeded {
+                    report.orphans += 1;
+                }
                 continue;
-            }
+            };
             if !nodes.contains(&s.node) {
                 if self
                     .transition(&s.id, None, SessionEvent::NodeLost, "node lost")
@@ -779,25 +821,6 @@ impl Grid {
                     .is_some()
             {
                 report.expired += 1;
-            }
-        }
-        for kv in self.store.range(&format!("{ROOT}/slots/")).await? {
-            let sid = String::from_utf8_lossy(&kv.value).into_owned();
-            let live = self
-                .session(&sid)
-                .await?
-                .is_some_and(|s| !s.state.is_final());
-            if !live
-                && self
-                    .store
-                    .txn(
-                        vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
-                        vec![Op::Delete { key: kv.key }],
-                    )
-                    .await?
-                    .succeeded
-            {
-                report.orphans += 1;
             }
         }
         Ok(report)
