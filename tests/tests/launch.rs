@@ -99,23 +99,15 @@ fn player_journey(store: Arc<dyn Store>) {
 
         // The node reports the player connected: pending → active.
         let sid = session.session_id.clone();
-        let mut active = false;
-        for _ in 0..50 {
-            let s = c
-                .get_session(pb::GetSessionRequest {
-                    session_id: sid.clone(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if s.state == pb::SessionState::Active as i32 {
-                active = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let active = wait_for_state(
+            &mut c,
+            &sid,
+            pb::SessionState::Active,
+            Duration::from_secs(5),
+        )
+        .await;
         assert!(
-            active,
+            active.is_some(),
             "the session must become active once the player connected"
         );
 
@@ -213,24 +205,15 @@ fn a_node_that_stops_heartbeating_disappears_and_its_sessions_fail() {
         let sid = chosen.session.unwrap().session_id;
         // No heartbeats from here on.
         let ttl = Duration::from_millis(u64::from(reply.lease_ttl_ms));
-        let start = Instant::now();
-        let mut failed_after = None;
-        while start.elapsed() < ttl + Duration::from_secs(3) {
-            let s = c
-                .get_session(pb::GetSessionRequest {
-                    session_id: sid.clone(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            if s.state == pb::SessionState::Failed as i32 {
-                assert!(s.end_reason.contains("node lost"), "{s:?}");
-                failed_after = Some(start.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let failed_after = failed_after.expect("the session must fail when its node is lost");
+        let (s, failed_after) = wait_for_state(
+            &mut c,
+            &sid,
+            pb::SessionState::Failed,
+            ttl + Duration::from_secs(3),
+        )
+        .await
+        .expect("the session must fail when its node is lost");
+        assert!(s.end_reason.contains("node lost"), "{s:?}");
         assert!(
             failed_after <= ttl + Duration::from_secs(1),
             "failed after {failed_after:?}, TTL {ttl:?}"
@@ -420,4 +403,28 @@ fn a_node_that_deregisters_leaves_at_once_and_its_sessions_fail() {
         assert_eq!(s.state, pb::SessionState::Failed as i32);
         assert!(s.end_reason.contains("left the grid"), "{s:?}");
     });
+}
+
+/// Polls a session until it reaches `state`; returns it and how long that took.
+async fn wait_for_state(
+    c: &mut pb::orchestrator_client::OrchestratorClient<tonic::transport::Channel>,
+    sid: &str,
+    state: pb::SessionState,
+    timeout: Duration,
+) -> Option<(pb::Session, Duration)> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let s = c
+            .get_session(pb::GetSessionRequest {
+                session_id: sid.to_owned(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        if s.state == state as i32 {
+            return Some((s, start.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
