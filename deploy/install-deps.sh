@@ -6,7 +6,7 @@ set -euo pipefail
 
 PACKAGES=(
   # build
-  pkg-config build-essential protobuf-compiler libprotobuf-dev glslc libvulkan-dev
+  pkg-config build-essential protobuf-compiler libprotobuf-dev libsqlite3-dev glslc libvulkan-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   # Vulkan on the CPU (lavapipe) when there is no GPU, and vulkaninfo for diagnosis
   mesa-vulkan-drivers vulkan-tools

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The main job: set up this machine and run a whole PixelGrid on it — an orchestrator (embedded
-# store, or a real etcd with --etcd) and two edge nodes rendering on this machine's GPU or on the
-# CPU (lavapipe) — then open the printed URL and click Play. Ctrl-C stops everything.
+# store, or a real etcd with --etcd), an indexer (one-minute epochs, so payouts show up quickly)
+# and two edge nodes rendering on this machine's GPU or on the CPU (lavapipe) and reporting to
+# the indexer — then open the printed URL and click Play. Ctrl-C stops everything.
 #
 #   deploy/run.sh [--etcd]
 #   PIXELGRID_HOST=ip      address browsers reach this machine at (default: its first address;
 #                          browsers do not pair WebRTC with 127.0.0.1 unless told to)
-#   PIXELGRID_STATE=dir    node identities, token key, etcd data (default: out/grid)
+#   PIXELGRID_STATE=dir    node identities, token key, etcd data, indexer ledger (default: out/grid)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release -p orchestrator -p edge-node -p pixelgrid-client
+cargo build --release -p orchestrator -p edge-node -p indexer -p pixelgrid-client
 bin=target/release
 host="${PIXELGRID_HOST:-$(hostname -I 2>/dev/null | awk '{print $1}')}"
 host="${host:-127.0.0.1}"
@@ -39,16 +40,20 @@ fi
 $bin/orchestrator --listen 127.0.0.1:50051 --http-listen "$host:8000" \
   --token-key "$state/token.key" "${etcd_args[@]}" &
 pids+=($!)
+$bin/indexer serve --listen 127.0.0.1:50061 --orchestrator http://127.0.0.1:50051 \
+  --ledger "$state/indexer.db" --epoch-ms 60000 --slot-ms 5000 --max-report-delay-ms 10000 &
+pids+=($!)
 sleep 1
 for i in 1 2; do
   $bin/edge-node serve --orchestrator http://127.0.0.1:50051 --listen "$host:808$i" \
-    --identity "$state/node-$i.key" --max-sessions 4 --drain-timeout-s 5 &
+    --identity "$state/node-$i.key" --max-sessions 4 --drain-timeout-s 5 \
+    --indexer http://127.0.0.1:50061 --report-interval-ms 5000 &
   pids+=($!)
 done
 sleep 3
 $bin/pixelgrid --orchestrator http://127.0.0.1:50051 nodes || true
 echo
 echo "Play: open http://$host:8000/ in Chrome or Firefox and click Play (arrows/WASD, mouse, gamepad)."
-echo "Operate: $bin/pixelgrid --orchestrator http://127.0.0.1:50051 sessions   (nodes, drain NODE)"
+echo "Operate: $bin/pixelgrid sessions   (nodes, drain NODE, epochs, payouts EPOCH, payouts proof EPOCH NODE)"
 echo "Ctrl-C stops the grid."
 wait

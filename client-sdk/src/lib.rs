@@ -126,6 +126,67 @@ impl From<&pb::Session> for SessionRow {
     }
 }
 
+/// A closed epoch as the CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EpochRow {
+    /// Epoch number.
+    pub epoch: u64,
+    /// Start (RFC 3339, UTC).
+    pub start: String,
+    /// Nodes with a payout.
+    pub nodes_paid: u32,
+    /// Sum of payouts, micro-credits.
+    pub total_micro_credits: u64,
+    /// Merkle root (hex).
+    pub merkle_root: String,
+}
+
+impl From<&pixelgrid_proto::indexer::v1::Epoch> for EpochRow {
+    fn from(e: &pixelgrid_proto::indexer::v1::Epoch) -> Self {
+        Self {
+            epoch: e.number,
+            start: pixelgrid_proto::token::format_rfc3339(e.start_unix_ms / 1000),
+            nodes_paid: e.nodes_paid,
+            total_micro_credits: e.total_micro_credits,
+            merkle_root: pixelgrid_proto::token::hex(&e.merkle_root),
+        }
+    }
+}
+
+/// One node's payout as the CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PayoutRow {
+    /// Node id (hex).
+    pub node: String,
+    /// Payout, micro-credits.
+    pub amount_micro_credits: u64,
+    /// Verified uptime, ms.
+    pub uptime_ms: u64,
+    /// Play delivered at the promised quality, ms.
+    pub delivered_ms: u64,
+    /// Taken back for dropped sessions, micro-credits.
+    pub refunded_micro_credits: u64,
+    /// Whether uptime reached the SLA floor.
+    pub sla_met: bool,
+}
+
+impl From<&pixelgrid_proto::indexer::v1::NodePayout> for PayoutRow {
+    fn from(p: &pixelgrid_proto::indexer::v1::NodePayout) -> Self {
+        Self {
+            node: p
+                .node_id
+                .as_ref()
+                .map(|n| n.hex.clone())
+                .unwrap_or_default(),
+            amount_micro_credits: p.amount_micro_credits,
+            uptime_ms: p.uptime_ms,
+            delivered_ms: p.delivered_ms,
+            refunded_micro_credits: p.refunded_micro_credits,
+            sla_met: p.sla_met,
+        }
+    }
+}
+
 /// Left-aligned columns with a header row.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

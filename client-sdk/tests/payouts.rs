@@ -79,3 +79,115 @@ fn a_published_payout_verifies_and_a_tampered_one_does_not() {
     assert_eq!(garbled.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&garbled.stderr).contains("invalid --root"));
 }
+
+/// Against a running indexer: `pixelgrid epochs` lists the closed epoch, `pixelgrid payouts N`
+/// shows the node's payout, and the command `pixelgrid payouts proof` prints verifies it.
+#[test]
+fn the_cli_reads_a_running_indexer_and_the_proof_it_prints_verifies() {
+    use indexer::daemon::{DaemonConfig, Indexer, now_ms};
+    use pixelgrid_proto::indexer::v1::SessionDelivery;
+    use pixelgrid_proto::types::v1::VideoMode;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = TallyConfig {
+        epoch_ms: 2_000,
+        slot_ms: 500,
+        max_clock_skew_ms: 1_000,
+        max_report_delay_ms: 500,
+        sla_floor_ppm: 0,
+        ..TallyConfig::default()
+    };
+    let key = NodeKey::from_seed(&[9; 32]);
+    let ledger = dir.path().join("ledger.db");
+    // A node the indexer knows (as if read from the registry); its probe address answers nothing.
+    indexer::ledger::Ledger::open(&ledger, &rules)
+        .unwrap()
+        .add_node(&key.node_id(), "127.0.0.1:9")
+        .unwrap();
+    let daemon = Indexer::open(DaemonConfig {
+        rules: rules.clone(),
+        ledger,
+        orchestrator: None,
+        probes_per_slot: 1,
+        registry_refresh: std::time::Duration::from_secs(60),
+    })
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(indexer::daemon::serve(
+        listener,
+        std::sync::Arc::clone(&daemon),
+        std::future::pending(),
+    ));
+    // Reports delivering a 720p60 session through the next whole epoch.
+    let epoch = now_ms() / rules.epoch_ms + 1;
+    let mode = Some(VideoMode {
+        width_px: 1280,
+        height_px: 720,
+        fps: 60,
+    });
+    let mut seq = 0;
+    while now_ms() < (epoch + 1) * rules.epoch_ms + 100 {
+        seq += 1;
+        let r = sign(
+            NodeReport {
+                node_id: Some(NodeId { hex: key.node_id() }),
+                sequence: seq,
+                sent_unix_ms: now_ms(),
+                sessions: vec![SessionDelivery {
+                    session_id: "s1".into(),
+                    promised: mode,
+                    achieved: mode,
+                    delivered_ms: 200,
+                    dropped_by_node: false,
+                }],
+                ..Default::default()
+            },
+            &key,
+        );
+        daemon.ingest(&[r], now_ms()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pixelgrid"))
+            .args(args)
+            .args(["--indexer", &url])
+            .output()
+            .unwrap()
+    };
+    assert!(
+        pixelgrid_tests::eventually(std::time::Duration::from_secs(5), || {
+            String::from_utf8_lossy(&cli(&["epochs", "--json"]).stdout)
+                .contains(&format!("\"epoch\":{epoch}"))
+        }),
+        "the epoch closes and is listed"
+    );
+    let payouts = cli(&["payouts", &epoch.to_string(), "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&payouts.stdout).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["node"], key.node_id().as_str());
+    assert_eq!(row["uptime_ms"], 0, "no probe answered: no uptime");
+    assert!(row["delivered_ms"].as_u64().unwrap() >= 1_800, "{row}");
+    assert!(row["amount_micro_credits"].as_u64().unwrap() > 0);
+
+    let proof = cli(&["payouts", "proof", &epoch.to_string(), &key.node_id()]);
+    let line = String::from_utf8(proof.stdout).unwrap();
+    let args: Vec<String> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|a| a.trim_matches('\'').to_owned())
+        .collect();
+    let verify = |args: &[String]| {
+        Command::new(env!("CARGO_BIN_EXE_pixelgrid"))
+            .args(args)
+            .status()
+            .unwrap()
+    };
+    assert!(verify(&args).success(), "{line}");
+    let amount = args.iter().position(|a| a == "--amount").unwrap() + 1;
+    let mut tampered = args.clone();
+    tampered[amount] = (args[amount].parse::<u64>().unwrap() + 1).to_string();
+    assert_eq!(verify(&tampered).code(), Some(1), "a tampered amount fails");
+}

@@ -18,6 +18,7 @@ pub mod offline;
 pub mod pacing;
 pub mod record;
 pub mod render;
+pub mod reporter;
 pub mod session;
 pub mod stream;
 pub mod telemetry;

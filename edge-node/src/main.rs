@@ -63,7 +63,7 @@ enum Command {
         encoder: EncoderArgs,
     },
     /// Serve game sessions to players over WebRTC (WHEP signalling).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure render, readback, convert and encode time, and sessions per node.
     BenchPipeline {
         /// Frames per session to measure.
@@ -102,6 +102,15 @@ struct ServeArgs {
     /// Orchestrator gRPC URL: register, heartbeat, and accept the tokens it signs.
     #[arg(long, env = "PIXELGRID_ORCHESTRATOR")]
     orchestrator: Option<String>,
+    /// Indexer gRPC URLs to send signed uptime and delivery reports to (repeatable).
+    #[arg(long, env = "PIXELGRID_INDEXER", value_delimiter = ',')]
+    indexer: Vec<String>,
+    /// How often to report to the indexers, ms (their --slot-ms or less).
+    #[arg(long, default_value_t = 60_000)]
+    report_interval_ms: u64,
+    /// Reports kept per indexer while it is unreachable (a day at one a minute).
+    #[arg(long, default_value_t = 1_440)]
+    report_buffer: usize,
     /// This node's identity key file (created 0600 on first run; its public key is the node id).
     #[arg(long, env = "PIXELGRID_IDENTITY", default_value = "node.key")]
     identity: std::path::PathBuf,
@@ -276,7 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::BenchPipeline {
             frames,
             sessions,
@@ -463,6 +472,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dev_token_ttl: std::time::Duration::from_secs(args.dev_token_ttl_s),
         encoder_threads: args.encoder_threads,
         max_sessions: args.max_sessions as usize,
+        identity: None,
     };
     let host = std::sync::Arc::new(SessionHost::start(
         Catalogue::default(),
@@ -472,30 +482,47 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
         let mut settings = settings;
-        let (verifier, agent) = match (&args.orchestrator, verifier) {
-            (Some(url), verifier) if dev_signer.is_none() || verifier.is_none() => {
-                let (key, created) = pixelgrid_proto::identity::NodeKey::load_or_create(&args.identity)
-                    .with_context(|| format!("identity key {}", args.identity.display()))?;
-                if created {
-                    tracing::info!(path = %args.identity.display(), "created this node's identity key");
-                }
-                let public = args.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
-                let agent = Agent::register(agent_config(&host, url, &public, addr, &args)?, key).await?;
-                let verifier = TokenVerifier::from_hex(&agent.registration.token_public_key_hex).context("orchestrator's token key")?;
+        let identity = if args.orchestrator.is_some() || !args.indexer.is_empty() {
+            let (key, created) = pixelgrid_proto::identity::NodeKey::load_or_create(&args.identity)
+                .with_context(|| format!("identity key {}", args.identity.display()))?;
+            if created {
+                tracing::info!(path = %args.identity.display(), "created this node's identity key");
+            }
+            Some(key)
+        } else {
+            None
+        };
+        settings.identity = identity.clone();
+        let (verifier, agent) = match (&args.orchestrator, verifier, &identity) {
+            (Some(url), verifier, Some(key)) if dev_signer.is_none() || verifier.is_none() => {
+                let key = key.clone();
+                let public = args
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}"));
+                let agent =
+                    Agent::register(agent_config(&host, url, &public, addr, &args)?, key).await?;
+                let verifier = TokenVerifier::from_hex(&agent.registration.token_public_key_hex)
+                    .context("orchestrator's token key")?;
                 settings.node_id = agent.node_id();
                 (verifier, Some(agent))
             }
-            (_, Some(verifier)) => (verifier, None),
-            (_, None) => anyhow::bail!("no token key to trust"),
+            (_, Some(verifier), _) => (verifier, None),
+            (_, None, _) => anyhow::bail!("no token key to trust"),
         };
         let node = StreamNode::new(host, settings, verifier, dev_signer);
         if node.dev_mode() {
             println!("edge-node: play at http://{addr}/");
         } else {
-            println!("edge-node {}: WHEP at http://{addr}/whep/{{session}}", node.node_id());
+            println!(
+                "edge-node {}: WHEP at http://{addr}/whep/{{session}}",
+                node.node_id()
+            );
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         if let Some(agent) = agent {
@@ -504,6 +531,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let _ = stop.wait_for(|s| *s).await;
             }));
         }
+        if let Some(key) = identity.filter(|_| !args.indexer.is_empty()) {
+            let config = edge_node::reporter::ReporterConfig {
+                indexers: args.indexer.clone(),
+                interval: std::time::Duration::from_millis(args.report_interval_ms.max(100)),
+                outbox_capacity: args.report_buffer,
+            };
+            let mut stop = stop_rx.clone();
+            tokio::spawn(edge_node::reporter::run(
+                config,
+                key,
+                std::sync::Arc::clone(&node),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ));
+        }
         let drain_node = std::sync::Arc::clone(&node);
         let drain_for = std::time::Duration::from_secs(args.drain_timeout_s);
         let shutdown = async move {
@@ -511,7 +554,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // Drain: no new sessions; running ones get until the deadline.
             drain_node.set_draining(true);
             let deadline = tokio::time::Instant::now() + drain_for;
-            while !drain_node.session_ids().await.is_empty() && tokio::time::Instant::now() < deadline {
+            while !drain_node.session_ids().await.is_empty()
+                && tokio::time::Instant::now() < deadline
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
             let _ = stop_tx.send(true);

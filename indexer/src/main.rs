@@ -1,12 +1,14 @@
-//! `indexer`: PixelGrid's indexer. For now, its benchmark; the daemon comes with the ledger.
+//! `indexer`: PixelGrid's indexer daemon (`serve`) and its benchmark (`bench`).
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use indexer::daemon::{DaemonConfig, Indexer};
+use indexer::ledger::Ledger;
 use indexer::report::sign;
 use indexer::tally::{Tally, TallyConfig};
 use pixelgrid_proto::identity::NodeKey;
 use pixelgrid_proto::indexer::v1::{NodeReport, SessionDelivery, SignedNodeReport};
 use pixelgrid_proto::types::v1::{NodeId, VideoMode};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the indexer: take nodes' signed reports, probe nodes, close epochs into the ledger.
+    Serve(ServeArgs),
     /// Reports verified and tallied per second on one core, and the time to close a big epoch.
     Bench {
         /// Signed reports to ingest.
@@ -36,6 +40,116 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         batch: usize,
     },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// gRPC address (pixelgrid.indexer.v1 and grpc.health.v1).
+    #[arg(
+        long,
+        env = "PIXELGRID_INDEXER_LISTEN",
+        default_value = "127.0.0.1:50061"
+    )]
+    listen: std::net::SocketAddr,
+    /// SQLite ledger file (created if missing; WAL files sit beside it).
+    #[arg(long, env = "PIXELGRID_LEDGER", default_value = "indexer.db")]
+    ledger: std::path::PathBuf,
+    /// Orchestrator gRPC URL: the node set (ids are the nodes' public keys) and probe addresses.
+    #[arg(long, env = "PIXELGRID_ORCHESTRATOR")]
+    orchestrator: Option<String>,
+    /// Epoch length, ms (a multiple of --slot-ms).
+    #[arg(long, default_value_t = 3_600_000)]
+    epoch_ms: u64,
+    /// Report and probe period, ms: a node is up for a slot it reported in and passed probes in.
+    #[arg(long, default_value_t = 60_000)]
+    slot_ms: u64,
+    /// How far ahead of the indexer's clock a report's time may be, ms.
+    #[arg(long, default_value_t = 30_000)]
+    max_clock_skew_ms: u64,
+    /// How long after its time a report may still arrive, ms; epochs close this long after they end.
+    #[arg(long, default_value_t = 600_000)]
+    max_report_delay_ms: u64,
+    /// Uptime below this share of the epoch (parts per million) forfeits the readiness reward.
+    #[arg(long, default_value_t = 990_000)]
+    sla_floor_ppm: u64,
+    /// Micro-credits for a whole epoch of uptime.
+    #[arg(long, default_value_t = 1_000_000)]
+    readiness_reward: u64,
+    /// Micro-credits per minute of play delivered at the promised quality.
+    #[arg(long, default_value_t = 10_000)]
+    delivery_reward_per_minute: u64,
+    /// Micro-credits taken back per session a node dropped.
+    #[arg(long, default_value_t = 50_000)]
+    refund_per_dropped_session: u64,
+    /// Probes per node per slot, at random moments.
+    #[arg(long, default_value_t = 1)]
+    probes_per_slot: u32,
+    /// How often the node set is re-read from the orchestrator, ms.
+    #[arg(long, default_value_t = 10_000)]
+    registry_refresh_ms: u64,
+}
+
+impl ServeArgs {
+    fn rules(&self) -> anyhow::Result<TallyConfig> {
+        anyhow::ensure!(
+            self.slot_ms > 0 && self.epoch_ms.is_multiple_of(self.slot_ms),
+            "--epoch-ms ({}) must be a positive multiple of --slot-ms ({})",
+            self.epoch_ms,
+            self.slot_ms
+        );
+        Ok(TallyConfig {
+            epoch_ms: self.epoch_ms,
+            slot_ms: self.slot_ms,
+            max_clock_skew_ms: self.max_clock_skew_ms,
+            max_report_delay_ms: self.max_report_delay_ms,
+            sla_floor_ppm: self.sla_floor_ppm,
+            readiness_reward: self.readiness_reward,
+            delivery_reward_per_minute: self.delivery_reward_per_minute,
+            refund_per_dropped_session: self.refund_per_dropped_session,
+        })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::Bench {
+            reports,
+            nodes,
+            close_nodes,
+            batch,
+        } => bench(reports, nodes, close_nodes, batch),
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let indexer = Indexer::open(DaemonConfig {
+        rules: args.rules()?,
+        ledger: args.ledger.clone(),
+        orchestrator: args.orchestrator.clone(),
+        probes_per_slot: args.probes_per_slot,
+        registry_refresh: Duration::from_millis(args.registry_refresh_ms.max(100)),
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        println!("indexer: gRPC on {}", listener.local_addr()?);
+        indexer::daemon::serve(listener, indexer, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        Ok(())
+    })
 }
 
 fn key(i: u64) -> NodeKey {
@@ -60,13 +174,7 @@ fn delivery() -> SessionDelivery {
 }
 
 #[allow(clippy::print_stdout)]
-fn main() -> anyhow::Result<()> {
-    let Command::Bench {
-        reports,
-        nodes,
-        close_nodes,
-        batch,
-    } = Cli::parse().command;
+fn bench(reports: u64, nodes: u64, close_nodes: u64, batch: usize) -> anyhow::Result<()> {
     let config = TallyConfig {
         sla_floor_ppm: 0,
         ..TallyConfig::default()
@@ -113,7 +221,44 @@ fn main() -> anyhow::Result<()> {
     let ingest_s = started.elapsed().as_secs_f64();
     let reports_per_s = signed.len() as f64 / ingest_s;
 
-    // Epoch close over `close_nodes` nodes, each reported and probed in every slot it was seen.
+    // The same reports through the ledger: each batch committed (fsync) before it is acknowledged.
+    let path = std::env::temp_dir().join(format!("pixelgrid-bench-{}.db", std::process::id()));
+    let cleanup = |p: &std::path::Path| {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
+        }
+    };
+    cleanup(&path);
+    let mut ledger = Ledger::open(&path, &config)?;
+    let empty_bytes = ledger.size_bytes()?;
+    let mut t = Tally::new(config.clone());
+    for k in &keys {
+        t.add_node(&k.node_id());
+    }
+    let started = Instant::now();
+    for chunk in signed
+        .chunks(nodes as usize)
+        .flat_map(|slot| slot.chunks(batch))
+    {
+        let now = chunk[0].1;
+        let rs: Vec<SignedNodeReport> = chunk.iter().map(|(r, _)| r.clone()).collect();
+        let verdicts = t.ingest_batch(&rs, now);
+        let accepted: Vec<_> = rs
+            .iter()
+            .zip(verdicts)
+            .filter(|(_, v)| *v == indexer::tally::Verdict::Accepted)
+            .map(|(r, _)| (r, 0, now))
+            .collect();
+        ledger.append_reports(&accepted)?;
+    }
+    let ledger_reports_per_s = signed.len() as f64 / started.elapsed().as_secs_f64();
+    let bytes_per_report = (ledger.size_bytes()? - empty_bytes) as f64 / signed.len() as f64;
+    let report_bytes_per_node_epoch = bytes_per_report * (config.epoch_ms / slot) as f64;
+    drop(ledger);
+    cleanup(&path);
+
+    // Epoch close over `close_nodes` nodes, each reported and probed in every slot it was seen:
+    // tallies, payouts, Merkle root, every proof, all written to the ledger in one transaction.
     let mut big = Tally::new(config.clone());
     for i in 0..close_nodes {
         let id = format!("{:064x}", i + 1);
@@ -122,32 +267,45 @@ fn main() -> anyhow::Result<()> {
             big.record_probe(&id, s * slot + 2_000, true);
         }
     }
+    let mut ledger = Ledger::open(&path, &config)?;
+    let before = ledger.size_bytes()?;
     let close_started = Instant::now();
     let epoch = big.close_epoch(0).clone();
-    let proofs = epoch.proofs();
-    assert_eq!(proofs.len(), epoch.payouts.len(), "every payout proves");
-    let proof_bytes: usize = proofs.iter().map(|p| 16 + 32 * p.siblings.len()).sum();
+    ledger.write_closed(&epoch, config.epoch_ms)?;
     let close_s = close_started.elapsed().as_secs_f64();
-    let payout_row_bytes = 64 + 8 * 5; // node id (hex) and five integers, as a ledger row holds them
-    let bytes_per_node_epoch =
-        payout_row_bytes as f64 + proof_bytes as f64 / epoch.payouts.len().max(1) as f64;
+    let payout_bytes_per_node_epoch =
+        (ledger.size_bytes()? - before) as f64 / epoch.payouts.len().max(1) as f64;
+    assert_eq!(
+        ledger.payouts(0)?.len(),
+        epoch.payouts.len(),
+        "every payout is written with its proof"
+    );
+    drop(ledger);
+    cleanup(&path);
+    let bytes_per_node_epoch = payout_bytes_per_node_epoch + report_bytes_per_node_epoch;
 
     println!(
         "reports: {} ingested ({accepted} accepted) in {ingest_s:.2} s on one core: {reports_per_s:.0}/s (batches of {batch})",
         signed.len()
     );
+    println!("reports committed to the ledger before acknowledgement: {ledger_reports_per_s:.0}/s");
     println!(
-        "epoch close: {} nodes → tallies, payouts, Merkle root and every proof in {:.3} s",
+        "epoch close: {} nodes → tallies, payouts, Merkle root and every proof, written to the ledger, in {close_s:.3} s",
         epoch.payouts.len(),
-        close_s
     );
-    println!("payout row + proof: {bytes_per_node_epoch:.0} bytes per node-epoch");
+    println!(
+        "ledger: {bytes_per_node_epoch:.0} bytes per node-epoch ({payout_bytes_per_node_epoch:.0} payout row + proof, {report_bytes_per_node_epoch:.0} for its {} accepted reports)",
+        config.epoch_ms / slot
+    );
     println!(
         "{}",
         serde_json::json!({
             "reports": signed.len(), "accepted": accepted, "reports_per_s": reports_per_s,
+            "ledger_reports_per_s": ledger_reports_per_s,
             "close_nodes": epoch.payouts.len(), "close_s": close_s,
-            "bytes_per_node_epoch": bytes_per_node_epoch, "batch": batch,
+            "bytes_per_node_epoch": bytes_per_node_epoch,
+            "payout_bytes_per_node_epoch": payout_bytes_per_node_epoch,
+            "report_bytes_per_node_epoch": report_bytes_per_node_epoch, "batch": batch,
         })
     );
     Ok(())

@@ -7,13 +7,9 @@ use pixelgrid_proto::identity::{NodeKey, verify};
 use pixelgrid_proto::indexer::v1::{NodeReport, SignedNodeReport};
 use prost::Message;
 
-/// Signs a report.
+/// Signs a report (what the edge node's reporter does).
 pub fn sign(report: NodeReport, key: &NodeKey) -> SignedNodeReport {
-    let signature = key.sign(&report.encode_to_vec());
-    SignedNodeReport {
-        report: Some(report),
-        signature: Some(signature),
-    }
+    pixelgrid_proto::identity::sign_report(report, key)
 }
 
 /// True when the report is signed by the node it names.

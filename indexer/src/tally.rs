@@ -30,8 +30,11 @@ pub struct TallyConfig {
     pub epoch_ms: u64,
     /// Report and probe period, ms.
     pub slot_ms: u64,
-    /// Largest difference between a report's time and its arrival, ms.
+    /// How far a report's time may be ahead of its arrival (clock skew), ms.
     pub max_clock_skew_ms: u64,
+    /// How long a report may take to arrive (a node buffers while the indexer is unreachable),
+    /// ms; an epoch closes this long after it ends.
+    pub max_report_delay_ms: u64,
     /// Uptime below this fraction (parts per million) forfeits the readiness reward.
     pub sla_floor_ppm: u64,
     /// Micro-credits for a whole epoch of uptime.
@@ -48,6 +51,7 @@ impl Default for TallyConfig {
             epoch_ms: 3_600_000,
             slot_ms: 60_000,
             max_clock_skew_ms: 30_000,
+            max_report_delay_ms: 600_000,
             // Aethir publishes 99 % monthly; per epoch we apply the same floor.
             sla_floor_ppm: 990_000,
             readiness_reward: 1_000_000,
@@ -68,8 +72,10 @@ pub enum Verdict {
     UnknownNode,
     /// The signature does not verify for the node it names.
     BadSignature,
-    /// Its time is too far from its arrival.
+    /// Its time is ahead of its arrival by more than the allowed clock skew.
     ClockSkew,
+    /// It arrived later after its time than the rules allow.
+    TooLate,
     /// Its sequence number is not after the last accepted one (duplicate, replay, reordering).
     Replayed,
     /// It falls in an epoch already closed.
@@ -185,8 +191,32 @@ impl Tally {
         self.nodes.insert(node_id.to_owned());
     }
 
-    fn epoch_of(&self, ms: u64) -> u64 {
+    /// True when the node is known (reports from unknown nodes are refused).
+    pub fn knows(&self, node_id: &str) -> bool {
+        self.nodes.contains(node_id)
+    }
+
+    /// The epoch a time falls in.
+    pub fn epoch_of(&self, ms: u64) -> u64 {
         ms / self.config.epoch_ms
+    }
+
+    /// Re-applies a report the ledger accepted earlier (its signature was checked then), as it
+    /// arrived at `arrived_ms`; used when a restarted indexer rebuilds its open epochs.
+    pub fn replay(&mut self, signed: &SignedNodeReport, arrived_ms: u64) -> Verdict {
+        self.ingest_checked(signed, true, arrived_ms)
+    }
+
+    /// Restores a node's last accepted report from the ledger, so replays stay refused.
+    pub fn restore_last(&mut self, node_id: &str, sequence: u64, sent_ms: u64) {
+        self.last
+            .insert(node_id.to_owned(), LastReport { sequence, sent_ms });
+    }
+
+    /// Restores an epoch the ledger closed earlier: it stays exactly as it was.
+    pub fn restore_closed(&mut self, closed: ClosedEpoch) {
+        self.open.retain(|(epoch, _), _| *epoch != closed.epoch);
+        self.closed.insert(closed.epoch, closed);
     }
 
     /// Takes one report that arrived at `now_ms`.
@@ -224,8 +254,15 @@ impl Tally {
         if !signature_ok {
             return Verdict::BadSignature;
         }
-        if report.sent_unix_ms.abs_diff(now_ms) > self.config.max_clock_skew_ms {
+        if report.sent_unix_ms > now_ms.saturating_add(self.config.max_clock_skew_ms) {
             return Verdict::ClockSkew;
+        }
+        if now_ms
+            > report
+                .sent_unix_ms
+                .saturating_add(self.config.max_report_delay_ms)
+        {
+            return Verdict::TooLate;
         }
         let last = self.last.get(&node).copied();
         if last.is_some_and(|l| report.sequence <= l.sequence) {
@@ -457,6 +494,11 @@ mod tests {
             t.ingest(&report(&key, 13, at + 10 * MIN, vec![]), at + MIN),
             Verdict::ClockSkew,
             "future-dated"
+        );
+        assert_eq!(
+            t.ingest(&report(&key, 14, at, vec![]), at + 11 * MIN),
+            Verdict::TooLate,
+            "delivered after the allowed delay"
         );
         assert_eq!(
             t.ingest(&SignedNodeReport::default(), at),

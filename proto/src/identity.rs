@@ -95,6 +95,27 @@ pub fn verify(node_id_hex: &str, bytes: &[u8], signature: &[u8]) -> bool {
     key.verify_strict(bytes, &sig).is_ok()
 }
 
+/// Signs a node report for the indexer: the signature covers the protobuf encoding of the
+/// `NodeReport` (fields in tag order, defaults omitted; no maps, so the encoding is canonical).
+pub fn sign_report(
+    report: crate::indexer::v1::NodeReport,
+    key: &NodeKey,
+) -> crate::indexer::v1::SignedNodeReport {
+    let signature = key.sign(&report.encode_to_vec());
+    crate::indexer::v1::SignedNodeReport {
+        report: Some(report),
+        signature: Some(signature),
+    }
+}
+
+/// What a node signs to answer an indexer's probe: a domain tag, so a probe answer can never be
+/// replayed as any other signature, then the indexer's random nonce.
+pub fn probe_message(nonce: &[u8]) -> Vec<u8> {
+    let mut m = b"pixelgrid/probe/v1\0".to_vec();
+    m.extend_from_slice(nonce);
+    m
+}
+
 /// A node request that carries its own signature.
 pub trait SignedRequest: Message + Clone + Sized {
     /// The signature field.

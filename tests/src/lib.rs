@@ -53,6 +53,7 @@ impl TestNode {
             dev_token_ttl,
             encoder_threads: 1,
             max_sessions: 64,
+            identity: None,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (node, addr) = runtime.block_on(async {
@@ -310,6 +311,8 @@ pub struct TestGrid {
     pub nodes: Vec<(SocketAddr, Arc<StreamNode>)>,
     /// True while this grid's replica leads the sweeps.
     pub leading: Arc<std::sync::atomic::AtomicBool>,
+    /// Nodes added from now on report to these indexers.
+    pub reporting: Option<edge_node::reporter::ReporterConfig>,
     pub runtime: tokio::runtime::Runtime,
 }
 
@@ -378,6 +381,7 @@ impl TestGrid {
             grid,
             nodes: Vec::new(),
             leading,
+            reporting: None,
             runtime,
         };
         for i in 0..nodes {
@@ -392,6 +396,7 @@ impl TestGrid {
             SessionHost::start(Catalogue::default(), None).expect("Vulkan and GStreamer must work"),
         );
         let orchestrator_url = format!("http://{}", self.orchestrator);
+        let reporting = self.reporting.clone();
         let (addr, node) = self.runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -412,7 +417,7 @@ impl TestGrid {
                 encoders: vec![],
             };
             let key = pixelgrid_proto::identity::NodeKey::from_seed(&[seed.wrapping_add(100); 32]);
-            let agent = edge_node::agent::Agent::register(config, key)
+            let agent = edge_node::agent::Agent::register(config, key.clone())
                 .await
                 .expect("registration");
             let verifier = pixelgrid_proto::token::TokenVerifier::from_hex(
@@ -429,6 +434,7 @@ impl TestGrid {
                 dev_token_ttl: Duration::from_secs(60),
                 encoder_threads: 1,
                 max_sessions: max_sessions as usize,
+                identity: Some(key.clone()),
             };
             let node = StreamNode::new(host, settings, verifier, None);
             tokio::spawn(edge_node::stream::serve(
@@ -437,6 +443,14 @@ impl TestGrid {
                 std::future::pending(),
             ));
             tokio::spawn(agent.run(Arc::clone(&node), std::future::pending()));
+            if let Some(config) = reporting {
+                tokio::spawn(edge_node::reporter::run(
+                    config,
+                    key,
+                    Arc::clone(&node),
+                    std::future::pending(),
+                ));
+            }
             (addr, node)
         });
         self.nodes.push((addr, node));

@@ -9,7 +9,7 @@ use pixelgrid_proto::orchestrator::v1::orchestrator_client::OrchestratorClient;
 #[command(
     name = "pixelgrid",
     version,
-    about = "Operate a PixelGrid: nodes, sessions, draining"
+    about = "Operate a PixelGrid: nodes, sessions, draining, epochs and payouts"
 )]
 struct Cli {
     /// Orchestrator gRPC URL.
@@ -20,6 +20,14 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     orchestrator: String,
+    /// Indexer gRPC URL (epochs, payouts, proofs).
+    #[arg(
+        long,
+        global = true,
+        env = "PIXELGRID_INDEXER",
+        default_value = "http://127.0.0.1:50061"
+    )]
+    indexer: String,
     /// Print JSON for scripts instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -49,15 +57,32 @@ enum Command {
         /// Node id.
         node: String,
     },
-    /// Payouts: check a node's payout against an epoch's published Merkle root, offline.
+    /// Closed epochs, most recent first (from the indexer).
+    Epochs {
+        /// How many.
+        #[arg(long, default_value_t = 24)]
+        limit: u32,
+    },
+    /// `payouts EPOCH`: a closed epoch's payouts; `payouts proof EPOCH NODE`: one node's proof;
+    /// `payouts verify ...`: check a proof against a root, offline.
+    #[command(args_conflicts_with_subcommands = true)]
     Payouts {
+        /// Closed epoch number.
+        epoch: Option<u64>,
         #[command(subcommand)]
-        command: PayoutsCommand,
+        command: Option<PayoutsCommand>,
     },
 }
 
 #[derive(Subcommand, Debug)]
 enum PayoutsCommand {
+    /// A node's payout proof, printed as the `payouts verify` command that checks it.
+    Proof {
+        /// Closed epoch number.
+        epoch: u64,
+        /// Node id (hex public key).
+        node: String,
+    },
     /// Verify a payout proof (exit 0 when it holds, 1 when it does not). Needs no network.
     Verify {
         /// The epoch's Merkle root (hex).
@@ -129,14 +154,15 @@ fn main() {
     // Offline: no orchestrator needed.
     if let Command::Payouts {
         command:
-            PayoutsCommand::Verify {
+            Some(PayoutsCommand::Verify {
                 root,
                 node,
                 amount,
                 index,
                 count,
                 siblings,
-            },
+            }),
+        ..
     } = &cli.command
     {
         match verify_payout(root, node, *amount, *index, *count, siblings) {
@@ -160,6 +186,12 @@ fn main() {
 
 #[allow(clippy::print_stdout)]
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if matches!(
+        cli.command,
+        Command::Epochs { .. } | Command::Payouts { .. }
+    ) {
+        return run_indexer(cli).await;
+    }
     let mut c = OrchestratorClient::connect(cli.orchestrator.clone())
         .await
         .map_err(|e| {
@@ -256,7 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Payouts { .. } => unreachable!("handled offline in main"),
+        Command::Payouts { .. } | Command::Epochs { .. } => unreachable!("the indexer's"),
         Command::Drain { node } => {
             let r = c
                 .drain_node(pb::DrainNodeRequest {
@@ -273,6 +305,134 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("draining {node}: it takes no new sessions; running ones finish");
             }
         }
+    }
+    Ok(())
+}
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+/// Epochs, payouts and proofs, from the indexer.
+#[allow(clippy::print_stdout)]
+async fn run_indexer(cli: Cli) -> anyhow::Result<()> {
+    use pixelgrid_client::{EpochRow, PayoutRow};
+    use pixelgrid_proto::indexer::v1 as ipb;
+    let mut c = ipb::indexer_client::IndexerClient::connect(cli.indexer.clone())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "indexer at {} refused the connection ({e}); is it running?",
+                cli.indexer
+            )
+        })?;
+    match cli.command {
+        Command::Epochs { limit } => {
+            let epochs = c
+                .list_epochs(ipb::ListEpochsRequest { limit })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .epochs;
+            let rows: Vec<EpochRow> = epochs.iter().map(EpochRow::from).collect();
+            if cli.json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.epoch.to_string(),
+                            r.start.clone(),
+                            r.nodes_paid.to_string(),
+                            r.total_micro_credits.to_string(),
+                            r.merkle_root.clone(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    table(&["EPOCH", "START", "NODES", "TOTAL", "ROOT"], &cells)
+                );
+            }
+        }
+        Command::Payouts {
+            epoch: Some(epoch),
+            command: None,
+        } => {
+            let r = c
+                .get_payouts(ipb::GetPayoutsRequest { epoch })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let rows: Vec<PayoutRow> = r.payouts.iter().map(PayoutRow::from).collect();
+            if cli.json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            short(&r.node),
+                            r.amount_micro_credits.to_string(),
+                            format!("{:.1}", r.uptime_ms as f64 / 1000.0),
+                            format!("{:.1}", r.delivered_ms as f64 / 1000.0),
+                            r.refunded_micro_credits.to_string(),
+                            if r.sla_met { "yes" } else { "no" }.into(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    table(
+                        &[
+                            "NODE",
+                            "AMOUNT",
+                            "UPTIME_S",
+                            "DELIVERED_S",
+                            "REFUNDED",
+                            "SLA"
+                        ],
+                        &cells
+                    )
+                );
+            }
+        }
+        Command::Payouts {
+            command: Some(PayoutsCommand::Proof { epoch, node }),
+            ..
+        } => {
+            let p = c
+                .get_payout_proof(ipb::GetPayoutProofRequest {
+                    epoch,
+                    node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: node.clone() }),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let hex = pixelgrid_proto::token::hex;
+            let siblings: Vec<String> = p.siblings.iter().map(|s| hex(s)).collect();
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "epoch": p.epoch, "root": hex(&p.merkle_root), "node": node,
+                        "amount": p.amount_micro_credits, "index": p.leaf_index,
+                        "count": p.leaf_count, "siblings": siblings,
+                    })
+                );
+            } else {
+                println!(
+                    "pixelgrid payouts verify --root {} --node {node} --amount {} --index {} --count {} --siblings '{}'",
+                    hex(&p.merkle_root),
+                    p.amount_micro_credits,
+                    p.leaf_index,
+                    p.leaf_count,
+                    siblings.join(",")
+                );
+            }
+        }
+        _ => anyhow::bail!("payouts needs an epoch number, `proof EPOCH NODE` or `verify`"),
     }
     Ok(())
 }

@@ -108,6 +108,12 @@ pub struct LiveSessionInfo {
     pub game: String,
     /// Viewers attached.
     pub viewers: usize,
+    /// Promised width, px.
+    pub width: u32,
+    /// Promised height, px.
+    pub height: u32,
+    /// Promised frame rate.
+    pub fps: u32,
     /// Session counters.
     pub stats: crate::session::SessionStats,
     /// Token expiry.
@@ -138,6 +144,8 @@ pub struct StreamSettings {
     pub encoder_threads: u32,
     /// Most sessions this node runs at once.
     pub max_sessions: usize,
+    /// The node's identity key, to answer the indexers' probes (none in dev mode).
+    pub identity: Option<pixelgrid_proto::identity::NodeKey>,
 }
 
 /// Live sessions and how to admit new ones; see the module docs.
@@ -195,6 +203,14 @@ impl StreamNode {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.settings.node_id
+    }
+
+    /// Answers an indexer's probe: this node's signature over the nonce, or `None` without an
+    /// identity key.
+    pub fn answer_probe(&self, nonce: &[u8]) -> Option<(String, Vec<u8>)> {
+        let key = self.settings.identity.as_ref()?;
+        let sig = key.sign(&pixelgrid_proto::identity::probe_message(nonce));
+        Some((key.node_id(), sig.signature))
     }
 
     /// True when the node signs its own tokens.
@@ -455,6 +471,9 @@ impl StreamNode {
                 session_id: id.clone(),
                 game: s.claims.game.clone(),
                 viewers: s.viewers.len(),
+                width: s.claims.width,
+                height: s.claims.height,
+                fps: s.claims.fps,
                 stats: s.session.stats(),
                 expires: s.claims.exp.clone(),
             })

@@ -209,35 +209,9 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(u16, Vec<(String, String)>, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = |e: std::io::Error| Error::Webrtc(format!("HTTP to {addr}: {e}"));
-    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req += &format!("{k}: {v}\r\n");
-    }
-    req += "\r\n";
-    s.write_all(req.as_bytes()).await.map_err(io)?;
-    s.write_all(body).await.map_err(io)?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
-        .await
-        .map_err(|_| Error::Webrtc(format!("HTTP to {addr} timed out")))?
-        .map_err(io)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| Error::Webrtc(format!("HTTP to {addr}: no status line")))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok((status, headers, body.to_owned()))
+    let r =
+        pixelgrid_proto::http::request(addr, method, path, headers, body, Duration::from_secs(30))
+            .await
+            .map_err(|e| Error::Webrtc(format!("HTTP to {addr}: {e}")))?;
+    Ok((r.status, r.headers, r.body))
 }

@@ -8,6 +8,7 @@
 //! | DELETE | `/whep/{session}/{viewer}` | leave; the session ends with its last viewer → `200` |
 //! | GET | `/sessions` | live sessions (JSON) |
 //! | GET | `/healthz`, `/probe` | liveness; RTT probe (`204`) |
+//! | GET | `/challenge?nonce=<hex>` | an indexer's probe: `{node_id, signature}` over the nonce (identity key) |
 //! | POST | `/dev/sessions` | `--insecure-dev` only: `{game,width,height,fps}` → `{session_id,token,whep_url}` |
 //! | GET | `/`, `/player.js` | `--insecure-dev` only: the player page |
 
@@ -50,7 +51,8 @@ pub fn router(node: Arc<StreamNode>) -> axum::Router {
         )
         .route("/sessions", get(list_sessions))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/probe", get(|| async { StatusCode::NO_CONTENT }));
+        .route("/probe", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/challenge", get(challenge));
     if node.dev_mode() {
         r = r
             .route("/dev/sessions", post(dev_session))
@@ -63,6 +65,39 @@ pub fn router(node: Arc<StreamNode>) -> axum::Router {
     r.layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
         .layer(cors)
         .with_state(node)
+}
+
+#[derive(Deserialize)]
+struct ChallengeQuery {
+    nonce: String,
+}
+
+/// Largest probe nonce accepted, bytes.
+const MAX_NONCE_BYTES: usize = 64;
+
+async fn challenge(
+    State(node): State<Arc<StreamNode>>,
+    axum::extract::Query(q): axum::extract::Query<ChallengeQuery>,
+) -> Result<Json<serde_json::Value>, Refusal> {
+    let nonce = pixelgrid_proto::token::unhex(&q.nonce)
+        .filter(|n| !n.is_empty() && n.len() <= MAX_NONCE_BYTES)
+        .ok_or_else(|| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("nonce must be 1 to {MAX_NONCE_BYTES} bytes of hex"),
+            )
+        })?;
+    let (node_id, signature) = node.answer_probe(&nonce).ok_or_else(|| {
+        Refusal(
+            StatusCode::NOT_FOUND,
+            "this node has no identity key (dev mode); run it with --orchestrator or --indexer"
+                .into(),
+        )
+    })?;
+    Ok(Json(serde_json::json!({
+        "node_id": node_id,
+        "signature": pixelgrid_proto::token::hex(&signature),
+    })))
 }
 
 /// A refusal: status and a message a person can act on.

@@ -1,0 +1,646 @@
+//! `indexer serve`: the thin async shell around the tally and the ledger.
+//!
+//! - **Reports**: nodes stream signed reports (`SubmitReports`); each batch is verified and tallied
+//!   as one, the accepted ones are committed to the ledger, and only then acknowledged — so a node
+//!   that sees no acknowledgement resends, and a resent report is refused as a replay: each report
+//!   is credited exactly once.
+//! - **Node set**: taken from the orchestrator's registry (`ListNodes`, polled, and at once when a
+//!   report names a node not known yet); node id = the node's ed25519 public key, so the set
+//!   brings the keys with it. Known nodes are kept in the ledger, so a restarted indexer probes
+//!   them before the orchestrator answers.
+//! - **Probes**: at random moments in every slot (and once at start-up) the indexer sends each
+//!   node a fresh nonce (`GET /challenge?nonce=<hex>` on the node's probe address); the node must
+//!   answer with its identity key's signature over [`probe_message`]. Pass or fail is recorded.
+//! - **Epochs** close `max_report_delay_ms` after they end; the closed epoch, every payout and
+//!   every proof are written in one transaction.
+
+use crate::ledger::{EpochRow, Ledger, StoredPayout};
+use crate::tally::{Tally, TallyConfig, Verdict};
+use crate::{Error, Result};
+use pixelgrid_proto::identity::{probe_message, verify};
+use pixelgrid_proto::indexer::v1 as pb;
+use pixelgrid_proto::orchestrator::v1::ListNodesRequest;
+use pixelgrid_proto::orchestrator::v1::orchestrator_client::OrchestratorClient;
+use pixelgrid_proto::token::{hex, unhex};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Tally rules (the same for every indexer that should agree).
+    pub rules: TallyConfig,
+    /// SQLite ledger file.
+    pub ledger: PathBuf,
+    /// Orchestrator gRPC URL, the source of the node set.
+    pub orchestrator: Option<String>,
+    /// Probes per node per slot, at random moments.
+    pub probes_per_slot: u32,
+    /// How often the node set is re-read.
+    pub registry_refresh: Duration,
+}
+
+/// Reports by verdict and probes by outcome, since start.
+#[derive(Debug, Default)]
+pub struct Counters {
+    verdicts: [AtomicU64; 8],
+    /// Probes answered with a valid signature.
+    pub probes_passed: AtomicU64,
+    /// Probes unanswered or answered wrongly.
+    pub probes_failed: AtomicU64,
+    /// Epochs closed by this process.
+    pub epochs_closed: AtomicU64,
+}
+
+/// Every verdict, in the order [`Counters::reports`] lists them.
+pub const VERDICTS: [Verdict; 8] = [
+    Verdict::Accepted,
+    Verdict::Malformed,
+    Verdict::UnknownNode,
+    Verdict::BadSignature,
+    Verdict::ClockSkew,
+    Verdict::TooLate,
+    Verdict::Replayed,
+    Verdict::EpochClosed,
+];
+
+impl Counters {
+    fn count(&self, v: Verdict) {
+        let i = VERDICTS.iter().position(|x| *x == v).unwrap_or(0);
+        self.verdicts[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reports seen, by verdict.
+    pub fn reports(&self) -> Vec<(Verdict, u64)> {
+        VERDICTS
+            .iter()
+            .zip(&self.verdicts)
+            .map(|(v, c)| (*v, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+struct Core {
+    tally: Tally,
+    ledger: Ledger,
+    /// Node id → host:port of its probe endpoint.
+    probe_targets: BTreeMap<String, String>,
+    /// The next epoch to close.
+    next_to_close: Option<u64>,
+}
+
+/// The running indexer; see the module docs.
+pub struct Indexer {
+    core: Mutex<Core>,
+    config: DaemonConfig,
+    /// What it has seen.
+    pub counters: Counters,
+    last_refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl std::fmt::Debug for Indexer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Indexer")
+            .field("ledger", &self.config.ledger)
+            .finish()
+    }
+}
+
+/// Now, unix ms (the shell's clock; the core never reads one).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a report was refused, for its acknowledgement.
+fn detail(v: Verdict, r: Option<&pb::NodeReport>, rules: &TallyConfig) -> String {
+    let seq = r.map_or(0, |r| r.sequence);
+    match v {
+        Verdict::Accepted => String::new(),
+        Verdict::Malformed => "the report or its node id is missing".into(),
+        Verdict::UnknownNode => {
+            "this node is not in the orchestrator's registry; register it first".into()
+        }
+        Verdict::BadSignature => {
+            "the signature does not verify for the node id the report names".into()
+        }
+        Verdict::ClockSkew => format!(
+            "its time is more than {} ms ahead of the indexer's clock; check the node's NTP",
+            rules.max_clock_skew_ms
+        ),
+        Verdict::TooLate => format!(
+            "it arrived more than {} ms after its time; it credits nothing",
+            rules.max_report_delay_ms
+        ),
+        Verdict::Replayed => format!(
+            "sequence {seq} is not after the last accepted one: a duplicate, replay or reordering"
+        ),
+        Verdict::EpochClosed => "its epoch is already closed".into(),
+    }
+}
+
+fn to_proto(v: Verdict) -> pb::ReportVerdict {
+    use pb::ReportVerdict as P;
+    match v {
+        Verdict::Accepted => P::Accepted,
+        Verdict::Malformed => P::Malformed,
+        Verdict::UnknownNode => P::UnknownNode,
+        Verdict::BadSignature => P::BadSignature,
+        Verdict::ClockSkew => P::ClockSkew,
+        Verdict::TooLate | Verdict::EpochClosed => P::OutOfWindow,
+        Verdict::Replayed => P::Replayed,
+    }
+}
+
+impl Indexer {
+    /// Opens the ledger and rebuilds the tally from it.
+    pub fn open(config: DaemonConfig) -> Result<Arc<Self>> {
+        let ledger = Ledger::open(&config.ledger, &config.rules)?;
+        let mut tally = Tally::new(config.rules.clone());
+        let rebuilt = ledger.rebuild(&mut tally)?;
+        let probe_targets = ledger.nodes()?.into_iter().collect();
+        let next_to_close = ledger.epochs(1)?.first().map(|e| e.number + 1);
+        tracing::info!(
+            ledger = %config.ledger.display(),
+            nodes = rebuilt.nodes,
+            closed_epochs = rebuilt.closed_epochs,
+            replayed_reports = rebuilt.reports,
+            replayed_probes = rebuilt.probes,
+            "ledger opened"
+        );
+        Ok(Arc::new(Self {
+            core: Mutex::new(Core {
+                tally,
+                ledger,
+                probe_targets,
+                next_to_close,
+            }),
+            config,
+            counters: Counters::default(),
+            last_refresh: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    fn core(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &TallyConfig {
+        &self.config.rules
+    }
+
+    /// Re-reads the node set from the orchestrator. Returns the nodes known afterwards.
+    pub async fn refresh_registry(&self) -> Result<usize> {
+        self.refresh_registry_after(None).await
+    }
+
+    /// Makes sure the node set was read after `seen` (a report from an unknown node arrived
+    /// then): reads it again unless a read started since. Reads are at least a second apart, so
+    /// reports naming unknown nodes cannot hammer the orchestrator; concurrent callers share one.
+    async fn refresh_registry_after(&self, seen: Option<tokio::time::Instant>) -> Result<usize> {
+        let Some(url) = &self.config.orchestrator else {
+            return Ok(self.core().probe_targets.len());
+        };
+        let mut last = self.last_refresh.lock().await;
+        if let (Some(seen), Some(last)) = (seen, *last) {
+            if last >= seen {
+                return Ok(self.core().probe_targets.len());
+            }
+            tokio::time::sleep_until(last + Duration::from_secs(1)).await;
+        }
+        *last = Some(tokio::time::Instant::now());
+        let unreachable = |e: String| Error::Orchestrator(format!("{url}: {e}"));
+        let mut client = OrchestratorClient::connect(url.clone())
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let nodes = client
+            .list_nodes(ListNodesRequest::default())
+            .await
+            .map_err(|e| unreachable(e.message().to_owned()))?
+            .into_inner()
+            .nodes;
+        let mut core = self.core();
+        for n in nodes {
+            let Some(id) = n.node_id.map(|i| i.hex) else {
+                continue;
+            };
+            if core.probe_targets.get(&id) != Some(&n.probe_address) {
+                core.ledger.add_node(&id, &n.probe_address)?;
+                core.tally.add_node(&id);
+                core.probe_targets.insert(id, n.probe_address);
+            }
+        }
+        Ok(core.probe_targets.len())
+    }
+
+    /// Verifies, tallies and commits a batch of reports that arrived at `now_ms`; returns one
+    /// acknowledgement per report, in order. Only committed reports are acknowledged as accepted.
+    pub fn ingest(
+        &self,
+        batch: &[pb::SignedNodeReport],
+        now_ms: u64,
+    ) -> Result<Vec<pb::ReportAck>> {
+        let mut core = self.core();
+        let verdicts = core.tally.ingest_batch(batch, now_ms);
+        let accepted: Vec<(&pb::SignedNodeReport, u64, u64)> = batch
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, v)| **v == Verdict::Accepted)
+            .map(|(s, _)| {
+                let sent = s.report.as_ref().map_or(0, |r| r.sent_unix_ms);
+                (s, core.tally.epoch_of(sent), now_ms)
+            })
+            .collect();
+        if !accepted.is_empty() {
+            core.ledger.append_reports(&accepted)?;
+        }
+        Ok(batch
+            .iter()
+            .zip(verdicts)
+            .map(|(s, v)| {
+                self.counters.count(v);
+                if v != Verdict::Accepted {
+                    tracing::debug!(verdict = ?v, "report refused");
+                }
+                pb::ReportAck {
+                    sequence: s.report.as_ref().map_or(0, |r| r.sequence),
+                    verdict: to_proto(v) as i32,
+                    detail: detail(v, s.report.as_ref(), &self.config.rules),
+                }
+            })
+            .collect())
+    }
+
+    /// True when every report in the batch names a known node.
+    fn all_known(&self, batch: &[pb::SignedNodeReport]) -> bool {
+        let core = self.core();
+        batch.iter().all(|s| {
+            s.report
+                .as_ref()
+                .and_then(|r| r.node_id.as_ref())
+                .is_none_or(|n| core.tally.knows(&n.hex))
+        })
+    }
+
+    /// Records one probe result.
+    pub fn record_probe(&self, node_id: &str, at_ms: u64, passed: bool) -> Result<()> {
+        let mut core = self.core();
+        let epoch = core.tally.epoch_of(at_ms);
+        core.tally.record_probe(node_id, at_ms, passed);
+        core.ledger.append_probe(node_id, at_ms, epoch, passed)?;
+        let c = if passed {
+            &self.counters.probes_passed
+        } else {
+            &self.counters.probes_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Closes every epoch that ended at least `max_report_delay_ms` before `now_ms`; returns
+    /// the epochs closed.
+    pub fn close_due(&self, now_ms: u64) -> Result<Vec<u64>> {
+        let rules = &self.config.rules;
+        let mut core = self.core();
+        let mut next = match core.next_to_close {
+            Some(n) => n,
+            // A new ledger starts with the epoch it first runs in.
+            None => core.tally.epoch_of(now_ms),
+        };
+        let mut closed = Vec::new();
+        while (next + 1) * rules.epoch_ms + rules.max_report_delay_ms <= now_ms {
+            let epoch = core.tally.close_epoch(next).clone();
+            core.ledger.write_closed(&epoch, rules.epoch_ms)?;
+            tracing::info!(
+                epoch = next,
+                nodes = epoch.payouts.len(),
+                root = %hex(&epoch.root),
+                "epoch closed"
+            );
+            self.counters.epochs_closed.fetch_add(1, Ordering::Relaxed);
+            closed.push(next);
+            next += 1;
+        }
+        core.next_to_close = Some(next);
+        Ok(closed)
+    }
+
+    /// Closed epochs, most recent first.
+    pub fn epochs(&self, limit: usize) -> Result<Vec<EpochRow>> {
+        self.core().ledger.epochs(limit)
+    }
+
+    /// A closed epoch and its payouts.
+    pub fn payouts(&self, epoch: u64) -> Result<(EpochRow, Vec<StoredPayout>)> {
+        let core = self.core();
+        let row = core
+            .ledger
+            .epoch(epoch)?
+            .ok_or_else(|| Error::NotFound(format!("closed epoch {epoch}")))?;
+        Ok((row, core.ledger.payouts(epoch)?))
+    }
+
+    /// A node's payout and proof in a closed epoch.
+    pub fn proof(&self, epoch: u64, node_id: &str) -> Result<(EpochRow, StoredPayout)> {
+        let core = self.core();
+        let row = core
+            .ledger
+            .epoch(epoch)?
+            .ok_or_else(|| Error::NotFound(format!("closed epoch {epoch}")))?;
+        let p = core.ledger.payout(epoch, node_id)?.ok_or_else(|| {
+            Error::NotFound(format!("a payout for node {node_id} in epoch {epoch}"))
+        })?;
+        Ok((row, p))
+    }
+
+    /// Polls the registry until `stop`.
+    pub async fn run_registry(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.refresh_registry().await {
+                tracing::warn!(error = %e, "cannot read the node set; keeping the one known");
+            }
+            tokio::time::sleep(self.config.registry_refresh).await;
+        }
+    }
+
+    /// Closes epochs as they fall due.
+    pub async fn run_closer(self: Arc<Self>) {
+        let tick = Duration::from_millis((self.config.rules.slot_ms / 4).clamp(50, 5_000));
+        loop {
+            if let Err(e) = self.close_due(now_ms()) {
+                // The tally and the ledger may now disagree; a restart rebuilds from the ledger.
+                tracing::error!(error = %e, "cannot write a closed epoch; exiting so a restart rebuilds from the ledger");
+                std::process::exit(70);
+            }
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// Probes every node at random moments in every slot, and once right away.
+    pub async fn run_prober(self: Arc<Self>) {
+        let slot = self.config.rules.slot_ms;
+        let timeout = Duration::from_millis((slot / 2).clamp(100, 5_000));
+        let mut first = true;
+        loop {
+            let now = now_ms();
+            let slot_end = (now / slot + 1) * slot;
+            let targets: Vec<(String, String)> = self
+                .core()
+                .probe_targets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (node, addr) in targets {
+                for k in 0..self.config.probes_per_slot.max(1) {
+                    let delay = if first && k == 0 {
+                        0
+                    } else {
+                        random_u64() % (slot_end - now).max(1)
+                    };
+                    let me = Arc::clone(&self);
+                    let node = node.clone();
+                    let addr = addr.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        let at = now_ms();
+                        let passed = probe(&node, &addr, timeout).await;
+                        if let Err(e) = me.record_probe(&node, at, passed) {
+                            tracing::error!(error = %e, "cannot record a probe; exiting so a restart rebuilds from the ledger");
+                            std::process::exit(70);
+                        }
+                    });
+                }
+            }
+            first = false;
+            tokio::time::sleep(Duration::from_millis(slot_end.saturating_sub(now_ms()))).await;
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS has randomness");
+    u64::from_le_bytes(b)
+}
+
+/// Challenges one node: passes only when it signs our fresh nonce with its own key in time.
+async fn probe(node_id: &str, addr: &str, timeout: Duration) -> bool {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).expect("the OS has randomness");
+    let Ok(sock) = addr.parse::<std::net::SocketAddr>() else {
+        tracing::warn!(node = node_id, addr, "probe address is not host:port");
+        return false;
+    };
+    let path = format!("/challenge?nonce={}", hex(&nonce));
+    let answer = match pixelgrid_proto::http::request(sock, "GET", &path, &[], &[], timeout).await {
+        Ok(r) if r.status == 200 => r.body,
+        Ok(r) => {
+            tracing::debug!(node = node_id, status = r.status, "probe refused");
+            return false;
+        }
+        Err(e) => {
+            tracing::debug!(node = node_id, error = %e, "probe unanswered");
+            return false;
+        }
+    };
+    let parsed: Option<(String, Vec<u8>)> = serde_json::from_str::<serde_json::Value>(&answer)
+        .ok()
+        .and_then(|v| {
+            Some((
+                v.get("node_id")?.as_str()?.to_owned(),
+                unhex(v.get("signature")?.as_str()?)?,
+            ))
+        });
+    matches!(parsed, Some((id, sig)) if id == node_id && verify(node_id, &probe_message(&nonce), &sig))
+}
+
+/// The gRPC face.
+#[derive(Debug, Clone)]
+pub struct Service {
+    indexer: Arc<Indexer>,
+}
+
+impl Service {
+    /// Serves `indexer`.
+    pub fn new(indexer: Arc<Indexer>) -> Self {
+        Self { indexer }
+    }
+}
+
+/// Most reports verified as one batch.
+const MAX_BATCH: usize = 256;
+
+fn epoch_proto(e: &EpochRow) -> pb::Epoch {
+    pb::Epoch {
+        number: e.number,
+        start_unix_ms: e.start_ms,
+        end_unix_ms: e.end_ms,
+        state: pb::EpochState::Closed as i32,
+        merkle_root: e.root.to_vec(),
+        total_micro_credits: e.total,
+        nodes_paid: e.nodes_paid,
+    }
+}
+
+fn node_id(n: Option<pixelgrid_proto::types::v1::NodeId>) -> Result<String> {
+    let id = n.map(|n| n.hex).unwrap_or_default();
+    if unhex(&id).is_none_or(|b| b.len() != 32) {
+        return Err(Error::InvalidArgument {
+            field: "node_id",
+            reason: format!("{id:?} is not a 64-hex-digit node id"),
+        });
+    }
+    Ok(id)
+}
+
+#[tonic::async_trait]
+impl pb::indexer_server::Indexer for Service {
+    type SubmitReportsStream =
+        tokio_stream::wrappers::ReceiverStream<std::result::Result<pb::ReportAck, tonic::Status>>;
+
+    async fn submit_reports(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::SignedNodeReport>>,
+    ) -> std::result::Result<tonic::Response<Self::SubmitReportsStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let indexer = Arc::clone(&self.indexer);
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_BATCH);
+        tokio::spawn(async move {
+            loop {
+                let first = match inbound.message().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e.message(), "report stream broke");
+                        return;
+                    }
+                };
+                // Whatever else is already here joins the batch.
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    // A zero timeout polls once: only messages already received.
+                    match tokio::time::timeout(Duration::ZERO, inbound.message()).await {
+                        Ok(Ok(Some(r))) => batch.push(r),
+                        _ => break,
+                    }
+                }
+                let arrived = tokio::time::Instant::now();
+                if !indexer.all_known(&batch)
+                    && let Err(e) = indexer.refresh_registry_after(Some(arrived)).await
+                {
+                    tracing::warn!(error = %e, "cannot refresh the node set");
+                }
+                let acks = match indexer.ingest(&batch, now_ms()) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot commit reports; exiting so a restart rebuilds from the ledger");
+                        std::process::exit(70);
+                    }
+                };
+                for ack in acks {
+                    if tx.send(Ok(ack)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+
+    async fn list_epochs(
+        &self,
+        request: tonic::Request<pb::ListEpochsRequest>,
+    ) -> std::result::Result<tonic::Response<pb::ListEpochsResponse>, tonic::Status> {
+        let limit = match request.into_inner().limit {
+            0 => 24,
+            n => n.min(10_000) as usize,
+        };
+        let epochs = self
+            .indexer
+            .epochs(limit)?
+            .iter()
+            .map(epoch_proto)
+            .collect();
+        Ok(tonic::Response::new(pb::ListEpochsResponse { epochs }))
+    }
+
+    async fn get_payouts(
+        &self,
+        request: tonic::Request<pb::GetPayoutsRequest>,
+    ) -> std::result::Result<tonic::Response<pb::GetPayoutsResponse>, tonic::Status> {
+        let (row, payouts) = self.indexer.payouts(request.into_inner().epoch)?;
+        Ok(tonic::Response::new(pb::GetPayoutsResponse {
+            epoch: Some(epoch_proto(&row)),
+            payouts: payouts
+                .into_iter()
+                .map(|s| pb::NodePayout {
+                    node_id: Some(pixelgrid_proto::types::v1::NodeId {
+                        hex: s.payout.node_id,
+                    }),
+                    amount_micro_credits: s.payout.amount,
+                    uptime_ms: s.payout.uptime_ms,
+                    delivered_ms: s.payout.delivered_ms,
+                    refunded_micro_credits: s.payout.refunded,
+                    sla_met: s.payout.sla_met,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_payout_proof(
+        &self,
+        request: tonic::Request<pb::GetPayoutProofRequest>,
+    ) -> std::result::Result<tonic::Response<pb::PayoutProof>, tonic::Status> {
+        let r = request.into_inner();
+        let node = node_id(r.node_id)?;
+        let (row, stored) = self.indexer.proof(r.epoch, &node)?;
+        Ok(tonic::Response::new(pb::PayoutProof {
+            epoch: row.number,
+            merkle_root: row.root.to_vec(),
+            node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: node }),
+            amount_micro_credits: stored.payout.amount,
+            leaf_index: stored.proof.index,
+            leaf_count: stored.proof.count,
+            siblings: stored.proof.siblings.iter().map(|s| s.to_vec()).collect(),
+        }))
+    }
+}
+
+/// Serves gRPC (`pixelgrid.indexer.v1` and the standard health service) on `listener` and runs
+/// the registry feed, the prober and the epoch closer, until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    indexer: Arc<Indexer>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::result::Result<(), tonic::transport::Error> {
+    use pb::indexer_server::IndexerServer;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<IndexerServer<Service>>()
+        .await;
+    let tasks = [
+        tokio::spawn(Arc::clone(&indexer).run_registry()),
+        tokio::spawn(Arc::clone(&indexer).run_prober()),
+        tokio::spawn(Arc::clone(&indexer).run_closer()),
+    ];
+    let served = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(IndexerServer::new(Service::new(indexer)))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    for t in tasks {
+        t.abort();
+    }
+    served
+}

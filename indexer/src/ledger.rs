@@ -1,0 +1,597 @@
+//! The ledger: SQLite in WAL mode, append-only. It keeps the indexer's inputs — accepted reports
+//! (the signed bytes, with their arrival time) and its own probe results — and its outputs, the
+//! closed epochs with every payout and proof. Because the tally is a deterministic function of the
+//! inputs, a restarted indexer rebuilds its open epochs by replaying them ([`Ledger::rebuild`]);
+//! closed epochs are restored as written and triggers refuse any change to them.
+//!
+//! | table | rows |
+//! | --- | --- |
+//! | `meta` | `rules`: the tally rules (JSON) the ledger was written under |
+//! | `nodes` | node id (hex public key), probe address |
+//! | `reports` | accepted reports: node, sequence, epoch, arrival ms, `SignedNodeReport` protobuf |
+//! | `probes` | node, time, epoch, passed |
+//! | `epochs` | closed epochs: number, bounds, Merkle root, total, nodes paid |
+//! | `payouts` | per closed epoch and node: amount, uptime, delivery, refund, SLA, leaf index, proof (32-byte siblings, leaf up) |
+
+use crate::merkle::Proof;
+use crate::tally::{ClosedEpoch, NodePayout, Tally, TallyConfig};
+use crate::{Error, Result};
+use pixelgrid_proto::indexer::v1::SignedNodeReport;
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, probe_address TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    arrived_ms INTEGER NOT NULL,
+    signed BLOB NOT NULL,
+    UNIQUE (node_id, sequence)
+);
+CREATE INDEX IF NOT EXISTS reports_by_epoch ON reports (epoch);
+CREATE TABLE IF NOT EXISTS probes (
+    id INTEGER PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    passed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS probes_by_epoch ON probes (epoch);
+CREATE TABLE IF NOT EXISTS epochs (
+    number INTEGER PRIMARY KEY,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    total INTEGER NOT NULL,
+    nodes_paid INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS payouts (
+    epoch INTEGER NOT NULL,
+    node_id TEXT NOT NULL,
+    leaf_index INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    uptime_ms INTEGER NOT NULL,
+    delivered_ms INTEGER NOT NULL,
+    refunded INTEGER NOT NULL,
+    sla_met INTEGER NOT NULL,
+    proof BLOB NOT NULL,
+    PRIMARY KEY (epoch, node_id)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS closed_epochs_never_change BEFORE UPDATE ON epochs
+    BEGIN SELECT RAISE(ABORT, 'closed epochs never change'); END;
+CREATE TRIGGER IF NOT EXISTS closed_epochs_are_kept BEFORE DELETE ON epochs
+    BEGIN SELECT RAISE(ABORT, 'closed epochs never change'); END;
+CREATE TRIGGER IF NOT EXISTS payouts_never_change BEFORE UPDATE ON payouts
+    BEGIN SELECT RAISE(ABORT, 'closed epochs never change'); END;
+CREATE TRIGGER IF NOT EXISTS payouts_are_kept BEFORE DELETE ON payouts
+    BEGIN SELECT RAISE(ABORT, 'closed epochs never change'); END;
+";
+
+/// A closed epoch as the ledger lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EpochRow {
+    /// Epoch number.
+    pub number: u64,
+    /// Start, unix ms.
+    pub start_ms: u64,
+    /// End (exclusive), unix ms.
+    pub end_ms: u64,
+    /// Merkle root.
+    pub root: [u8; 32],
+    /// Sum of payouts, micro-credits.
+    pub total: u64,
+    /// Nodes with a payout row.
+    pub nodes_paid: u32,
+}
+
+/// One payout with its proof, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPayout {
+    /// The payout.
+    pub payout: NodePayout,
+    /// Its proof against the epoch's root.
+    pub proof: Proof,
+}
+
+/// What [`Ledger::rebuild`] restored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Nodes known.
+    pub nodes: usize,
+    /// Closed epochs restored.
+    pub closed_epochs: usize,
+    /// Reports replayed into open epochs.
+    pub reports: usize,
+    /// Probe results replayed into open epochs.
+    pub probes: usize,
+}
+
+/// The ledger; see the module docs.
+#[derive(Debug)]
+pub struct Ledger {
+    db: Connection,
+}
+
+fn sql(e: rusqlite::Error) -> Error {
+    Error::Ledger(e.to_string())
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn hash(bytes: &[u8]) -> [u8; 32] {
+    <[u8; 32]>::try_from(bytes).unwrap_or([0; 32])
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `path` for `rules`. A ledger written under other rules is
+    /// refused: its epochs would not match what these rules compute.
+    pub fn open(path: &Path, rules: &TallyConfig) -> Result<Self> {
+        let db = Connection::open(path)
+            .map_err(|e| Error::Ledger(format!("cannot open {}: {e}", path.display())))?;
+        // WAL: readers never block the writer; FULL: a committed report survives power loss.
+        db.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        db.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+        db.execute_batch(SCHEMA).map_err(sql)?;
+        let rules_json = serde_json::to_string(rules).expect("rules serialise");
+        let stored: Option<String> = db
+            .query_row("SELECT value FROM meta WHERE key = 'rules'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql)?;
+        match stored {
+            Some(s) if s != rules_json => {
+                return Err(Error::RulesChanged {
+                    ledger: s,
+                    given: rules_json,
+                });
+            }
+            Some(_) => {}
+            None => {
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('rules', ?1)",
+                    params![rules_json],
+                )
+                .map_err(sql)?;
+            }
+        }
+        Ok(Self { db })
+    }
+
+    /// Bytes the ledger occupies, after moving the write-ahead log into the database file.
+    pub fn size_bytes(&self) -> Result<u64> {
+        self.db
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .map_err(sql)?;
+        let page = |p: &str| -> Result<u64> {
+            self.db
+                .query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, i64>(0))
+                .map(u)
+                .map_err(sql)
+        };
+        Ok(page("page_count")? * page("page_size")?)
+    }
+
+    /// Records a node (or its new probe address).
+    pub fn add_node(&self, node_id: &str, probe_address: &str) -> Result<()> {
+        self.db
+            .execute(
+                "INSERT INTO nodes (node_id, probe_address) VALUES (?1, ?2)
+                 ON CONFLICT (node_id) DO UPDATE SET probe_address = excluded.probe_address",
+                params![node_id, probe_address],
+            )
+            .map_err(sql)?;
+        Ok(())
+    }
+
+    /// Every known node with its probe address.
+    pub fn nodes(&self) -> Result<Vec<(String, String)>> {
+        let mut q = self
+            .db
+            .prepare("SELECT node_id, probe_address FROM nodes ORDER BY node_id")
+            .map_err(sql)?;
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sql)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(sql)
+    }
+
+    /// Appends accepted reports, `(report, epoch, arrived_ms)`, in one transaction.
+    pub fn append_reports(&mut self, accepted: &[(&SignedNodeReport, u64, u64)]) -> Result<()> {
+        let tx = self.db.transaction().map_err(sql)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO reports (node_id, sequence, epoch, arrived_ms, signed)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(sql)?;
+            for (signed, epoch, arrived) in accepted {
+                let Some(report) = &signed.report else {
+                    continue;
+                };
+                let node = report.node_id.as_ref().map_or("", |n| n.hex.as_str());
+                insert
+                    .execute(params![
+                        node,
+                        i(report.sequence),
+                        i(*epoch),
+                        i(*arrived),
+                        signed.encode_to_vec()
+                    ])
+                    .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Appends one probe result.
+    pub fn append_probe(&self, node_id: &str, at_ms: u64, epoch: u64, passed: bool) -> Result<()> {
+        self.db
+            .prepare_cached(
+                "INSERT INTO probes (node_id, at_ms, epoch, passed) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(sql)?
+            .execute(params![node_id, i(at_ms), i(epoch), passed])
+            .map_err(sql)?;
+        Ok(())
+    }
+
+    /// Writes a closed epoch, every payout and every proof, in one transaction.
+    pub fn write_closed(&mut self, closed: &ClosedEpoch, epoch_ms: u64) -> Result<()> {
+        let proofs = closed.proofs();
+        let tx = self.db.transaction().map_err(sql)?;
+        {
+            let total = closed
+                .payouts
+                .iter()
+                .fold(0u64, |t, p| t.saturating_add(p.amount));
+            tx.execute(
+                "INSERT INTO epochs (number, start_ms, end_ms, root, total, nodes_paid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    i(closed.epoch),
+                    i(closed.epoch * epoch_ms),
+                    i((closed.epoch + 1) * epoch_ms),
+                    closed.root.as_slice(),
+                    i(total),
+                    closed.payouts.len() as i64
+                ],
+            )
+            .map_err(sql)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO payouts (epoch, node_id, leaf_index, amount, uptime_ms,
+                     delivered_ms, refunded, sla_met, proof) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                )
+                .map_err(sql)?;
+            for (p, proof) in closed.payouts.iter().zip(&proofs) {
+                insert
+                    .execute(params![
+                        i(closed.epoch),
+                        p.node_id,
+                        i(proof.index),
+                        i(p.amount),
+                        i(p.uptime_ms),
+                        i(p.delivered_ms),
+                        i(p.refunded),
+                        p.sla_met,
+                        proof.siblings.concat()
+                    ])
+                    .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Closed epochs, most recent first.
+    pub fn epochs(&self, limit: usize) -> Result<Vec<EpochRow>> {
+        let mut q = self
+            .db
+            .prepare(
+                "SELECT number, start_ms, end_ms, root, total, nodes_paid FROM epochs
+                 ORDER BY number DESC LIMIT ?1",
+            )
+            .map_err(sql)?;
+        q.query_map(params![limit as i64], epoch_row)
+            .map_err(sql)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(sql)
+    }
+
+    /// One closed epoch.
+    pub fn epoch(&self, number: u64) -> Result<Option<EpochRow>> {
+        self.db
+            .query_row(
+                "SELECT number, start_ms, end_ms, root, total, nodes_paid FROM epochs
+                 WHERE number = ?1",
+                params![i(number)],
+                epoch_row,
+            )
+            .optional()
+            .map_err(sql)
+    }
+
+    /// The payouts of a closed epoch, by node id, with their proofs.
+    pub fn payouts(&self, epoch: u64) -> Result<Vec<StoredPayout>> {
+        self.payouts_where(epoch, None)
+    }
+
+    /// One node's payout and proof in a closed epoch.
+    pub fn payout(&self, epoch: u64, node_id: &str) -> Result<Option<StoredPayout>> {
+        Ok(self.payouts_where(epoch, Some(node_id))?.pop())
+    }
+
+    fn payouts_where(&self, epoch: u64, node: Option<&str>) -> Result<Vec<StoredPayout>> {
+        let count = self.epoch(epoch)?.map_or(0, |e| u64::from(e.nodes_paid));
+        let mut q = self
+            .db
+            .prepare_cached(
+                "SELECT node_id, leaf_index, amount, uptime_ms, delivered_ms, refunded, sla_met,
+                 proof FROM payouts WHERE epoch = ?1 AND (?2 IS NULL OR node_id = ?2)
+                 ORDER BY node_id",
+            )
+            .map_err(sql)?;
+        q.query_map(params![i(epoch), node], |r| {
+            let siblings: Vec<u8> = r.get(7)?;
+            Ok(StoredPayout {
+                payout: NodePayout {
+                    node_id: r.get(0)?,
+                    amount: u(r.get(2)?),
+                    uptime_ms: u(r.get(3)?),
+                    delivered_ms: u(r.get(4)?),
+                    refunded: u(r.get(5)?),
+                    sla_met: r.get(6)?,
+                },
+                proof: Proof {
+                    index: u(r.get(1)?),
+                    count,
+                    siblings: siblings.chunks_exact(32).map(hash).collect(),
+                },
+            })
+        })
+        .map_err(sql)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(sql)
+    }
+
+    /// Rebuilds `tally` (fresh, same rules) from the ledger: nodes, closed epochs as written,
+    /// then the open epochs' reports and probes replayed in arrival order.
+    pub fn rebuild(&self, tally: &mut Tally) -> Result<Rebuilt> {
+        let mut out = Rebuilt::default();
+        for (node, _) in self.nodes()? {
+            tally.add_node(&node);
+            out.nodes += 1;
+        }
+        let mut first_open = 0;
+        for row in self.epochs(usize::MAX >> 1)?.into_iter().rev() {
+            let payouts = self
+                .payouts(row.number)?
+                .into_iter()
+                .map(|p| p.payout)
+                .collect();
+            tally.restore_closed(ClosedEpoch {
+                epoch: row.number,
+                payouts,
+                root: row.root,
+            });
+            first_open = first_open.max(row.number + 1);
+            out.closed_epochs += 1;
+        }
+        // The last report each node had accepted in closed epochs, so replays stay refused.
+        let mut last = self
+            .db
+            .prepare(
+                "SELECT node_id, MAX(sequence), signed FROM reports WHERE epoch < ?1
+                 GROUP BY node_id",
+            )
+            .map_err(sql)?;
+        let rows = last
+            .query_map(params![i(first_open)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    u(r.get(1)?),
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .map_err(sql)?;
+        for row in rows {
+            let (node, sequence, signed) = row.map_err(sql)?;
+            let sent = SignedNodeReport::decode(signed.as_slice())
+                .ok()
+                .and_then(|s| s.report)
+                .map_or(0, |r| r.sent_unix_ms);
+            tally.restore_last(&node, sequence, sent);
+        }
+        let mut reports = self
+            .db
+            .prepare("SELECT signed, arrived_ms FROM reports WHERE epoch >= ?1 ORDER BY id")
+            .map_err(sql)?;
+        let rows = reports
+            .query_map(params![i(first_open)], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, u(r.get(1)?)))
+            })
+            .map_err(sql)?;
+        for row in rows {
+            let (bytes, arrived) = row.map_err(sql)?;
+            let signed = SignedNodeReport::decode(bytes.as_slice())
+                .map_err(|e| Error::Ledger(format!("a stored report does not decode: {e}")))?;
+            tally.replay(&signed, arrived);
+            out.reports += 1;
+        }
+        let mut probes = self
+            .db
+            .prepare("SELECT node_id, at_ms, passed FROM probes WHERE epoch >= ?1 ORDER BY id")
+            .map_err(sql)?;
+        let rows = probes
+            .query_map(params![i(first_open)], |r| {
+                Ok((r.get::<_, String>(0)?, u(r.get(1)?), r.get::<_, bool>(2)?))
+            })
+            .map_err(sql)?;
+        for row in rows {
+            let (node, at, passed) = row.map_err(sql)?;
+            tally.record_probe(&node, at, passed);
+            out.probes += 1;
+        }
+        Ok(out)
+    }
+}
+
+fn epoch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EpochRow> {
+    Ok(EpochRow {
+        number: u(r.get(0)?),
+        start_ms: u(r.get(1)?),
+        end_ms: u(r.get(2)?),
+        root: hash(&r.get::<_, Vec<u8>>(3)?),
+        total: u(r.get(4)?),
+        nodes_paid: r.get(5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::sign;
+    use pixelgrid_proto::identity::NodeKey;
+    use pixelgrid_proto::indexer::v1::NodeReport;
+    use pixelgrid_proto::types::v1::NodeId;
+
+    fn rules() -> TallyConfig {
+        TallyConfig {
+            epoch_ms: 10_000,
+            slot_ms: 1_000,
+            max_clock_skew_ms: 5_000,
+            sla_floor_ppm: 0,
+            ..TallyConfig::default()
+        }
+    }
+
+    fn report(key: &NodeKey, seq: u64, at: u64) -> SignedNodeReport {
+        sign(
+            NodeReport {
+                node_id: Some(NodeId { hex: key.node_id() }),
+                sequence: seq,
+                sent_unix_ms: at,
+                state: 1,
+                sessions: vec![],
+                telemetry_digest: vec![],
+            },
+            key,
+        )
+    }
+
+    /// Feeds a tally and a ledger the same inputs; returns the tally.
+    fn feed(ledger: &mut Ledger, key: &NodeKey, seqs: std::ops::Range<u64>) -> Tally {
+        let mut t = Tally::new(rules());
+        ledger.rebuild(&mut t).unwrap();
+        t.add_node(&key.node_id());
+        ledger.add_node(&key.node_id(), "127.0.0.1:9").unwrap();
+        for s in seqs {
+            let at = s * 1_000 + 100;
+            let r = report(key, s, at);
+            if t.ingest(&r, at) == crate::tally::Verdict::Accepted {
+                ledger.append_reports(&[(&r, t.epoch_of(at), at)]).unwrap();
+            }
+            t.record_probe(&key.node_id(), at + 10, true);
+            ledger
+                .append_probe(&key.node_id(), at + 10, t.epoch_of(at), true)
+                .unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn a_restart_rebuilds_the_same_epochs_and_still_refuses_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NodeKey::from_seed(&[3; 32]);
+        // Without a crash: epochs 0 and 1 in one go.
+        let mut straight_ledger = Ledger::open(&dir.path().join("a.db"), &rules()).unwrap();
+        let mut straight = feed(&mut straight_ledger, &key, 0..20);
+        let e0 = straight.close_epoch(0).clone();
+        let e1 = straight.close_epoch(1).clone();
+
+        // With a crash mid-epoch 1, after epoch 0 was closed and written.
+        let path = dir.path().join("b.db");
+        {
+            let mut ledger = Ledger::open(&path, &rules()).unwrap();
+            let mut t = feed(&mut ledger, &key, 0..14);
+            let c = t.close_epoch(0).clone();
+            ledger.write_closed(&c, rules().epoch_ms).unwrap();
+        }
+        let mut ledger = Ledger::open(&path, &rules()).unwrap();
+        let mut t = Tally::new(rules());
+        let rebuilt = ledger.rebuild(&mut t).unwrap();
+        assert_eq!(rebuilt.closed_epochs, 1);
+        assert_eq!(rebuilt.reports, 4, "epoch 1's reports 10..14 are replayed");
+        // A replay of an old report after the restart still credits nothing.
+        assert_eq!(
+            t.ingest(&report(&key, 13, 13_100), 13_200),
+            crate::tally::Verdict::Replayed
+        );
+        drop(t);
+        let mut t = feed(&mut ledger, &key, 14..20);
+        assert_eq!(t.close_epoch(0), &e0);
+        assert_eq!(t.close_epoch(1), &e1);
+        assert_eq!(ledger.epoch(0).unwrap().unwrap().root, e0.root);
+    }
+
+    #[test]
+    fn closed_epochs_never_change_and_proofs_read_back_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("l.db"), &rules()).unwrap();
+        let keys: Vec<NodeKey> = (0..5).map(|i| NodeKey::from_seed(&[i; 32])).collect();
+        let mut t = Tally::new(rules());
+        for k in &keys {
+            t.add_node(&k.node_id());
+            t.ingest(&report(k, 1, 500), 500);
+            t.record_probe(&k.node_id(), 600, true);
+        }
+        let closed = t.close_epoch(0).clone();
+        ledger.write_closed(&closed, rules().epoch_ms).unwrap();
+        for stored in ledger.payouts(0).unwrap() {
+            let id = hash(&pixelgrid_proto::token::unhex(&stored.payout.node_id).unwrap());
+            assert!(crate::merkle::verify(
+                &closed.root,
+                &id,
+                stored.payout.amount,
+                &stored.proof
+            ));
+            assert!(!crate::merkle::verify(
+                &closed.root,
+                &id,
+                stored.payout.amount + 1,
+                &stored.proof
+            ));
+        }
+        let err = ledger
+            .db
+            .execute("UPDATE payouts SET amount = amount + 1", [])
+            .unwrap_err();
+        assert!(err.to_string().contains("closed epochs never change"));
+        assert!(ledger.write_closed(&closed, rules().epoch_ms).is_err());
+    }
+
+    #[test]
+    fn a_ledger_written_under_other_rules_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        Ledger::open(&path, &rules()).unwrap();
+        let other = TallyConfig {
+            readiness_reward: 7,
+            ..rules()
+        };
+        let err = Ledger::open(&path, &other).unwrap_err();
+        assert!(err.to_string().contains("rules"), "{err}");
+    }
+}

@@ -1,0 +1,318 @@
+//! The indexer daemon for real: child processes with their own SQLite ledgers, fed by real edge
+//! nodes (in-process, with their reporters) registered with a real orchestrator.
+
+use indexer::merkle;
+use orchestrator::store::EmbeddedStore;
+use pixelgrid_proto::identity::{NodeKey, sign_report};
+use pixelgrid_proto::indexer::v1 as pb;
+use pixelgrid_proto::indexer::v1::indexer_client::IndexerClient;
+use pixelgrid_proto::token::unhex;
+use pixelgrid_tests::{TestGrid, eventually, free_port, signed_registration};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+const EPOCH_MS: u64 = 6_000;
+const SLOT_MS: u64 = 1_000;
+const DELAY_MS: u64 = 3_000;
+
+/// One `indexer serve` child process; killed when dropped.
+struct IndexerProcess {
+    child: Child,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl IndexerProcess {
+    fn start(ledger: &std::path::Path, orchestrator: std::net::SocketAddr) -> Self {
+        let port = free_port();
+        let args: Vec<String> = [
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--ledger",
+            &ledger.display().to_string(),
+            "--orchestrator",
+            &format!("http://{orchestrator}"),
+            "--epoch-ms",
+            &EPOCH_MS.to_string(),
+            "--slot-ms",
+            &SLOT_MS.to_string(),
+            "--max-clock-skew-ms",
+            "1000",
+            "--max-report-delay-ms",
+            &DELAY_MS.to_string(),
+            "--sla-floor-ppm",
+            "0",
+            "--probes-per-slot",
+            "2",
+            "--registry-refresh-ms",
+            "500",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let child = Self::spawn(&args);
+        let me = Self { child, port, args };
+        me.wait_ready();
+        me
+    }
+
+    fn spawn(args: &[String]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_indexer"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the indexer binary")
+    }
+
+    fn wait_ready(&self) {
+        assert!(
+            eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                self.port
+            ))
+            .is_ok()),
+            "the indexer did not start listening"
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9`, then the same command again.
+    fn crash_and_restart(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+        self.child = Self::spawn(&self.args);
+        self.wait_ready();
+    }
+
+    async fn client(&self) -> IndexerClient<tonic::transport::Channel> {
+        IndexerClient::connect(self.url())
+            .await
+            .expect("connect to the indexer")
+    }
+
+    /// Waits until `epoch` is closed, then returns its payouts.
+    async fn closed_payouts(&self, epoch: u64) -> pb::GetPayoutsResponse {
+        let mut c = self.client().await;
+        for _ in 0..200 {
+            if let Ok(r) = c.get_payouts(pb::GetPayoutsRequest { epoch }).await {
+                return r.into_inner();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("epoch {epoch} did not close on {}", self.url());
+    }
+}
+
+impl Drop for IndexerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_ms() -> u64 {
+    indexer::daemon::now_ms()
+}
+
+/// Sleeps until the wall clock reaches `at_ms`.
+async fn sleep_until(at_ms: u64) {
+    tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(now_ms()))).await;
+}
+
+fn reporting_to(indexers: &[&IndexerProcess]) -> edge_node::reporter::ReporterConfig {
+    edge_node::reporter::ReporterConfig {
+        indexers: indexers.iter().map(|i| i.url()).collect(),
+        interval: Duration::from_millis(250),
+        outbox_capacity: 1_000,
+    }
+}
+
+/// Two indexers take the same node's reports; one is `kill -9`ed mid-epoch and restarted. Both
+/// publish the same closed epoch — same payouts, byte-identical root — with the node up all of it,
+/// and every proof checks while a tampered amount does not.
+#[test]
+fn a_crash_mid_epoch_changes_nothing_and_two_indexers_publish_the_same_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 0, 2);
+    let steady = IndexerProcess::start(&dir.path().join("steady.db"), grid.orchestrator);
+    let mut crashing = IndexerProcess::start(&dir.path().join("crashing.db"), grid.orchestrator);
+    grid.reporting = Some(reporting_to(&[&steady, &crashing]));
+    grid.add_node(1, 2);
+    let node_id = grid.nodes[0].1.node_id().to_owned();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // The first whole epoch after the node joined.
+        let epoch = now_ms() / EPOCH_MS + 1;
+        let start = epoch * EPOCH_MS;
+        // Kill early in a slot, so the restarted indexer's first probe lands in the same slot.
+        sleep_until(start + 2 * SLOT_MS + 150).await;
+        crashing.crash_and_restart();
+
+        let a = steady.closed_payouts(epoch).await;
+        let b = crashing.closed_payouts(epoch).await;
+        let ea = a.epoch.clone().unwrap();
+        assert_eq!(
+            ea.merkle_root,
+            b.epoch.clone().unwrap().merkle_root,
+            "byte-identical roots"
+        );
+        assert_eq!(a.payouts, b.payouts, "the same payouts, crash or not");
+        let p = a
+            .payouts
+            .iter()
+            .find(|p| p.node_id.as_ref().is_some_and(|n| n.hex == node_id))
+            .expect("the node is paid");
+        assert_eq!(p.uptime_ms, EPOCH_MS, "up the whole epoch: {p:?}");
+        assert!(p.amount_micro_credits > 0);
+
+        // The proof, fetched from the daemon, checks offline; a tampered amount fails.
+        let proof = crashing
+            .client()
+            .await
+            .get_payout_proof(pb::GetPayoutProofRequest {
+                epoch,
+                node_id: Some(pixelgrid_proto::types::v1::NodeId {
+                    hex: node_id.clone(),
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let root: [u8; 32] = proof.merkle_root.clone().try_into().unwrap();
+        let id: [u8; 32] = unhex(&node_id).unwrap().try_into().unwrap();
+        let merkle_proof = merkle::Proof {
+            index: proof.leaf_index,
+            count: proof.leaf_count,
+            siblings: proof
+                .siblings
+                .iter()
+                .map(|s| s.clone().try_into().unwrap())
+                .collect(),
+        };
+        assert!(merkle::verify(
+            &root,
+            &id,
+            proof.amount_micro_credits,
+            &merkle_proof
+        ));
+        assert!(!merkle::verify(
+            &root,
+            &id,
+            proof.amount_micro_credits + 1,
+            &merkle_proof
+        ));
+    });
+}
+
+fn report(key: &NodeKey, sequence: u64, sent_unix_ms: u64) -> pb::SignedNodeReport {
+    sign_report(
+        pb::NodeReport {
+            node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: key.node_id() }),
+            sequence,
+            sent_unix_ms,
+            state: pb::ReportedState::Ready as i32,
+            sessions: vec![],
+            telemetry_digest: vec![],
+        },
+        key,
+    )
+}
+
+/// Bad reports each get their verdict and a reason, and credit nothing; a node that reports
+/// faithfully but cannot answer the probes earns no uptime, while a real node beside it does.
+#[test]
+fn bad_reports_are_refused_with_reasons_and_a_node_failing_probes_earns_no_uptime() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 0, 2);
+    let indexer = IndexerProcess::start(&dir.path().join("l.db"), grid.orchestrator);
+    grid.reporting = Some(reporting_to(&[&indexer]));
+    grid.add_node(2, 2);
+    let real = grid.nodes[0].1.node_id().to_owned();
+    // A node registered for real, but whose probe address answers nothing (port 9).
+    let silent = NodeKey::from_seed(&[77; 32]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        grid.client()
+            .await
+            .register_node(signed_registration(&silent, 1))
+            .await
+            .expect("registration");
+        let stranger = NodeKey::from_seed(&[78; 32]);
+        let mut c = indexer.client().await;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut acks = c
+            .submit_reports(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut send = async |r: pb::SignedNodeReport| {
+            tx.send(r).await.unwrap();
+            acks.message().await.unwrap().expect("an acknowledgement")
+        };
+        let t = now_ms();
+        let mut forged = report(&silent, 2, t);
+        forged.report.as_mut().unwrap().sequence = 3;
+        let cases = [
+            (report(&silent, 1, t), pb::ReportVerdict::Accepted, ""),
+            (
+                report(&silent, 1, t),
+                pb::ReportVerdict::Replayed,
+                "sequence 1",
+            ),
+            (forged, pb::ReportVerdict::BadSignature, "signature"),
+            (
+                report(&stranger, 1, t),
+                pb::ReportVerdict::UnknownNode,
+                "registry",
+            ),
+            (
+                report(&silent, 5, t + 60_000),
+                pb::ReportVerdict::ClockSkew,
+                "ahead",
+            ),
+            (
+                report(&silent, 6, t - 60_000),
+                pb::ReportVerdict::OutOfWindow,
+                "after its time",
+            ),
+        ];
+        for (r, verdict, why) in cases {
+            let ack = send(r).await;
+            assert_eq!(ack.verdict, verdict as i32, "{ack:?}");
+            assert!(ack.detail.contains(why), "{ack:?}");
+        }
+        // From now on the silent node reports faithfully through a whole epoch.
+        let epoch = now_ms() / EPOCH_MS + 1;
+        let mut seq = 10;
+        while now_ms() < (epoch + 1) * EPOCH_MS + 200 {
+            seq += 1;
+            let ack = send(report(&silent, seq, now_ms())).await;
+            assert_eq!(ack.verdict, pb::ReportVerdict::Accepted as i32, "{ack:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let payouts = indexer.closed_payouts(epoch).await.payouts;
+        let uptime = |id: &str| {
+            payouts
+                .iter()
+                .find(|p| p.node_id.as_ref().is_some_and(|n| n.hex == id))
+                .map(|p| p.uptime_ms)
+        };
+        assert_eq!(
+            uptime(&silent.node_id()),
+            Some(0),
+            "reports without passed probes earn nothing"
+        );
+        assert_eq!(
+            uptime(&real),
+            Some(EPOCH_MS),
+            "the real node beside it is up"
+        );
+    });
+}
