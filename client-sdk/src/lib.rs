@@ -1,6 +1,36 @@
-//! PixelGrid's client side. For now: the operator views behind the `pixelgrid` CLI — nodes and
-//! sessions as readable tables or JSON, and draining a node. The player SDK (launch, frames,
-//! input, reconnect) builds on the same orchestrator client.
+//! PixelGrid's client SDK: launch a game on the grid and play it from Rust.
+//!
+//! ```no_run
+//! # async fn demo() -> pixelgrid_client::Result<()> {
+//! use pixelgrid_client::{Client, LaunchOptions};
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! let mut session = client.launch("arena", LaunchOptions::default()).await?;
+//! let frame = session.next_frame().await.expect("a frame");        // RGBA, with its capture time
+//! session.input().key("ArrowRight", true).await?;                   // input to the game
+//! println!("{:?}", session.stats());                                // fps, bitrate, RTT, g2g p50/p99
+//! session.end().await;
+//! # let _ = frame; Ok(()) }
+//! ```
+//!
+//! - [`Client`] / [`Session`] ([`client`]): placement by measured RTT, WHEP over WebRTC, decoded
+//!   frames ([`Frame`]) and optionally encoded access units ([`AccessUnit`]), typed input
+//!   ([`InputSender`], [`InputEvent`]), live [`Stats`], [`Event`]s, and re-launch on another node
+//!   when the node dies.
+//! - [`stats`]: the clock-free statistics core.
+//! - The rest of the crate serves the `pixelgrid` CLI: readable rows for nodes, sessions, epochs
+//!   and payouts.
+
+pub mod client;
+mod decoder;
+mod error;
+mod player;
+pub mod stats;
+
+pub use client::{AccessUnit, Client, Event, Frame, InputSender, LaunchOptions, Session};
+pub use decoder::{Codec, FrameFormat};
+pub use error::{Error, Result};
+pub use pixelgrid_proto::input::InputEvent;
+pub use stats::Stats;
 
 use pixelgrid_proto::orchestrator::v1 as pb;
 use serde::Serialize;

@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod identity;
+pub mod input;
 pub mod token;
 
 /// Shared types.

@@ -313,6 +313,8 @@ pub struct TestGrid {
     pub leading: Arc<std::sync::atomic::AtomicBool>,
     /// Nodes added from now on report to these indexers.
     pub reporting: Option<edge_node::reporter::ReporterConfig>,
+    /// Per node (same order as `nodes`): its server, agent and reporter tasks.
+    node_tasks: Vec<Vec<tokio::task::JoinHandle<()>>>,
     pub runtime: tokio::runtime::Runtime,
 }
 
@@ -382,6 +384,7 @@ impl TestGrid {
             nodes: Vec::new(),
             leading,
             reporting: None,
+            node_tasks: Vec::new(),
             runtime,
         };
         for i in 0..nodes {
@@ -392,19 +395,34 @@ impl TestGrid {
 
     /// Starts one more edge node (identity from `seed`) and registers it.
     pub fn add_node(&mut self, seed: u8, max_sessions: u32) -> SocketAddr {
+        self.add_node_with_probe_delay(seed, max_sessions, None)
+    }
+
+    /// Like [`TestGrid::add_node`], but players reach the node's RTT probe only through a
+    /// [`SlowLink`] adding `delay` each way (the kernel here has no `sch_netem`).
+    pub fn add_node_with_probe_delay(
+        &mut self,
+        seed: u8,
+        max_sessions: u32,
+        delay: Option<Duration>,
+    ) -> SocketAddr {
         let host = Arc::new(
             SessionHost::start(Catalogue::default(), None).expect("Vulkan and GStreamer must work"),
         );
         let orchestrator_url = format!("http://{}", self.orchestrator);
         let reporting = self.reporting.clone();
-        let (addr, node) = self.runtime.block_on(async move {
+        let (addr, node, tasks) = self.runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
+            let probe_address = match delay {
+                Some(d) => SlowLink::start(addr, d).await.to_string(),
+                None => addr.to_string(),
+            };
             let info = host.vulkan().info().clone();
             let config = edge_node::agent::AgentConfig {
                 orchestrator: orchestrator_url,
                 whep_base_url: format!("http://{addr}/whep"),
-                probe_address: addr.to_string(),
+                probe_address,
                 region: "local".into(),
                 price: 0,
                 max_sessions,
@@ -437,24 +455,42 @@ impl TestGrid {
                 identity: Some(key.clone()),
             };
             let node = StreamNode::new(host, settings, verifier, None);
-            tokio::spawn(edge_node::stream::serve(
-                listener,
-                Arc::clone(&node),
-                std::future::pending(),
-            ));
-            tokio::spawn(agent.run(Arc::clone(&node), std::future::pending()));
+            let served = Arc::clone(&node);
+            let mut tasks = vec![
+                tokio::spawn(async move {
+                    let _ =
+                        edge_node::stream::serve(listener, served, std::future::pending()).await;
+                }),
+                tokio::spawn(agent.run(Arc::clone(&node), std::future::pending())),
+            ];
             if let Some(config) = reporting {
-                tokio::spawn(edge_node::reporter::run(
+                tasks.push(tokio::spawn(edge_node::reporter::run(
                     config,
                     key,
                     Arc::clone(&node),
                     std::future::pending(),
-                ));
+                )));
             }
-            (addr, node)
+            (addr, node, tasks)
         });
         self.nodes.push((addr, node));
+        self.node_tasks.push(tasks);
         addr
+    }
+
+    /// The node dies as a crashed process would: its server, heartbeats and reports stop at
+    /// once, nothing is deregistered, and its players' connections go dead.
+    pub fn kill_node(&mut self, node_id: &str) {
+        let i = self
+            .nodes
+            .iter()
+            .position(|(_, n)| n.node_id() == node_id)
+            .expect("a node of this grid");
+        for t in &self.node_tasks[i] {
+            t.abort();
+        }
+        let node = Arc::clone(&self.nodes[i].1);
+        self.runtime.block_on(node.close_all());
     }
 
     /// A gRPC client of the orchestrator.
@@ -501,4 +537,69 @@ pub fn signed_registration(
         ..Default::default()
     }
     .sign_with(key)
+}
+
+/// A TCP forwarder that delays every chunk by a fixed time each way: a slow link in user space,
+/// for the RTT probes (this machine's kernel is built without `sch_netem`, so `tc netem` is not
+/// available).
+pub struct SlowLink;
+
+impl SlowLink {
+    /// Forwards a free loopback port to `target`, adding `delay` each way; returns the port's
+    /// address. Runs until the runtime stops.
+    pub async fn start(target: SocketAddr, delay: Duration) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::join!(Self::pipe(ri, wo, delay), Self::pipe(ro, wi, delay));
+                });
+            }
+        });
+        addr
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        delay: Duration,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown().await;
+                    return;
+                }
+                Ok(n) => {
+                    tokio::time::sleep(delay).await;
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Centre of the arena's gold player square in an RGBA frame (decoded video: colours within
+/// `tolerance`), or `None` when it is not visible.
+pub fn player_centroid(rgba: &[u8], width: usize, tolerance: i32) -> Option<(f64, f64)> {
+    let target = edge_node::game::Arena::PLAYER_COLOR.map(|c| (c * 255.0).round() as i32);
+    let (mut sx, mut sy, mut n) = (0.0, 0.0, 0u64);
+    for (i, px) in rgba.chunks_exact(4).enumerate() {
+        if (0..3).all(|c| (i32::from(px[c]) - target[c]).abs() <= tolerance) {
+            sx += (i % width) as f64;
+            sy += (i / width) as f64;
+            n += 1;
+        }
+    }
+    (n > 50).then(|| (sx / n as f64, sy / n as f64))
 }

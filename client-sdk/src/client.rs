@@ -1,0 +1,608 @@
+//! [`Client`] and [`Session`]: launch a game through the orchestrator and play it.
+//!
+//! `launch` asks the orchestrator for candidates (`CreateSession`), measures the round trip to
+//! each node's `/probe` concurrently, lets the orchestrator place the session with those
+//! measurements (`ChooseNode`: a slot reserved atomically, a signed token), then connects to the
+//! chosen node over WHEP. A supervisor task watches the video: when none has arrived for
+//! `node_lost_after`, the node is taken as lost, the session is launched again (excluding that
+//! node) and frames resume on the same [`Session`], with [`Event::NodeLost`] and
+//! [`Event::Reconnected`] saying so.
+
+use crate::decoder::{Codec, FrameFormat};
+use crate::player::{Connection, Sinks, split_url, unix_ms};
+use crate::stats::{Stats, StatsMeter};
+use crate::{Error, Result};
+use pixelgrid_proto::input::InputEvent;
+use pixelgrid_proto::orchestrator::v1 as pb;
+use pixelgrid_proto::orchestrator::v1::orchestrator_client::OrchestratorClient;
+use pixelgrid_proto::types::v1 as types;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use webrtc::data_channel::DataChannel;
+
+/// A decoded picture.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Width, px.
+    pub width: u32,
+    /// Height, px.
+    pub height: u32,
+    /// Pixel layout of `data`.
+    pub format: FrameFormat,
+    /// Pixels, rows top to bottom.
+    pub data: Vec<u8>,
+    /// The RTP timestamp it arrived with.
+    pub rtp_timestamp: u32,
+    /// When the node captured it (node's clock, Unix ms), once the node's `hello` arrived.
+    pub capture_unix_ms: Option<f64>,
+    /// When it came out of the decoder here, Unix ms.
+    pub decoded_unix_ms: f64,
+}
+
+/// An encoded access unit (H.264 Annex B, or a VP8 frame), for apps with their own decoder.
+#[derive(Debug, Clone)]
+pub struct AccessUnit {
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// True for a keyframe.
+    pub keyframe: bool,
+    /// The RTP timestamp it arrived with.
+    pub rtp_timestamp: u32,
+    /// When the node captured it, Unix ms, once known.
+    pub capture_unix_ms: Option<f64>,
+}
+
+/// What happened to a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Connected to a node.
+    Connected {
+        /// Node id.
+        node_id: String,
+        /// Session id.
+        session_id: String,
+        /// Measured round trip to the node, ms.
+        rtt_ms: u32,
+    },
+    /// The stream runs below half its frame rate.
+    Degraded {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The node stopped sending.
+    NodeLost {
+        /// Node id.
+        node_id: String,
+        /// Why it is taken as lost.
+        reason: String,
+    },
+    /// Playing again, on another node.
+    Reconnected {
+        /// The new node.
+        node_id: String,
+        /// The new session id.
+        session_id: String,
+        /// From losing the old node to connected to the new one, ms.
+        after_ms: u64,
+    },
+    /// The session is over.
+    Ended {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How to launch.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// Width, px.
+    pub width: u32,
+    /// Height, px.
+    pub height: u32,
+    /// Frames per second.
+    pub fps: u32,
+    /// Codecs this player decodes, most preferred first.
+    pub codecs: Vec<Codec>,
+    /// Player's region code ("" = any).
+    pub region: String,
+    /// Refuse nodes farther than this, ms (0 = the orchestrator's policy).
+    pub max_latency_ms: u32,
+    /// Decoded frame layout.
+    pub frame_format: FrameFormat,
+    /// Also hand out the encoded access units ([`Session::next_access_unit`]).
+    pub access_units: bool,
+    /// Re-launch on another node when the node is lost.
+    pub reconnect: bool,
+    /// No video for this long means the node is lost.
+    pub node_lost_after: Duration,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        Self {
+            width: 1280,
+            height: 720,
+            fps: 60,
+            codecs: vec![Codec::H264],
+            region: String::new(),
+            max_latency_ms: 0,
+            frame_format: FrameFormat::Rgba,
+            access_units: false,
+            reconnect: true,
+            node_lost_after: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// A connection to the grid's orchestrator.
+#[derive(Debug, Clone)]
+pub struct Client {
+    url: String,
+    grpc: OrchestratorClient<tonic::transport::Channel>,
+}
+
+type ChannelSlot = Arc<Mutex<Option<Arc<dyn DataChannel>>>>;
+
+/// Sends the player's input to the session's current node.
+#[derive(Clone)]
+pub struct InputSender {
+    current: Arc<Mutex<ChannelSlot>>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for InputSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InputSender").finish_non_exhaustive()
+    }
+}
+
+impl InputSender {
+    /// Sends events, in order, as one message.
+    pub async fn send(&self, events: &[InputEvent]) -> Result<()> {
+        let t = self.started.elapsed().as_secs_f64() * 1000.0;
+        let events: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("t".into(), t.into());
+                }
+                v
+            })
+            .collect();
+        let text = serde_json::json!({"type": "input", "v": 1, "events": events}).to_string();
+        let slot = Arc::clone(&self.current.lock().unwrap_or_else(|p| p.into_inner()));
+        let dc = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let dc = dc.ok_or_else(|| Error::Connection {
+            node: "current".into(),
+            reason: "the input channel is not open yet".into(),
+        })?;
+        dc.send_text(&text).await.map_err(|e| Error::Connection {
+            node: "current".into(),
+            reason: format!("input: {e}"),
+        })
+    }
+
+    /// Presses (`down`) or releases a key by DOM `KeyboardEvent.code` ("ArrowRight", "KeyW").
+    pub async fn key(&self, code: &str, down: bool) -> Result<()> {
+        self.send(&[InputEvent::Key {
+            code: code.into(),
+            down,
+        }])
+        .await
+    }
+
+    /// True once the input channel is open.
+    pub fn is_open(&self) -> bool {
+        let slot = Arc::clone(&self.current.lock().unwrap_or_else(|p| p.into_inner()));
+        let channel = slot.lock().unwrap_or_else(|p| p.into_inner());
+        channel.is_some()
+    }
+}
+
+/// A playing session; see the module docs.
+#[derive(Debug)]
+pub struct Session {
+    frames: tokio::sync::mpsc::Receiver<Frame>,
+    units: Option<tokio::sync::mpsc::Receiver<AccessUnit>>,
+    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    input: InputSender,
+    meter: Arc<Mutex<StatsMeter>>,
+    current: Arc<Mutex<(String, String)>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+fn codec_of(c: Codec) -> types::VideoCodec {
+    match c {
+        Codec::H264 => types::VideoCodec::H264,
+        Codec::Vp8 => types::VideoCodec::Vp8,
+    }
+}
+
+/// Round trip to a node's `/probe` (best of two), or `None` when it does not answer in a second.
+async fn measure_rtt(probe_address: &str) -> Option<u32> {
+    let (addr, _) = split_url(&format!("http://{probe_address}/")).await.ok()?;
+    let mut best: Option<u32> = None;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let r =
+            pixelgrid_proto::http::request(addr, "GET", "/probe", &[], b"", Duration::from_secs(1))
+                .await
+                .ok()?;
+        if r.status >= 300 {
+            return None;
+        }
+        let ms = started.elapsed().as_millis().max(1) as u32;
+        best = Some(best.map_or(ms, |b| b.min(ms)));
+    }
+    best
+}
+
+/// A placed and connected session.
+struct Placed {
+    connection: Connection,
+    rtt_ms: u32,
+}
+
+impl Client {
+    /// Connects to the orchestrator's gRPC endpoint (`http://host:50051`).
+    pub async fn connect(orchestrator_url: &str) -> Result<Self> {
+        let grpc = OrchestratorClient::connect(orchestrator_url.to_owned())
+            .await
+            .map_err(|e| Error::Orchestrator(format!("{orchestrator_url}: {e}")))?;
+        Ok(Self {
+            url: orchestrator_url.to_owned(),
+            grpc,
+        })
+    }
+
+    /// Launches `game` and starts playing it.
+    pub async fn launch(&self, game: &str, options: LaunchOptions) -> Result<Session> {
+        if options.codecs.is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "codecs",
+                reason: "name at least one codec".into(),
+            });
+        }
+        let (frames_tx, frames) = tokio::sync::mpsc::channel(8);
+        let (units_tx, units) = if options.access_units {
+            let (tx, rx) = tokio::sync::mpsc::channel(32);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let meter = Arc::new(Mutex::new(StatsMeter::new()));
+        let sinks = Sinks {
+            frames: frames_tx,
+            units: units_tx,
+            meter: Arc::clone(&meter),
+            format: options.frame_format,
+        };
+        let placed = self.place(game, &options, &[], sinks.clone()).await?;
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let _ = events_tx.send(Event::Connected {
+            node_id: placed.connection.node_id.clone(),
+            session_id: placed.connection.session_id.clone(),
+            rtt_ms: placed.rtt_ms,
+        });
+        let input = InputSender {
+            current: Arc::new(Mutex::new(placed.connection.channel())),
+            started: Instant::now(),
+        };
+        let current = Arc::new(Mutex::new((
+            placed.connection.node_id.clone(),
+            placed.connection.session_id.clone(),
+        )));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let supervisor = tokio::spawn(supervise(Supervisor {
+            client: self.clone(),
+            game: game.to_owned(),
+            options,
+            sinks,
+            connection: placed.connection,
+            events: events_tx,
+            input: Arc::clone(&input.current),
+            current: Arc::clone(&current),
+            stop: stop_rx,
+        }));
+        Ok(Session {
+            frames,
+            units,
+            events,
+            input,
+            meter,
+            current,
+            stop: Some(stop_tx),
+            supervisor,
+        })
+    }
+
+    /// One placement: candidates, concurrent RTT probes, choice, connection.
+    async fn place(
+        &self,
+        game: &str,
+        options: &LaunchOptions,
+        exclude: &[String],
+        sinks: Sinks,
+    ) -> Result<Placed> {
+        let mut grpc = self.grpc.clone();
+        let status =
+            |s: tonic::Status| Error::Orchestrator(format!("{}: {}", self.url, s.message()));
+        let launch = grpc
+            .create_session(pb::CreateSessionRequest {
+                game: game.to_owned(),
+                player_region: Some(types::Region {
+                    code: options.region.clone(),
+                }),
+                constraints: Some(pb::LaunchConstraints {
+                    mode: Some(types::VideoMode {
+                        width_px: options.width,
+                        height_px: options.height,
+                        fps: options.fps,
+                    }),
+                    codecs: options.codecs.iter().map(|c| codec_of(*c) as i32).collect(),
+                    max_latency_ms: options.max_latency_ms,
+                    max_micro_credits_per_minute: 0,
+                }),
+                max_candidates: 0,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        let mut probes = tokio::task::JoinSet::new();
+        for c in launch.candidates {
+            let Some(id) = c.node_id.map(|n| n.hex) else {
+                continue;
+            };
+            if exclude.contains(&id) {
+                continue;
+            }
+            probes.spawn(async move { (id, measure_rtt(&c.probe_address).await) });
+        }
+        let mut latencies = Vec::new();
+        let mut unreachable = Vec::new();
+        while let Some(Ok((id, rtt))) = probes.join_next().await {
+            match rtt {
+                Some(rtt_ms) => latencies.push(pb::LatencySample {
+                    node_id: Some(types::NodeId { hex: id }),
+                    rtt_ms,
+                }),
+                None => unreachable.push(id),
+            }
+        }
+        if latencies.is_empty() {
+            return Err(Error::NoReachableNode(format!(
+                "{} unreachable",
+                unreachable.len()
+            )));
+        }
+        let rtt_of = |id: &str| {
+            latencies
+                .iter()
+                .find(|l| l.node_id.as_ref().is_some_and(|n| n.hex == id))
+                .map_or(0, |l| l.rtt_ms)
+        };
+        let chosen = grpc
+            .choose_node(pb::ChooseNodeRequest {
+                launch_id: launch.launch_id,
+                latencies: latencies.clone(),
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        let session = chosen
+            .session
+            .ok_or_else(|| Error::Orchestrator("ChooseNode answered without a session".into()))?;
+        let node_id = session.node_id.map(|n| n.hex).unwrap_or_default();
+        let codec = if session.codec == types::VideoCodec::Vp8 as i32 {
+            Codec::Vp8
+        } else {
+            Codec::H264
+        };
+        let connection = Connection::open(
+            &node_id,
+            &session.session_id,
+            &chosen.whep_url,
+            &chosen.session_token,
+            codec,
+            sinks,
+        )
+        .await?;
+        Ok(Placed {
+            rtt_ms: rtt_of(&node_id),
+            connection,
+        })
+    }
+
+    async fn end_session(&self, session_id: &str, reason: &str) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.grpc.clone().end_session(pb::EndSessionRequest {
+                session_id: session_id.to_owned(),
+                reason: reason.to_owned(),
+            }),
+        )
+        .await;
+    }
+}
+
+struct Supervisor {
+    client: Client,
+    game: String,
+    options: LaunchOptions,
+    sinks: Sinks,
+    connection: Connection,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    input: Arc<Mutex<ChannelSlot>>,
+    current: Arc<Mutex<(String, String)>>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Watches the stream; re-launches when the node is lost.
+async fn supervise(mut s: Supervisor) {
+    let mut slow_seconds = 0u32;
+    let mut last_check = Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut s.stop => {
+                let session = s.connection.session_id.clone();
+                s.connection.close().await;
+                s.client.end_session(&session, "ended by the player").await;
+                let _ = s.events.send(Event::Ended { reason: "ended by the player".into() });
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let silent_ms = (unix_ms() as u64).saturating_sub(
+            s.connection
+                .last_packet_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if silent_ms >= s.options.node_lost_after.as_millis() as u64 {
+            let lost = s.connection.node_id.clone();
+            let old_session = s.connection.session_id.clone();
+            let _ = s.events.send(Event::NodeLost {
+                node_id: lost.clone(),
+                reason: format!("no video for {silent_ms} ms"),
+            });
+            tracing::warn!(node = %lost, silent_ms, "node lost");
+            let lost_at = Instant::now();
+            let client = s.client.clone();
+            tokio::spawn(async move { client.end_session(&old_session, "node lost").await });
+            if !s.options.reconnect {
+                let _ = s.events.send(Event::Ended {
+                    reason: format!("node {lost} lost"),
+                });
+                return;
+            }
+            match relaunch(&s, &lost).await {
+                Ok(placed) => {
+                    let old = std::mem::replace(&mut s.connection, placed.connection);
+                    tokio::spawn(old.abandon());
+                    *s.input.lock().unwrap_or_else(|p| p.into_inner()) = s.connection.channel();
+                    *s.current.lock().unwrap_or_else(|p| p.into_inner()) = (
+                        s.connection.node_id.clone(),
+                        s.connection.session_id.clone(),
+                    );
+                    let _ = s.events.send(Event::Reconnected {
+                        node_id: s.connection.node_id.clone(),
+                        session_id: s.connection.session_id.clone(),
+                        after_ms: lost_at.elapsed().as_millis() as u64,
+                    });
+                }
+                Err(e) => {
+                    let _ = s.events.send(Event::Ended {
+                        reason: format!("node {lost} lost and no other node took the session: {e}"),
+                    });
+                    return;
+                }
+            }
+        }
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            let fps = s
+                .sinks
+                .meter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .snapshot(unix_ms())
+                .fps;
+            if fps * 2.0 < f64::from(s.options.fps) {
+                slow_seconds += 1;
+                if slow_seconds == 2 {
+                    let _ = s.events.send(Event::Degraded {
+                        reason: format!("{fps:.0} fps of {} for 2 s", s.options.fps),
+                    });
+                }
+            } else {
+                slow_seconds = 0;
+            }
+        }
+    }
+}
+
+/// Tries for up to 30 s to place the session on another node.
+async fn relaunch(s: &Supervisor, lost: &str) -> Result<Placed> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match s
+            .client
+            .place(&s.game, &s.options, &[lost.to_owned()], s.sinks.clone())
+            .await
+        {
+            Ok(p) => return Ok(p),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, "re-launch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}
+
+impl Session {
+    /// The next decoded frame; `None` once the session has ended.
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        self.frames.recv().await
+    }
+
+    /// A decoded frame if one is waiting, without waiting.
+    pub fn try_next_frame(&mut self) -> Option<Frame> {
+        self.frames.try_recv().ok()
+    }
+
+    /// The next encoded access unit (only with [`LaunchOptions::access_units`]).
+    pub async fn next_access_unit(&mut self) -> Option<AccessUnit> {
+        self.units.as_mut()?.recv().await
+    }
+
+    /// The next event, waiting for it.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// An event if one is waiting.
+    pub fn try_event(&mut self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// Sends input to whichever node serves the session now.
+    pub fn input(&self) -> InputSender {
+        self.input.clone()
+    }
+
+    /// Live statistics.
+    pub fn stats(&self) -> Stats {
+        self.meter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot(unix_ms())
+    }
+
+    /// The node serving the session now.
+    pub fn node_id(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    /// The current session id (a new one after a reconnection).
+    pub fn session_id(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Ends the session: leaves the node and tells the orchestrator.
+    pub async fn end(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.supervisor).await;
+    }
+}

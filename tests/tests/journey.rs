@@ -1,0 +1,297 @@
+//! The player's journey through the Rust SDK, on a real grid: etcd, the orchestrator, an indexer
+//! and two edge nodes reporting to it, all on loopback.
+
+use orchestrator::store::EtcdStore;
+use pixelgrid_client::{Client, Event, LaunchOptions};
+use pixelgrid_proto::orchestrator::v1 as pb;
+use pixelgrid_tests::{Etcd, TestGrid, player_centroid};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const EPOCH_MS: u64 = 4_000;
+
+/// A grid on a real etcd; nodes report to an in-process indexer with 4-second epochs.
+struct Journey {
+    grid: TestGrid,
+    indexer: Arc<indexer::daemon::Indexer>,
+    _etcd: Etcd,
+    _ledger: tempfile::TempDir,
+    /// The etcd client's runtime; it must outlive the grid.
+    _store_runtime: tokio::runtime::Runtime,
+}
+
+impl Journey {
+    fn start() -> Self {
+        let etcd = Etcd::start();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store = rt
+            .block_on(EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)))
+            .unwrap();
+        let mut grid = TestGrid::start(Arc::new(store), 0, 2);
+        let ledger = tempfile::tempdir().unwrap();
+        let indexer = indexer::daemon::Indexer::open(indexer::daemon::DaemonConfig {
+            rules: indexer::tally::TallyConfig {
+                epoch_ms: EPOCH_MS,
+                slot_ms: 1_000,
+                max_clock_skew_ms: 1_000,
+                max_report_delay_ms: 1_000,
+                sla_floor_ppm: 0,
+                ..Default::default()
+            },
+            ledger: ledger.path().join("ledger.db"),
+            orchestrator: Some(format!("http://{}", grid.orchestrator)),
+            probes_per_slot: 2,
+            registry_refresh: Duration::from_millis(500),
+        })
+        .unwrap();
+        let url = grid.runtime.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", l.local_addr().unwrap());
+            tokio::spawn(indexer::daemon::serve(
+                l,
+                Arc::clone(&indexer),
+                std::future::pending(),
+            ));
+            url
+        });
+        grid.reporting = Some(edge_node::reporter::ReporterConfig {
+            indexers: vec![url],
+            interval: Duration::from_millis(1_000),
+            outbox_capacity: 100,
+        });
+        Self {
+            grid,
+            indexer,
+            _etcd: etcd,
+            _ledger: ledger,
+            _store_runtime: rt,
+        }
+    }
+
+    fn orchestrator_url(&self) -> String {
+        format!("http://{}", self.grid.orchestrator)
+    }
+}
+
+fn options(width: u32, height: u32, fps: u32) -> LaunchOptions {
+    LaunchOptions {
+        width,
+        height,
+        fps,
+        ..LaunchOptions::default()
+    }
+}
+
+/// Waits for the player square in the next frames.
+async fn player_position(session: &mut pixelgrid_client::Session) -> (f64, f64) {
+    for _ in 0..60 {
+        let f = session.next_frame().await.expect("frames");
+        if let Some(p) = player_centroid(&f.data, f.width as usize, 40) {
+            return p;
+        }
+    }
+    panic!("the player square is not in the picture");
+}
+
+/// Launch through the orchestrator, ≥ 60 decoded frames, input moves the player; after an epoch
+/// closes, the indexer has credited both nodes' uptime and the session's play time.
+#[test]
+fn the_sdk_plays_its_input_moves_the_player_and_the_indexer_credits_the_play() {
+    let mut j = Journey::start();
+    j.grid.add_node(1, 2);
+    j.grid.add_node(2, 2);
+    let url = j.orchestrator_url();
+    let nodes: Vec<String> = j
+        .grid
+        .nodes
+        .iter()
+        .map(|(_, n)| n.node_id().to_owned())
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (serving, epoch) = rt.block_on(async {
+        let client = Client::connect(&url).await.unwrap();
+        let mut s = client.launch("arena", options(640, 360, 30)).await.unwrap();
+        let Some(Event::Connected { node_id, .. }) = s.next_event().await else {
+            panic!("first event is Connected");
+        };
+        let mut frames = 0;
+        while frames < 60 {
+            let f = tokio::time::timeout(Duration::from_secs(10), s.next_frame())
+                .await
+                .expect("frames keep coming")
+                .unwrap();
+            assert_eq!((f.width, f.height), (640, 360));
+            assert_eq!(f.data.len(), 640 * 360 * 4);
+            frames += 1;
+        }
+        let before = player_position(&mut s).await;
+        let input = s.input();
+        assert!(input.is_open());
+        input.key("ArrowRight", true).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        input.key("ArrowRight", false).await.unwrap();
+        // Frames already decoded before the key was seen are skipped by waiting a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while s.try_next_frame().is_some() {}
+        let after = player_position(&mut s).await;
+        assert!(
+            after.0 - before.0 > 60.0,
+            "player moved {:.1} px right",
+            after.0 - before.0
+        );
+        let stats = s.stats();
+        assert!(stats.fps > 20.0, "{stats:?}");
+        assert!(stats.glass_to_glass_p50_ms.is_some(), "{stats:?}");
+        assert!(stats.rtt_ms.is_some(), "{stats:?}");
+        // Keep playing through one whole epoch.
+        let epoch = indexer::daemon::now_ms() / EPOCH_MS + 1;
+        while indexer::daemon::now_ms() < (epoch + 1) * EPOCH_MS {
+            let _ = s.next_frame().await;
+        }
+        s.end().await;
+        (node_id, epoch)
+    });
+    let indexer = Arc::clone(&j.indexer);
+    assert!(
+        pixelgrid_tests::eventually(Duration::from_secs(5), || indexer.payouts(epoch).is_ok()),
+        "epoch {epoch} closes"
+    );
+    let (_, payouts) = indexer.payouts(epoch).unwrap();
+    for node in &nodes {
+        let p = payouts
+            .iter()
+            .find(|p| &p.payout.node_id == node)
+            .unwrap_or_else(|| panic!("node {node} is in the epoch"));
+        assert!(p.payout.uptime_ms >= EPOCH_MS / 2, "{:?}", p.payout);
+        if *node == serving {
+            assert!(p.payout.delivered_ms >= 1_000, "{:?}", p.payout);
+        } else {
+            assert_eq!(p.payout.delivered_ms, 0, "{:?}", p.payout);
+        }
+    }
+}
+
+/// A node behind a slow link (+80 ms each way on its probe) is passed over for the other.
+#[test]
+fn placement_picks_the_node_without_the_slow_link() {
+    let mut j = Journey::start();
+    j.grid
+        .add_node_with_probe_delay(3, 2, Some(Duration::from_millis(80)));
+    j.grid.add_node(4, 2);
+    let fast = j.grid.nodes[1].1.node_id().to_owned();
+    let url = j.orchestrator_url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = Client::connect(&url).await.unwrap();
+        for _ in 0..3 {
+            let mut s = client.launch("arena", options(640, 360, 30)).await.unwrap();
+            match s.next_event().await {
+                Some(Event::Connected {
+                    node_id, rtt_ms, ..
+                }) => {
+                    assert_eq!(node_id, fast, "placed on the fast node");
+                    assert!(rtt_ms < 80, "{rtt_ms} ms");
+                }
+                e => panic!("unexpected {e:?}"),
+            }
+            s.end().await;
+        }
+    });
+}
+
+/// Killing the serving node: the SDK re-launches on the other node by itself and frames resume
+/// within 5 s; the dead node's session is failed and its slot freed.
+#[test]
+fn killing_the_serving_node_moves_the_session_to_the_other_node() {
+    let mut j = Journey::start();
+    j.grid.add_node(5, 1);
+    j.grid.add_node(6, 1);
+    let url = j.orchestrator_url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut s = rt.block_on(async {
+        let client = Client::connect(&url).await.unwrap();
+        client.launch("arena", options(640, 360, 30)).await.unwrap()
+    });
+    let (first_node, first_session) = (s.node_id(), s.session_id());
+    rt.block_on(async {
+        for _ in 0..30 {
+            s.next_frame().await.unwrap();
+        }
+    });
+    let killed = Instant::now();
+    j.grid.kill_node(&first_node);
+    let resumed = rt.block_on(async {
+        // Drain what was decoded before the kill, then wait for a frame from the new node.
+        loop {
+            let f = tokio::time::timeout(Duration::from_secs(10), s.next_frame())
+                .await
+                .expect("frames resume")
+                .unwrap();
+            if s.node_id() != first_node && f.decoded_unix_ms > 0.0 {
+                break killed.elapsed();
+            }
+        }
+    });
+    assert!(
+        resumed < Duration::from_secs(5),
+        "frames resumed after {resumed:?}"
+    );
+    let events: Vec<Event> = std::iter::from_fn(|| s.try_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::NodeLost { node_id, .. } if *node_id == first_node)),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Reconnected { node_id, .. } if *node_id != first_node)),
+        "{events:?}"
+    );
+    // The dead node's session is failed (or ended by the SDK), the node is gone from the
+    // registry with its slot, and only the new session is live.
+    let grid = &j.grid;
+    rt.block_on(async {
+        let mut c = grid.client().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let old = c
+                .get_session(pb::GetSessionRequest {
+                    session_id: first_session.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let nodes = c
+                .list_nodes(pb::ListNodesRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .nodes;
+            let live = c
+                .list_sessions(pb::ListSessionsRequest {
+                    node_id_hex: String::new(),
+                    state: pb::SessionState::Active as i32,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .sessions;
+            let done = old.state == pb::SessionState::Failed as i32
+                || old.state == pb::SessionState::Ended as i32;
+            let gone = !nodes
+                .iter()
+                .any(|n| n.node_id.as_ref().is_some_and(|i| i.hex == first_node));
+            if done && gone && live.len() == 1 && live[0].session_id == s.session_id() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "old session {old:?}, nodes {nodes:?}, live {live:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        s.end().await;
+    });
+}
