@@ -327,8 +327,13 @@ impl Client {
         sinks: Sinks,
     ) -> Result<Placed> {
         let mut grpc = self.grpc.clone();
-        let status =
-            |s: tonic::Status| Error::Orchestrator(format!("{}: {}", self.url, s.message()));
+        let status = |s: tonic::Status| {
+            Error::Orchestrator(format!(
+                "{} (launching {game:?}): {}",
+                self.url,
+                s.message()
+            ))
+        };
         let launch = grpc
             .create_session(pb::CreateSessionRequest {
                 game: game.to_owned(),

@@ -88,3 +88,52 @@ fn an_unreachable_orchestrator_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `pixelgrid play` plays headless: a JSON summary with frames and timings, PNGs and a
+/// recording on disk; an unknown game fails with a non-zero exit and the reason.
+#[test]
+fn play_launches_headless_saves_frames_and_records_and_fails_clearly() {
+    let grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 1, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let pngs = dir.path().join("frames");
+    let recording = dir.path().join("stream.h264");
+    let (code, out, err) = pixelgrid(
+        &grid,
+        &[
+            "play",
+            "--mode",
+            "640x360@30",
+            "--frames",
+            "60",
+            "--png-dir",
+            pngs.to_str().unwrap(),
+            "--record",
+            recording.to_str().unwrap(),
+            "--input",
+            "100:key:ArrowRight:down,600:key:ArrowRight:up",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(summary["frames"].as_u64().unwrap() >= 60, "{summary}");
+    assert!(summary["ttff_ms"].as_f64().unwrap() > 0.0, "{summary}");
+    assert!(
+        summary["glass_to_glass_p50_ms"].as_f64().is_some(),
+        "{summary}"
+    );
+    assert_eq!(summary["node"], grid.nodes[0].1.node_id(), "{summary}");
+    assert!(summary["pngs"].as_u64().unwrap() >= 2, "{summary}");
+    let first = std::fs::read(pngs.join("frame-000001.png")).unwrap();
+    assert_eq!(&first[1..4], b"PNG");
+    let h264 = std::fs::read(&recording).unwrap();
+    assert!(h264.len() > 10_000, "{} bytes recorded", h264.len());
+    assert_eq!(&h264[..4], &[0, 0, 0, 1], "Annex B start code");
+
+    let (code, _, err) = pixelgrid(&grid, &["play", "no-such-game", "--json"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("error:") && err.contains("no-such-game"),
+        "{err}"
+    );
+}

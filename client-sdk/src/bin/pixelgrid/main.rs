@@ -1,5 +1,7 @@
 //! `pixelgrid`: the grid's command line for operators.
 
+mod play;
+
 use clap::{Parser, Subcommand};
 use pixelgrid_client::{NodeRow, SessionRow, short, table};
 use pixelgrid_proto::orchestrator::v1 as pb;
@@ -37,6 +39,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Launch a game headless and play it: live stats, PNGs, recording, scripted input.
+    Play(Box<play::PlayArgs>),
     /// Registered nodes.
     Nodes {
         /// Only this region.
@@ -174,6 +178,17 @@ fn main() {
             }
         }
     }
+    if let Command::Play(args) = cli.command {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        if let Err(e) = rt.block_on(play::play(&cli.orchestrator, cli.json, *args)) {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -288,7 +303,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Payouts { .. } | Command::Epochs { .. } => unreachable!("the indexer's"),
+        Command::Payouts { .. } | Command::Epochs { .. } | Command::Play(_) => {
+            unreachable!("handled before connecting to the orchestrator")
+        }
         Command::Drain { node } => {
             let r = c
                 .drain_node(pb::DrainNodeRequest {
