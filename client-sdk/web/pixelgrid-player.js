@@ -1,11 +1,16 @@
 // PixelGrid browser SDK: launch through the orchestrator, WHEP client, input capture and stream
 // statistics for one game session.
 //
-//   const s = await PixelGridPlayer.launch("/api", { game: "arena", width: 1280, height: 720, fps: 60 });
 //   const p = new PixelGridPlayer(videoElement, { onStats });
-//   await p.connect(s.whep_url, s.token);     // POST offer → answer (WHEP)
+//   await p.play("/api", { game: "arena", width: 1280, height: 720, fps: 60 }, onEvent);
+//                                             // launch through the orchestrator, WHEP, and re-launch
+//                                             // on another node by itself when the node dies
 //   p.captureInput(window, videoElement);     // keyboard, mouse (pointer lock), gamepad
 //   await p.close();                          // DELETE the WHEP resource
+//
+// Lower level: `PixelGridPlayer.launch(api, opts)` places a session; `p.connect(whepUrl, token)`
+// plays any WHEP session (a lone node in dev mode, a third-party WHEP server).
+// Events passed to `onEvent`: {type: "connected"|"node_lost"|"reconnected"|"ended", node, ...}.
 //
 // Glass-to-glass latency: the node announces `rtp_epoch` and `epoch_unix_ms` in its `hello`
 // message, so a frame's RTP timestamp gives its capture time; requestVideoFrameCallback gives
@@ -114,6 +119,7 @@ export class PixelGridPlayer {
     const v = this.video;
     if (!v.requestVideoFrameCallback) return;
     const onFrame = (_now, meta) => {
+      this.lastFrameAt = performance.now();
       if (this.timings.firstFrameMs === null && this.timings.offerSentAt !== null) {
         this.timings.firstFrameMs = meta.presentationTime - this.timings.offerSentAt;
       }
@@ -159,6 +165,51 @@ export class PixelGridPlayer {
     this.lastStats = s;
     this.onStats(s);
     return s;
+  }
+
+  // Launches through the orchestrator at `api` and keeps playing: when no frame has been shown
+  // for `nodeLostAfterMs` (or the connection failed) the node is taken as lost and the session
+  // is launched again — the dead node fails its probe, so another is chosen.
+  async play(api, options = {}, onEvent = () => {}) {
+    this.api = api;
+    this.launchOptions = options;
+    this.onEvent = onEvent;
+    const s = await PixelGridPlayer.launch(api, options);
+    await this.connect(s.whep_url, s.token);
+    this.session = s;
+    this.lastFrameAt = performance.now();
+    this.timers.push(setInterval(() => this.watchdog(options.nodeLostAfterMs || 1500), 250));
+    onEvent({ type: "connected", node: s.node_id, session: s.session_id });
+    return s;
+  }
+
+  watchdog(limitMs) {
+    if (this.reconnecting || !this.pc) return;
+    const silent = performance.now() - (this.lastFrameAt || 0);
+    if (silent > limitMs || this.pc.connectionState === "failed") this.reconnect(`no video for ${Math.round(silent)} ms`);
+  }
+
+  async reconnect(reason) {
+    this.reconnecting = true;
+    const lostAt = performance.now();
+    this.onEvent({ type: "node_lost", node: this.session && this.session.node_id, reason });
+    this.timers.forEach(clearInterval);
+    this.timers = [];
+    if (this.pc) this.pc.close();
+    this.pc = null;
+    for (let attempt = 0; attempt < 60; attempt++) {
+      try {
+        await this.play(this.api, this.launchOptions, this.onEvent);
+        this.onEvent({ type: "reconnected", node: this.session.node_id, afterMs: performance.now() - lostAt });
+        this.reconnecting = false;
+        return;
+      } catch (_) {
+        if (this.pc) this.pc.close();
+        this.pc = null;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+    this.onEvent({ type: "ended", reason: "node lost and no other node took the session" });
   }
 
   // Two-step launch through the orchestrator's JSON gateway at `api`: get candidates, measure
