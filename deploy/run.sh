@@ -54,6 +54,7 @@ sleep 3
 $bin/pixelgrid --orchestrator http://127.0.0.1:50051 nodes || true
 echo
 echo "Play: open http://$host:8000/ in Chrome or Firefox and click Play (arrows/WASD, mouse, gamepad)."
+echo "Play headless: $bin/pixelgrid play --duration-s 10"
 echo "Operate: $bin/pixelgrid sessions   (nodes, drain NODE, epochs, payouts EPOCH, payouts proof EPOCH NODE)"
 echo "Ctrl-C stops the grid."
 wait

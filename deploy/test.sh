@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh
+# rustup's cargo and the PyPI tools (hadolint, kubernetes-validate) the deploy-file tests run.
+export PATH="${PIXELGRID_TOOLS:-/opt/pixelgrid-tools}/bin:$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null || { echo "test: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
 # Without a GPU, pin Vulkan to lavapipe so a stray ICD cannot change what is tested.
 if [ -z "${VK_ICD_FILENAMES:-}" ] && ! ls /dev/nvidia0 >/dev/null 2>&1; then

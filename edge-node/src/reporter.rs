@@ -102,6 +102,8 @@ pub struct SessionSample {
     pub frames_encoded: u64,
     /// Players connected now.
     pub viewers: usize,
+    /// How long the session has run, ms.
+    pub age_ms: u64,
 }
 
 /// Turns successive samples of the live sessions into per-report deliveries.
@@ -111,13 +113,14 @@ pub struct DeliveryMeter {
 }
 
 impl DeliveryMeter {
-    /// Deliveries since the previous call, at `now_ms`. A session seen for the first time starts
-    /// counting now; time streamed to nobody is not delivered.
+    /// Deliveries since the previous call, at `now_ms`. A session seen for the first time counts
+    /// from its start; time streamed to nobody is not delivered.
     pub fn measure(&mut self, sessions: &[SessionSample], now_ms: u64) -> Vec<SessionDelivery> {
         let mut next = HashMap::with_capacity(sessions.len());
         let mut out = Vec::new();
         for s in sessions {
-            if let Some((frames, at)) = self.last.get(&s.session_id) {
+            let first_sight = (0, now_ms.saturating_sub(s.age_ms));
+            if let Some((frames, at)) = self.last.get(&s.session_id).or(Some(&first_sight)) {
                 let elapsed = now_ms.saturating_sub(*at);
                 let frames = s.frames_encoded.saturating_sub(*frames);
                 // Rounded to the nearest frame per second.
@@ -203,6 +206,7 @@ pub async fn run(
                 },
                 frames_encoded: s.stats.frames_encoded,
                 viewers: s.viewers,
+                age_ms: (s.stats.elapsed_s * 1000.0) as u64,
             })
             .collect();
         last_sequence = next_sequence(last_sequence, now);
@@ -326,24 +330,31 @@ mod tests {
             height_px: 720,
             fps: 60,
         };
-        let sample = |frames, viewers| SessionSample {
+        let sample = |frames, viewers, age_ms| SessionSample {
             session_id: "s".into(),
             promised: mode,
             frames_encoded: frames,
             viewers,
+            age_ms,
         };
         let mut m = DeliveryMeter::default();
-        assert!(m.measure(&[sample(0, 1)], 1_000).is_empty(), "first sight");
-        let d = m.measure(&[sample(120, 1)], 3_000);
+        let d = m.measure(&[sample(30, 1, 500)], 1_000);
+        assert_eq!(
+            d[0].delivered_ms, 500,
+            "first sight counts from the session's start"
+        );
+        assert_eq!(d[0].achieved.unwrap().fps, 60);
+        let d = m.measure(&[sample(150, 1, 2_500)], 3_000);
         assert_eq!(d[0].delivered_ms, 2_000);
         assert_eq!(d[0].achieved.unwrap().fps, 60);
-        let d = m.measure(&[sample(150, 0)], 4_000);
+        let d = m.measure(&[sample(180, 0, 3_500)], 4_000);
         assert_eq!(d[0].delivered_ms, 0, "nobody watching");
         assert_eq!(d[0].achieved.unwrap().fps, 30);
         assert!(m.measure(&[], 5_000).is_empty(), "ended");
-        assert!(
-            m.measure(&[sample(0, 1)], 6_000).is_empty(),
-            "forgotten once gone"
+        let d = m.measure(&[sample(6, 1, 100)], 6_000);
+        assert_eq!(
+            d[0].delivered_ms, 100,
+            "a new session under that id starts afresh"
         );
     }
 

@@ -644,3 +644,94 @@ pub async fn serve(
     }
     served
 }
+
+impl Indexer {
+    /// The indexer's metrics in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        use pixelgrid_proto::metrics::Exposition;
+        let c = &self.counters;
+        let reports: Vec<_> = c
+            .reports()
+            .into_iter()
+            .map(|(v, n)| (vec![("verdict", format!("{v:?}"))], n as f64))
+            .collect();
+        let (nodes, last_closed) = {
+            let core = self.core();
+            (
+                core.probe_targets.len(),
+                core.next_to_close.map_or(-1.0, |n| n as f64 - 1.0),
+            )
+        };
+        Exposition::new()
+            .counter(
+                "pixelgrid_indexer_reports_total",
+                "Signed node reports, by verdict (only Accepted credits anything).",
+                &reports,
+            )
+            .counter(
+                "pixelgrid_indexer_probes_total",
+                "The indexer's own challenges of nodes, by outcome.",
+                &[
+                    (
+                        vec![("outcome", "passed".into())],
+                        c.probes_passed.load(Ordering::Relaxed) as f64,
+                    ),
+                    (
+                        vec![("outcome", "failed".into())],
+                        c.probes_failed.load(Ordering::Relaxed) as f64,
+                    ),
+                ],
+            )
+            .counter(
+                "pixelgrid_indexer_epochs_closed_total",
+                "Epochs closed by this process.",
+                &[(vec![], c.epochs_closed.load(Ordering::Relaxed) as f64)],
+            )
+            .gauge(
+                "pixelgrid_indexer_nodes",
+                "Nodes known (from the orchestrator's registry).",
+                &[(vec![], nodes as f64)],
+            )
+            .gauge(
+                "pixelgrid_indexer_last_closed_epoch",
+                "Number of the latest closed epoch (-1 before the first).",
+                &[(vec![], last_closed)],
+            )
+            .finish()
+    }
+}
+
+/// Serves `/healthz`, `/readyz` (ready when the ledger answers) and `/metrics` until `shutdown`.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    indexer: Arc<Indexer>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::extract::State;
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let router = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(ix): State<Arc<Indexer>>| async move {
+                match ix.epochs(1) {
+                    Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
+                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(ix): State<Arc<Indexer>>| async move {
+                (
+                    [(header::CONTENT_TYPE, pixelgrid_proto::metrics::CONTENT_TYPE)],
+                    ix.metrics_text(),
+                )
+            }),
+        )
+        .with_state(indexer);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

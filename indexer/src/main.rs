@@ -51,6 +51,13 @@ struct ServeArgs {
         default_value = "127.0.0.1:50061"
     )]
     listen: std::net::SocketAddr,
+    /// HTTP address for /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "PIXELGRID_INDEXER_HTTP_LISTEN",
+        default_value = "127.0.0.1:8061"
+    )]
+    http_listen: std::net::SocketAddr,
     /// SQLite ledger file (created if missing; WAL files sit beside it).
     #[arg(long, env = "PIXELGRID_LEDGER", default_value = "indexer.db")]
     ledger: std::path::PathBuf,
@@ -143,13 +150,50 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
-        println!("indexer: gRPC on {}", listener.local_addr()?);
-        indexer::daemon::serve(listener, indexer, async {
-            let _ = tokio::signal::ctrl_c().await;
+        let http = tokio::net::TcpListener::bind(args.http_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.http_listen))?;
+        println!(
+            "indexer: gRPC on {}, metrics on http://{}/metrics",
+            listener.local_addr()?,
+            http.local_addr()?
+        );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut stop_http = stop_rx.clone();
+        tokio::spawn(indexer::daemon::serve_http(
+            http,
+            std::sync::Arc::clone(&indexer),
+            async move {
+                let _ = stop_http.wait_for(|s| *s).await;
+            },
+        ));
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let mut stop = stop_rx;
+        indexer::daemon::serve(listener, indexer, async move {
+            let _ = stop.wait_for(|s| *s).await;
         })
         .await?;
         Ok(())
     })
+}
+
+/// Ctrl-C or SIGTERM (what container runtimes and systemd send).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
 }
 
 fn key(i: u64) -> NodeKey {

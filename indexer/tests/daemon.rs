@@ -30,6 +30,8 @@ impl IndexerProcess {
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--http-listen",
+            "127.0.0.1:0",
             "--ledger",
             &ledger.display().to_string(),
             "--orchestrator",

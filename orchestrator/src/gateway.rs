@@ -8,6 +8,8 @@
 //! | POST | `/api/sessions/{launch_id}/choose` | `{rtt_ms:{node_id:ms}}` → `{session_id, node_id, token, whep_url, rejected}` |
 //! | DELETE | `/api/sessions/{session_id}` | end it |
 //! | GET | `/`, `/player.js` | the player page and browser SDK |
+//! | GET | `/healthz`, `/readyz` | liveness; ready when the store answers (`503` with the reason otherwise) |
+//! | GET | `/metrics` | Prometheus text: nodes, placements by outcome, placement latency, registrations, heartbeats, store errors |
 
 use crate::Error;
 use crate::grid::Grid;
@@ -95,6 +97,25 @@ pub fn router(grid: Arc<Grid>) -> axum::Router {
         .route(
             "/api/info",
             get(|| async { Json(json!({ "mode": "grid" })) }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(grid): State<Arc<Grid>>| async move {
+                match grid.ready().await {
+                    Ok(()) => (axum::http::StatusCode::OK, "ready\n".to_owned()),
+                    Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e + "\n"),
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(grid): State<Arc<Grid>>| async move {
+                (
+                    [(header::CONTENT_TYPE, pixelgrid_proto::metrics::CONTENT_TYPE)],
+                    grid.metrics_text(),
+                )
+            }),
         )
         .route("/api/sessions", post(launch))
         .route("/api/sessions/{id}/choose", post(choose))

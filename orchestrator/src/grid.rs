@@ -162,6 +162,50 @@ pub struct Grid {
     config: GridConfig,
     heartbeat_seq: Mutex<HashMap<String, u64>>,
     cache: Option<Arc<crate::cache::RegistryCache>>,
+    /// What the control plane has done, for `/metrics`.
+    pub metrics: GridMetrics,
+}
+
+/// Counters and the placement-latency histogram behind the orchestrator's `/metrics`.
+#[derive(Debug)]
+pub struct GridMetrics {
+    /// Placements that reserved a slot.
+    pub placed: std::sync::atomic::AtomicU64,
+    /// Placements refused (no capacity, bad request, unknown launch).
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Registrations accepted.
+    pub registrations: std::sync::atomic::AtomicU64,
+    /// Heartbeats accepted.
+    pub heartbeats: std::sync::atomic::AtomicU64,
+    /// Operations that failed because the store (etcd) failed.
+    pub store_errors: std::sync::atomic::AtomicU64,
+    /// ChooseNode duration, seconds.
+    pub placement_seconds: pixelgrid_proto::metrics::Histogram,
+}
+
+impl Default for GridMetrics {
+    fn default() -> Self {
+        Self {
+            placed: Default::default(),
+            refused: Default::default(),
+            registrations: Default::default(),
+            heartbeats: Default::default(),
+            store_errors: Default::default(),
+            placement_seconds: pixelgrid_proto::metrics::Histogram::latency_seconds(),
+        }
+    }
+}
+
+impl GridMetrics {
+    /// Counts `r` into `ok` when it succeeded, into store errors when the store failed.
+    fn count<T>(&self, r: &Result<T>, ok: &std::sync::atomic::AtomicU64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match r {
+            Ok(_) => ok.fetch_add(1, Relaxed),
+            Err(Error::Unavailable(_) | Error::Store(_)) => self.store_errors.fetch_add(1, Relaxed),
+            Err(_) => 0,
+        };
+    }
 }
 
 impl Grid {
@@ -179,6 +223,7 @@ impl Grid {
             config,
             heartbeat_seq: Mutex::new(HashMap::new()),
             cache: None,
+            metrics: GridMetrics::default(),
         }
     }
 
@@ -211,6 +256,15 @@ impl Grid {
 
     /// A node joins: the request must be signed by the key its id names.
     pub async fn register(&self, req: pb::RegisterNodeRequest) -> Result<pb::RegisterNodeResponse> {
+        let r = self.register_inner(req).await;
+        self.metrics.count(&r, &self.metrics.registrations);
+        r
+    }
+
+    async fn register_inner(
+        &self,
+        req: pb::RegisterNodeRequest,
+    ) -> Result<pb::RegisterNodeResponse> {
         if !req.verify_signature() {
             return Err(Error::Unauthenticated(
                 "RegisterNode is not signed by the key its node_id names".into(),
@@ -290,6 +344,12 @@ impl Grid {
     /// One heartbeat: renews the node's lease, marks connected sessions active, and says which
     /// sessions the node should end and whether it should drain.
     pub async fn heartbeat(&self, hb: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
+        let r = self.heartbeat_inner(hb).await;
+        self.metrics.count(&r, &self.metrics.heartbeats);
+        r
+    }
+
+    async fn heartbeat_inner(&self, hb: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
         if !hb.verify_signature() {
             return Err(Error::Unauthenticated(
                 "heartbeat is not signed by the key its node_id names".into(),
@@ -546,6 +606,86 @@ impl Grid {
     /// Launch step two: place with the measured round trips, reserve a slot atomically, sign the
     /// session token.
     pub async fn choose_node(&self, req: pb::ChooseNodeRequest) -> Result<pb::ChooseNodeResponse> {
+        let started = std::time::Instant::now();
+        let r = self.choose_node_inner(req).await;
+        self.metrics
+            .placement_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.count(&r, &self.metrics.placed);
+        if matches!(
+            r,
+            Err(Error::NoCapacity(_) | Error::InvalidArgument { .. } | Error::NotFound(_))
+        ) {
+            self.metrics
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// The orchestrator's metrics in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.metrics;
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed) as f64;
+        pixelgrid_proto::metrics::Exposition::new()
+            .gauge(
+                "pixelgrid_orchestrator_nodes",
+                "Registered nodes in this replica's registry cache.",
+                &[(
+                    vec![],
+                    self.cache.as_ref().map_or(0, |c| c.node_count()) as f64,
+                )],
+            )
+            .counter(
+                "pixelgrid_orchestrator_placements_total",
+                "ChooseNode calls, by outcome.",
+                &[
+                    (vec![("outcome", "placed".into())], n(&m.placed)),
+                    (vec![("outcome", "refused".into())], n(&m.refused)),
+                ],
+            )
+            .histogram(
+                "pixelgrid_orchestrator_placement_seconds",
+                "ChooseNode latency: placement, atomic reservation, token.",
+                &m.placement_seconds,
+            )
+            .counter(
+                "pixelgrid_orchestrator_registrations_total",
+                "Node registrations accepted.",
+                &[(vec![], n(&m.registrations))],
+            )
+            .counter(
+                "pixelgrid_orchestrator_heartbeats_total",
+                "Node heartbeats accepted.",
+                &[(vec![], n(&m.heartbeats))],
+            )
+            .counter(
+                "pixelgrid_orchestrator_store_errors_total",
+                "Operations that failed because the store (etcd) failed.",
+                &[(vec![], n(&m.store_errors))],
+            )
+            .finish()
+    }
+
+    /// Ready when the store answers within a second.
+    pub async fn ready(&self) -> std::result::Result<(), String> {
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            self.store.get("/pixelgrid/v1/readyz"),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("the store refuses: {e}")),
+            Err(_) => Err("the store does not answer within 1 s".into()),
+        }
+    }
+
+    async fn choose_node_inner(
+        &self,
+        req: pb::ChooseNodeRequest,
+    ) -> Result<pb::ChooseNodeResponse> {
         let kv = self
             .store
             .get(&launch_key(&req.launch_id))

@@ -11,6 +11,7 @@
 pub mod http;
 pub mod identity;
 pub mod input;
+pub mod metrics;
 pub mod token;
 
 /// Shared types.

@@ -61,6 +61,10 @@ fn unix_s() -> u64 {
 pub struct StreamCounters {
     /// Frames not sent to a viewer because it had fallen behind.
     pub frames_dropped_send: AtomicU64,
+    /// Frames sent to viewers.
+    pub frames_sent: AtomicU64,
+    /// RTP payload bytes sent to viewers.
+    pub bytes_sent: AtomicU64,
     /// Input events applied.
     pub input_accepted: AtomicU64,
     /// Input events and messages dropped.
@@ -478,6 +482,93 @@ impl StreamNode {
                 expires: s.claims.exp.clone(),
             })
             .collect()
+    }
+
+    /// The node's metrics in Prometheus text format.
+    pub async fn metrics(&self) -> String {
+        use pixelgrid_proto::metrics::{Exposition, Sample};
+        let sessions = self.sessions.lock().await;
+        let per_session = |f: &dyn Fn(&LiveSession) -> f64| -> Vec<Sample<'static>> {
+            sessions
+                .iter()
+                .map(|(id, s)| (vec![("session", id.clone())], f(s)))
+                .collect()
+        };
+        let encode_p50 = |s: &LiveSession| {
+            let mut t: Vec<f64> = s
+                .session
+                .counters()
+                .recent_timings()
+                .iter()
+                .map(|t| t.encode_ms)
+                .collect();
+            t.sort_by(f64::total_cmp);
+            t.get(t.len() / 2).copied().unwrap_or(0.0) / 1000.0
+        };
+        let r = &self.rejects;
+        let reject = |reason: &'static str, c: &AtomicU64| {
+            (
+                vec![("reason", reason.to_owned())],
+                c.load(Ordering::Relaxed) as f64,
+            )
+        };
+        Exposition::new()
+            .gauge(
+                "pixelgrid_edge_sessions",
+                "Live game sessions on this node.",
+                &[(vec![], sessions.len() as f64)],
+            )
+            .gauge(
+                "pixelgrid_edge_session_slots",
+                "Sessions this node holds at most.",
+                &[(vec![], self.settings.max_sessions as f64)],
+            )
+            .gauge(
+                "pixelgrid_edge_draining",
+                "1 while the node takes no new sessions.",
+                &[(vec![], f64::from(u8::from(self.is_draining())))],
+            )
+            .gauge(
+                "pixelgrid_edge_viewers",
+                "Players connected, per session.",
+                &per_session(&|s| s.viewers.len() as f64),
+            )
+            .counter(
+                "pixelgrid_edge_frames_encoded_total",
+                "Frames encoded, per session (rate() gives the frame rate).",
+                &per_session(&|s| s.session.stats().frames_encoded as f64),
+            )
+            .counter(
+                "pixelgrid_edge_frames_sent_total",
+                "Frames sent to players, per session.",
+                &per_session(&|s| s.counters.frames_sent.load(Ordering::Relaxed) as f64),
+            )
+            .counter(
+                "pixelgrid_edge_sent_bytes_total",
+                "RTP payload bytes sent to players, per session (rate() × 8 gives the bitrate).",
+                &per_session(&|s| s.counters.bytes_sent.load(Ordering::Relaxed) as f64),
+            )
+            .gauge(
+                "pixelgrid_edge_encode_seconds",
+                "Median encode time of the session's recent frames.",
+                &per_session(&encode_p50),
+            )
+            .counter(
+                "pixelgrid_edge_input_dropped_total",
+                "Player input events and messages dropped by the gate, per session.",
+                &per_session(&|s| s.counters.input_dropped.load(Ordering::Relaxed) as f64),
+            )
+            .counter(
+                "pixelgrid_edge_requests_refused_total",
+                "Signalling requests refused, by reason.",
+                &[
+                    reject("bad_request", &r.bad_request),
+                    reject("unauthorized", &r.unauthorized),
+                    reject("forbidden", &r.forbidden),
+                    reject("not_found", &r.not_found),
+                ],
+            )
+            .finish()
     }
 
     /// Ids of the live sessions.

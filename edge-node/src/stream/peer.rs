@@ -562,6 +562,12 @@ async fn send_frames(mut s: SendLoop) {
                 }
             };
         let last = payloads.len().saturating_sub(1);
+        let bytes: usize = payloads.iter().map(|p| p.len()).sum();
+        s.ctx.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+        s.ctx
+            .counters
+            .bytes_sent
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         for (i, payload) in payloads.into_iter().enumerate() {
             let mut packet = rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {

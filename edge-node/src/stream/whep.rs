@@ -8,6 +8,8 @@
 //! | DELETE | `/whep/{session}/{viewer}` | leave; the session ends with its last viewer → `200` |
 //! | GET | `/sessions` | live sessions (JSON) |
 //! | GET | `/healthz`, `/probe` | liveness; RTT probe (`204`) |
+//! | GET | `/readyz` | `200` while the node takes sessions, `503` while draining or full |
+//! | GET | `/metrics` | Prometheus text: sessions, viewers, frames, bytes, encode time, refusals |
 //! | GET | `/challenge?nonce=<hex>` | an indexer's probe: `{node_id, signature}` over the nonce (identity key) |
 //! | POST | `/dev/sessions` | `--insecure-dev` only: `{game,width,height,fps}` → `{session_id,token,whep_url}` |
 //! | GET | `/`, `/player.js` | `--insecure-dev` only: the player page |
@@ -52,7 +54,17 @@ pub fn router(node: Arc<StreamNode>) -> axum::Router {
         .route("/sessions", get(list_sessions))
         .route("/healthz", get(|| async { "ok" }))
         .route("/probe", get(|| async { StatusCode::NO_CONTENT }))
-        .route("/challenge", get(challenge));
+        .route("/challenge", get(challenge))
+        .route("/readyz", get(ready))
+        .route(
+            "/metrics",
+            get(|State(node): State<Arc<StreamNode>>| async move {
+                (
+                    [(header::CONTENT_TYPE, pixelgrid_proto::metrics::CONTENT_TYPE)],
+                    node.metrics().await,
+                )
+            }),
+        );
     if node.dev_mode() {
         r = r
             .route("/dev/sessions", post(dev_session))
@@ -65,6 +77,19 @@ pub fn router(node: Arc<StreamNode>) -> axum::Router {
     r.layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
         .layer(cors)
         .with_state(node)
+}
+
+async fn ready(State(node): State<Arc<StreamNode>>) -> (StatusCode, &'static str) {
+    if node.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if node.free_slots().await == 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every session slot is taken\n",
+        )
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
 }
 
 #[derive(Deserialize)]
