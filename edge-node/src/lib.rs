@@ -15,6 +15,7 @@ pub mod game;
 pub mod host;
 pub mod input;
 pub mod offline;
+pub mod onboard;
 pub mod pacing;
 pub mod record;
 pub mod render;

@@ -29,6 +29,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Onboard this machine: identity key, hardware self-check, encoder speed, registration.
+    Onboard(Box<OnboardArgs>),
     /// Report the Vulkan device, the encoders that really work and NVIDIA telemetry.
     Probe {
         /// Print one JSON object instead of a table.
@@ -151,6 +153,46 @@ struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
+struct OnboardArgs {
+    /// This node's identity key file (created 0600 when missing; its public key is the node id).
+    #[arg(long, env = "PIXELGRID_IDENTITY", default_value = "node.key")]
+    identity: PathBuf,
+    /// Replace an existing identity key: the node gets a new id and loses its history.
+    #[arg(long)]
+    force: bool,
+    /// The address `serve` will listen on (checked that it can be bound).
+    #[arg(long, env = "PIXELGRID_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Orchestrator gRPC URL to register with (no registration without it).
+    #[arg(long, env = "PIXELGRID_ORCHESTRATOR")]
+    orchestrator: Option<String>,
+    /// URL players reach this node's HTTP server at (default: http://<listen>).
+    #[arg(long, env = "PIXELGRID_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Region code.
+    #[arg(long, env = "PIXELGRID_REGION", default_value = "local")]
+    region: String,
+    /// Price, micro-credits per session-minute.
+    #[arg(long, env = "PIXELGRID_PRICE", default_value_t = 0)]
+    price: u64,
+    /// Sessions the node will hold at once.
+    #[arg(long, env = "PIXELGRID_MAX_SESSIONS", default_value_t = 8)]
+    max_sessions: u32,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "onboard.json")]
+    report: PathBuf,
+    /// Frames encoded per mode to measure speed.
+    #[arg(long, default_value_t = 120)]
+    bench_frames: u64,
+    /// One 720p session must encode at least this many frames per second.
+    #[arg(long, default_value_t = 60.0)]
+    min_encode_fps: f64,
+    /// Print the JSON report instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 struct VideoArgs {
     /// Game from the node's catalogue.
     #[arg(long, env = "PIXELGRID_GAME", default_value = "arena")]
@@ -241,6 +283,7 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Probe { json } => probe(json),
+        Command::Onboard(args) => onboard(*args),
         Command::Snapshot { frames, out, video } => {
             let mode = video.mode()?;
             let vulkan = VulkanContext::new()?;
@@ -505,8 +548,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .public_url
                     .clone()
                     .unwrap_or_else(|| format!("http://{addr}"));
-                let agent =
-                    Agent::register(agent_config(&host, url, &public, addr, &args)?, key).await?;
+                let agent = Agent::register(
+                    agent_config(
+                        &host,
+                        url,
+                        &public,
+                        addr,
+                        &Listing {
+                            region: args.region.clone(),
+                            price: args.price,
+                            max_sessions: args.max_sessions,
+                        },
+                    )?,
+                    key,
+                )
+                .await?;
                 let verifier = TokenVerifier::from_hex(&agent.registration.token_public_key_hex)
                     .context("orchestrator's token key")?;
                 settings.node_id = agent.node_id();
@@ -567,12 +623,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// How a node lists itself with the orchestrator.
+#[derive(Debug, Clone)]
+struct Listing {
+    region: String,
+    price: u64,
+    max_sessions: u32,
+}
+
 fn agent_config(
     host: &SessionHost,
     orchestrator: &str,
     public: &str,
     addr: std::net::SocketAddr,
-    args: &ServeArgs,
+    listing: &Listing,
 ) -> anyhow::Result<AgentConfig> {
     use pixelgrid_proto::types::v1 as types;
     let info = host.vulkan().info();
@@ -581,9 +645,9 @@ fn agent_config(
         orchestrator: orchestrator.to_owned(),
         whep_base_url: format!("{}/whep", public.trim_end_matches('/')),
         probe_address: addr.to_string(),
-        region: args.region.clone(),
-        price: args.price,
-        max_sessions: args.max_sessions,
+        region: listing.region.clone(),
+        price: listing.price,
+        max_sessions: listing.max_sessions,
         games: host.catalogue().ids(),
         gpu: types::GpuInfo {
             vendor: info.vendor.clone(),
@@ -619,4 +683,245 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// `edge-node onboard`: see `edge_node::onboard`. Exits non-zero when a check failed.
+#[allow(clippy::print_stdout)]
+fn onboard(args: OnboardArgs) -> anyhow::Result<()> {
+    use edge_node::onboard::{
+        Check, OnboardReport, cpu_model, fingerprint, mac_addresses, memory_bytes,
+    };
+    let mut checks = Vec::new();
+    if args.force && args.identity.exists() {
+        std::fs::remove_file(&args.identity)
+            .with_context(|| format!("replacing {}", args.identity.display()))?;
+    }
+    let (key, created) = pixelgrid_proto::identity::NodeKey::load_or_create(&args.identity)
+        .with_context(|| {
+            format!(
+                "identity key {}: check the directory exists and is writable",
+                args.identity.display()
+            )
+        })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&args.identity)?.permissions().mode() & 0o777;
+        checks.push(if mode & 0o077 == 0 {
+            Check::pass(
+                "identity key",
+                format!("{} mode {mode:o}", args.identity.display()),
+            )
+        } else {
+            Check::fail(
+                "identity key",
+                format!(
+                    "{} mode {mode:o}: others can read it",
+                    args.identity.display()
+                ),
+                format!("chmod 600 {}", args.identity.display()),
+            )
+        });
+    }
+
+    let host = SessionHost::start(Catalogue::default(), None);
+    let gpu_name = match &host {
+        Ok(h) => {
+            let i = h.vulkan().info();
+            checks.push(Check::pass(
+                "vulkan",
+                format!(
+                    "{} (Vulkan {}, driver {}){}",
+                    i.name,
+                    i.api_version,
+                    i.driver,
+                    if i.cpu_fallback {
+                        ", CPU rendering (lavapipe)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+            i.name.clone()
+        }
+        Err(e) => {
+            checks.push(Check::fail(
+                "vulkan",
+                e.to_string(),
+                "install the NVIDIA driver (GPU) or Debian's mesa-vulkan-drivers (CPU, lavapipe)",
+            ));
+            "none".into()
+        }
+    };
+    for codec in [Codec::H264, Codec::Vp8] {
+        checks.push(match probe_chain(codec, None) {
+            Ok(choice) => {
+                let skipped: Vec<String> = choice
+                    .skipped
+                    .iter()
+                    .map(|s| format!("{} ({})", s.element, s.reason))
+                    .collect();
+                Check::pass(
+                    &format!("{codec} encoder"),
+                    if skipped.is_empty() {
+                        choice.candidate.element.to_string()
+                    } else {
+                        format!("{}; skipped {}", choice.candidate.element, skipped.join(", "))
+                    },
+                )
+            }
+            Err(e) => Check::fail(
+                &format!("{codec} encoder"),
+                e.to_string(),
+                "install gstreamer1.0-plugins-ugly (x264), -bad (NVENC, VA, openh264) and -good (VP8)",
+            ),
+        });
+    }
+    checks.push(match TelemetrySource::open().sample() {
+        edge_node::telemetry::GpuTelemetry::Available { gpus, .. } => Check::pass(
+            "nvidia",
+            gpus.iter()
+                .map(|g| {
+                    format!(
+                        "{} ({} MiB)",
+                        g.name,
+                        g.memory_total_bytes.unwrap_or(0) >> 20
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        edge_node::telemetry::GpuTelemetry::Unavailable { reason } => Check::pass(
+            "nvidia",
+            format!("{reason} (rendering on what Vulkan found)"),
+        ),
+    });
+    let cpu = cpu_model();
+    checks.push(Check::pass("cpu", cpu.clone()));
+    checks.push(match memory_bytes() {
+        Some(b) if b >= 2 << 30 => Check::pass("memory", format!("{} GiB", b >> 30)),
+        Some(b) => Check::fail(
+            "memory",
+            format!("{} MiB", b >> 20),
+            "give the node at least 2 GiB",
+        ),
+        None => Check::fail("memory", "unknown", "mount /proc"),
+    });
+    checks.push(match std::net::TcpListener::bind(args.listen) {
+        Ok(_) => Check::pass("listen port", format!("{} can be bound", args.listen)),
+        Err(e) => Check::fail(
+            "listen port",
+            format!("{}: {e}", args.listen),
+            "free the port, or choose another with --listen (and the same for serve)",
+        ),
+    });
+    checks.push(
+        match std::net::UdpSocket::bind(std::net::SocketAddr::new(args.listen.ip(), 0)) {
+            Ok(s) => Check::pass("webrtc udp", format!("UDP on {} ok", s.local_addr()?.ip())),
+            Err(e) => Check::fail(
+                "webrtc udp",
+                e.to_string(),
+                "allow UDP on the node's address (players' media arrives over UDP)",
+            ),
+        },
+    );
+
+    let mut encode_fps = Vec::new();
+    if let Ok(h) = &host {
+        for (w, ht) in [(1280, 720), (1920, 1080)] {
+            let mode = VideoMode::new(w, ht, 60)?;
+            let req = BenchRequest {
+                game: "arena".into(),
+                settings: EncoderSettings::for_mode(mode, Codec::H264),
+                frames: args.bench_frames.max(10),
+                sessions: 1,
+            };
+            match bench::run(h, &req) {
+                Ok(r) => {
+                    let fps = r.single_session_max_fps.unwrap_or(0.0);
+                    encode_fps.push((format!("{w}x{ht}"), fps));
+                    if w == 1280 {
+                        checks.push(if fps >= args.min_encode_fps {
+                            Check::pass("encode 1280x720", format!("{fps:.0} fps, one session"))
+                        } else {
+                            Check::fail(
+                                "encode 1280x720",
+                                format!("{fps:.0} fps, one session (need {})", args.min_encode_fps),
+                                "use a GPU with a hardware encoder, or free CPU for x264",
+                            )
+                        });
+                    } else {
+                        checks.push(Check::pass(
+                            "encode 1920x1080",
+                            format!("{fps:.0} fps, one session"),
+                        ));
+                    }
+                }
+                Err(e) => checks.push(Check::fail(
+                    &format!("encode {w}x{ht}"),
+                    e.to_string(),
+                    "run `edge-node probe` to see which encoder fails",
+                )),
+            }
+        }
+    }
+
+    let mut registered_with = None;
+    if let (Some(url), Ok(h)) = (&args.orchestrator, &host)
+        && checks.iter().all(|c| c.ok)
+    {
+        let public = args
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", args.listen));
+        let config = agent_config(
+            h,
+            url,
+            &public,
+            args.listen,
+            &Listing {
+                region: args.region.clone(),
+                price: args.price,
+                max_sessions: args.max_sessions,
+            },
+        )?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        checks.push(
+            match runtime.block_on(Agent::register(config, key.clone())) {
+                Ok(_) => {
+                    registered_with = Some(url.clone());
+                    Check::pass("registration", format!("accepted by {url}"))
+                }
+                Err(e) => Check::fail(
+                    "registration",
+                    format!("{url}: {e}"),
+                    "check the orchestrator URL and that this machine reaches it",
+                ),
+            },
+        );
+    }
+
+    let report = OnboardReport {
+        node_id: key.node_id(),
+        identity: args.identity.display().to_string(),
+        identity_created: created,
+        hardware_fingerprint: fingerprint(&gpu_name, &cpu, &mac_addresses()),
+        encode_fps,
+        checks,
+        registered_with,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&args.report, &json)
+        .with_context(|| format!("writing {}", args.report.display()))?;
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{}", report.table());
+        println!("\nreport written to {}", args.report.display());
+    }
+    if !report.passed() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
