@@ -644,7 +644,14 @@ fn agent_config(
     Ok(AgentConfig {
         orchestrator: orchestrator.to_owned(),
         whep_base_url: format!("{}/whep", public.trim_end_matches('/')),
-        probe_address: addr.to_string(),
+        // Players and indexers probe the address they reach the node at.
+        probe_address: public
+            .split_once("://")
+            .map_or(public, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .filter(|hostport| hostport.contains(':'))
+            .map_or_else(|| addr.to_string(), str::to_owned),
         region: listing.region.clone(),
         price: listing.price,
         max_sessions: listing.max_sessions,

@@ -136,6 +136,41 @@ fn every_daemon_serves_metrics_promtool_accepts_and_health_endpoints() {
     );
     promtool_accepts("the indexer", &ix);
 
+    // Every metric the Grafana dashboard plots is one the daemons export.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/grafana/pixelgrid.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let exported: String = [&edge, &orch, &ix]
+        .iter()
+        .flat_map(|t| t.lines().filter(|l| l.starts_with("# TYPE ")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut plotted = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(name) = word.strip_prefix("pixelgrid_") {
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(name);
+                    assert!(
+                        exported.contains(&format!("# TYPE pixelgrid_{family} ")),
+                        "the dashboard plots pixelgrid_{name}, which no daemon exports"
+                    );
+                    plotted += 1;
+                }
+            }
+        }
+    }
+    assert!(plotted >= 10, "{plotted}");
+
     for addr in [node, grid.gateway, indexer_http] {
         assert_eq!(get(addr, "/healthz").0, 200, "{addr}");
     }
