@@ -909,11 +909,29 @@ fn onboard(args: OnboardArgs) -> anyhow::Result<()> {
         );
     }
 
+    // The identity belongs to the hardware it was onboarded on: a changed machine is a new node.
+    let hardware = fingerprint(&gpu_name, &cpu, &mac_addresses());
+    let fingerprint_file = args.identity.with_extension("fingerprint");
+    match std::fs::read_to_string(&fingerprint_file) {
+        Ok(known) if known.trim() != hardware && !created => checks.push(Check::fail(
+            "hardware",
+            format!(
+                "fingerprint {hardware} differs from {} recorded with this key",
+                known.trim()
+            ),
+            "this identity was onboarded on other hardware: run with --force to join as a new node",
+        )),
+        _ => {
+            std::fs::write(&fingerprint_file, format!("{hardware}\n"))
+                .with_context(|| format!("writing {}", fingerprint_file.display()))?;
+            checks.push(Check::pass("hardware", "fingerprint matches this identity"));
+        }
+    }
     let report = OnboardReport {
         node_id: key.node_id(),
         identity: args.identity.display().to_string(),
         identity_created: created,
-        hardware_fingerprint: fingerprint(&gpu_name, &cpu, &mac_addresses()),
+        hardware_fingerprint: hardware,
         encode_fps,
         checks,
         registered_with,

@@ -110,6 +110,11 @@ fn onboarding_checks_the_machine_keeps_the_key_and_registers() {
         again["hardware_fingerprint"],
         report["hardware_fingerprint"]
     );
+    // The same key on other hardware is refused until --force makes it a new node.
+    std::fs::write(dir.path().join("node.fingerprint"), "0".repeat(64)).unwrap();
+    let (code, table, _) = onboard(dir.path(), &["--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 1, "{table}");
+    assert!(table.contains("FAIL  hardware"), "{table}");
     let (code, _, forced) = onboard(dir.path(), &["--listen", "127.0.0.1:0", "--force"]);
     assert_eq!(code, 0);
     assert_ne!(forced["node_id"], node_id.as_str());
