@@ -9,8 +9,9 @@
 //! [`Event::Reconnected`] saying so.
 
 use crate::decoder::{Codec, FrameFormat};
-use crate::player::{Connection, Sinks, split_url, unix_ms};
+use crate::player::{Connection, Sinks, unix_ms};
 use crate::stats::{Stats, StatsMeter};
+use crate::whep::split_url;
 use crate::{Error, Result};
 use pixelgrid_proto::input::InputEvent;
 use pixelgrid_proto::orchestrator::v1 as pb;

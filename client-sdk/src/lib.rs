@@ -25,6 +25,7 @@ mod decoder;
 mod error;
 mod player;
 pub mod stats;
+pub mod whep;
 
 pub use client::{AccessUnit, Client, Event, Frame, InputSender, LaunchOptions, Session};
 pub use decoder::{Codec, FrameFormat};
@@ -246,6 +247,90 @@ pub fn short(id: &str) -> String {
         format!("{}…", &id[..12])
     } else {
         id.to_owned()
+    }
+}
+
+/// A row the CLI prints: a table line, or an object in a JSON array.
+pub trait Row: Serialize {
+    /// Column headers.
+    const HEADER: &'static [&'static str];
+    /// The cells, in header order.
+    fn cells(&self) -> Vec<String>;
+}
+
+/// Rows as a table, or as a JSON array with `json`.
+pub fn render<R: Row>(rows: &[R], json: bool) -> String {
+    if json {
+        serde_json::to_string(rows).unwrap_or_default()
+    } else {
+        table(R::HEADER, &rows.iter().map(Row::cells).collect::<Vec<_>>())
+    }
+}
+
+impl Row for NodeRow {
+    const HEADER: &'static [&'static str] = &[
+        "NODE", "STATE", "REGION", "SESSIONS", "FREE", "CPU", "GAMES", "WHEP", "GPU",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            short(&self.node),
+            self.state.clone(),
+            self.region.clone(),
+            self.sessions.to_string(),
+            self.free.to_string(),
+            format!("{}%", self.cpu_load_percent),
+            self.games.join(","),
+            self.whep.clone(),
+            self.gpu.clone(),
+        ]
+    }
+}
+
+impl Row for SessionRow {
+    const HEADER: &'static [&'static str] = &["SESSION", "STATE", "GAME", "NODE", "MODE", "REASON"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.session.clone(),
+            self.state.clone(),
+            self.game.clone(),
+            short(&self.node),
+            self.mode.clone(),
+            self.reason.clone(),
+        ]
+    }
+}
+
+impl Row for EpochRow {
+    const HEADER: &'static [&'static str] = &["EPOCH", "START", "NODES", "TOTAL", "ROOT"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.epoch.to_string(),
+            self.start.clone(),
+            self.nodes_paid.to_string(),
+            self.total_micro_credits.to_string(),
+            self.merkle_root.clone(),
+        ]
+    }
+}
+
+impl Row for PayoutRow {
+    const HEADER: &'static [&'static str] = &[
+        "NODE",
+        "AMOUNT",
+        "UPTIME_S",
+        "DELIVERED_S",
+        "REFUNDED",
+        "SLA",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            short(&self.node),
+            self.amount_micro_credits.to_string(),
+            format!("{:.1}", self.uptime_ms as f64 / 1000.0),
+            format!("{:.1}", self.delivered_ms as f64 / 1000.0),
+            self.refunded_micro_credits.to_string(),
+            if self.sla_met { "yes" } else { "no" }.into(),
+        ]
     }
 }
 

@@ -4,27 +4,15 @@
 
 use crate::decoder::{Codec, Decoder, FrameFormat, Output};
 use crate::stats::StatsMeter;
-use crate::{AccessUnit, Error, Frame, Result};
-use rtc::interceptor::Registry;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_VP8, MediaEngine,
-};
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use crate::whep::{Gathered, WhepConnection};
+use crate::{AccessUnit, Frame, Result};
 use rtc::shared::marshal::Marshal;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
-};
+use webrtc::peer_connection::{PeerConnectionEventHandler, RTCIceGatheringState};
 
 /// Unix time now, ms.
 pub(crate) fn unix_ms() -> f64 {
@@ -60,11 +48,8 @@ pub(crate) struct Sinks {
 pub(crate) struct Connection {
     pub node_id: String,
     pub session_id: String,
-    pc: Arc<dyn PeerConnection>,
+    whep: WhepConnection,
     channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
-    addr: SocketAddr,
-    resource: String,
-    token: String,
     /// Unix ms of the latest RTP packet.
     pub last_packet_ms: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -80,7 +65,7 @@ impl std::fmt::Debug for Connection {
 }
 
 struct Handler {
-    gathered: tokio::sync::mpsc::Sender<()>,
+    gathered: Gathered,
     sinks: Sinks,
     codec: Codec,
     origin: Arc<Mutex<Option<Origin>>>,
@@ -91,7 +76,7 @@ struct Handler {
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
-            let _ = self.gathered.try_send(());
+            self.gathered.notify_one();
         }
     }
 
@@ -195,40 +180,6 @@ fn start_decoder(
     )
 }
 
-/// Splits `http://host:port/path` into a socket address and the path.
-pub(crate) async fn split_url(url: &str) -> Result<(SocketAddr, String)> {
-    let bad = |why: &str| Error::InvalidArgument {
-        field: "url",
-        reason: format!("{url:?}: {why}"),
-    };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| bad("only http:// URLs are supported"))?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let addr = tokio::net::lookup_host(host)
-        .await
-        .map_err(|e| bad(&e.to_string()))?
-        .next()
-        .ok_or_else(|| bad("the host does not resolve"))?;
-    Ok((addr, format!("/{path}")))
-}
-
-/// The local address that routes to `peer` (no packet is sent), for our ICE host candidate.
-pub(crate) fn local_ip_towards(peer: SocketAddr) -> std::net::IpAddr {
-    let any: SocketAddr = if peer.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    std::net::UdpSocket::bind(any)
-        .and_then(|s| {
-            s.connect(peer)?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .unwrap_or(peer.ip())
-}
-
 impl Connection {
     /// Connects to the session at `whep_url` with `token`, offering `codec` only.
     pub async fn open(
@@ -239,124 +190,20 @@ impl Connection {
         codec: Codec,
         sinks: Sinks,
     ) -> Result<Self> {
-        let (addr, path) = split_url(whep_url).await?;
-        let fail = |e: webrtc::error::Error| Error::Connection {
-            node: addr.to_string(),
-            reason: e.to_string(),
-        };
-        let mut engine = MediaEngine::default();
-        let (mime, fmtp, pt) = match codec {
-            Codec::H264 => (
-                MIME_TYPE_H264,
-                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-                102,
-            ),
-            Codec::Vp8 => (MIME_TYPE_VP8, "", 96),
-        };
-        engine
-            .register_codec(
-                RTCRtpCodecParameters {
-                    rtp_codec: RTCRtpCodec {
-                        mime_type: mime.into(),
-                        clock_rate: 90_000,
-                        channels: 0,
-                        sdp_fmtp_line: fmtp.into(),
-                        rtcp_feedback: vec![],
-                    },
-                    payload_type: pt,
-                },
-                RtpCodecKind::Video,
-            )
-            .map_err(fail)?;
-        let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(fail)?;
-        let (tx, mut gathered) = tokio::sync::mpsc::channel(1);
+        let gathered = Gathered::default();
         let origin: Arc<Mutex<Option<Origin>>> = Arc::default();
         let last_packet_ms = Arc::new(AtomicU64::new(unix_ms() as u64));
-        let local = SocketAddr::new(local_ip_towards(addr), 0);
-        let pc = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(engine)
-            .with_setting_engine(
-                SettingEngineBuilder::new()
-                    .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-                    .build(),
-            )
-            .with_interceptor_registry(registry)
-            .with_handler(Arc::new(Handler {
-                gathered: tx,
-                sinks: sinks.clone(),
-                codec,
-                origin: Arc::clone(&origin),
-                last_packet_ms: Arc::clone(&last_packet_ms),
-            }))
-            .with_udp_addrs(vec![local.to_string()])
-            .build()
-            .await
-            .map_err(fail)?;
-        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-        pc.add_transceiver_from_kind(
-            RtpCodecKind::Video,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                streams: vec![],
-                send_encodings: vec![],
-            }),
-        )
-        .await
-        .map_err(fail)?;
-        let dc = pc.create_data_channel("input", None).await.map_err(fail)?;
-        let offer = pc.create_offer(None).await.map_err(fail)?;
-        pc.set_local_description(offer).await.map_err(fail)?;
-        let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
-        let sdp = pc
-            .local_description()
-            .await
-            .ok_or_else(|| Error::Connection {
-                node: addr.to_string(),
-                reason: "no local description".into(),
-            })?
-            .sdp;
-        let auth = format!("Bearer {token}");
-        let answer = pixelgrid_proto::http::request(
-            addr,
-            "POST",
-            &path,
-            &[
-                ("Content-Type", "application/sdp"),
-                ("Authorization", &auth),
-            ],
-            sdp.as_bytes(),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|e| Error::Connection {
-            node: addr.to_string(),
-            reason: format!("WHEP POST: {e}"),
-        })?;
-        if answer.status != 201 {
-            return Err(Error::Connection {
-                node: addr.to_string(),
-                reason: format!(
-                    "WHEP POST answered {}: {}",
-                    answer.status,
-                    answer.body.trim()
-                ),
-            });
-        }
-        let resource = answer
-            .headers
-            .iter()
-            .find(|(k, _)| k == "location")
-            .map(|(_, v)| v.clone())
-            .ok_or_else(|| Error::Connection {
-                node: addr.to_string(),
-                reason: "WHEP answer without Location".into(),
-            })?;
-        let description = RTCSessionDescription::answer(answer.body).map_err(fail)?;
-        pc.set_remote_description(description).await.map_err(fail)?;
+        let handler = Arc::new(Handler {
+            gathered: Arc::clone(&gathered),
+            sinks: sinks.clone(),
+            codec,
+            origin: Arc::clone(&origin),
+            last_packet_ms: Arc::clone(&last_packet_ms),
+        });
+        let whep = crate::whep::connect(whep_url, token, codec, handler, gathered).await?;
         let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
         let tasks = vec![tokio::spawn(run_channel(
-            dc,
+            Arc::clone(&whep.channel),
             Arc::clone(&channel),
             origin,
             Arc::clone(&sinks.meter),
@@ -364,11 +211,8 @@ impl Connection {
         Ok(Self {
             node_id: node_id.to_owned(),
             session_id: session_id.to_owned(),
-            pc,
+            whep,
             channel,
-            addr,
-            resource,
-            token: token.to_owned(),
             last_packet_ms,
             tasks,
         })
@@ -381,17 +225,10 @@ impl Connection {
 
     /// Leaves: DELETEs the WHEP resource (briefly; the node may be gone) and closes.
     pub async fn close(self) {
-        let auth = format!("Bearer {}", self.token);
-        let _ = pixelgrid_proto::http::request(
-            self.addr,
-            "DELETE",
-            &self.resource,
-            &[("Authorization", &auth)],
-            b"",
-            Duration::from_millis(500),
-        )
-        .await;
-        self.abandon().await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.whep.leave(Duration::from_millis(500)).await;
     }
 
     /// Drops the connection without telling the node (it is gone).
@@ -399,7 +236,7 @@ impl Connection {
         for t in &self.tasks {
             t.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.pc.close()).await;
+        self.whep.close().await;
     }
 }
 

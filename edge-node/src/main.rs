@@ -119,15 +119,8 @@ struct ServeArgs {
     /// URL players reach this node's HTTP server at (default: http://<listen>).
     #[arg(long, env = "PIXELGRID_PUBLIC_URL")]
     public_url: Option<String>,
-    /// Region code announced to the orchestrator.
-    #[arg(long, env = "PIXELGRID_REGION", default_value = "local")]
-    region: String,
-    /// Price asked, micro-credits per session-minute.
-    #[arg(long, env = "PIXELGRID_PRICE", default_value_t = 0)]
-    price: u64,
-    /// Most sessions this node runs at once.
-    #[arg(long, env = "PIXELGRID_MAX_SESSIONS", default_value_t = 8)]
-    max_sessions: u32,
+    #[command(flatten)]
+    listing: Listing,
     /// On SIGTERM: take no new sessions and let running ones finish for up to this long.
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
@@ -169,15 +162,8 @@ struct OnboardArgs {
     /// URL players reach this node's HTTP server at (default: http://<listen>).
     #[arg(long, env = "PIXELGRID_PUBLIC_URL")]
     public_url: Option<String>,
-    /// Region code.
-    #[arg(long, env = "PIXELGRID_REGION", default_value = "local")]
-    region: String,
-    /// Price, micro-credits per session-minute.
-    #[arg(long, env = "PIXELGRID_PRICE", default_value_t = 0)]
-    price: u64,
-    /// Sessions the node will hold at once.
-    #[arg(long, env = "PIXELGRID_MAX_SESSIONS", default_value_t = 8)]
-    max_sessions: u32,
+    #[command(flatten)]
+    listing: Listing,
     /// Where to write the JSON report.
     #[arg(long, default_value = "onboard.json")]
     report: PathBuf,
@@ -514,7 +500,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         dev_token_ttl: std::time::Duration::from_secs(args.dev_token_ttl_s),
         encoder_threads: args.encoder_threads,
-        max_sessions: args.max_sessions as usize,
+        max_sessions: args.listing.max_sessions as usize,
         identity: None,
     };
     let host = std::sync::Arc::new(SessionHost::start(
@@ -548,21 +534,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .public_url
                     .clone()
                     .unwrap_or_else(|| format!("http://{addr}"));
-                let agent = Agent::register(
-                    agent_config(
-                        &host,
-                        url,
-                        &public,
-                        addr,
-                        &Listing {
-                            region: args.region.clone(),
-                            price: args.price,
-                            max_sessions: args.max_sessions,
-                        },
-                    )?,
-                    key,
-                )
-                .await?;
+                let agent =
+                    Agent::register(agent_config(&host, url, &public, addr, &args.listing)?, key)
+                        .await?;
                 let verifier = TokenVerifier::from_hex(&agent.registration.token_public_key_hex)
                     .context("orchestrator's token key")?;
                 settings.node_id = agent.node_id();
@@ -624,10 +598,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// How a node lists itself with the orchestrator.
-#[derive(Debug, Clone)]
+#[derive(Args, Debug, Clone)]
 struct Listing {
+    /// Region code announced to the orchestrator.
+    #[arg(long, env = "PIXELGRID_REGION", default_value = "local")]
     region: String,
+    /// Price asked, micro-credits per session-minute.
+    #[arg(long, env = "PIXELGRID_PRICE", default_value_t = 0)]
     price: u64,
+    /// Most sessions this node runs at once.
+    #[arg(long, env = "PIXELGRID_MAX_SESSIONS", default_value_t = 8)]
     max_sessions: u32,
 }
 
@@ -673,22 +653,7 @@ fn agent_config(
 }
 
 async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    pixelgrid_proto::shutdown::signal().await;
     tracing::info!("shutting down");
 }
 
@@ -880,17 +845,7 @@ fn onboard(args: OnboardArgs) -> anyhow::Result<()> {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", args.listen));
-        let config = agent_config(
-            h,
-            url,
-            &public,
-            args.listen,
-            &Listing {
-                region: args.region.clone(),
-                price: args.price,
-                max_sessions: args.max_sessions,
-            },
-        )?;
+        let config = agent_config(h, url, &public, args.listen, &args.listing)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

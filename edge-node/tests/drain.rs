@@ -1,7 +1,7 @@
 //! `edge-node serve` drains on SIGTERM: the playing session goes on, new sessions are refused,
 //! and the process exits once the last player leaves.
 
-use edge_node::stream::viewer;
+use pixelgrid_tests::viewer;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;

@@ -158,42 +158,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             listener.local_addr()?,
             http.local_addr()?
         );
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut stop_http = stop_rx.clone();
+        let stop = pixelgrid_proto::shutdown::on_signal();
         tokio::spawn(indexer::daemon::serve_http(
             http,
             std::sync::Arc::clone(&indexer),
-            async move {
-                let _ = stop_http.wait_for(|s| *s).await;
-            },
+            pixelgrid_proto::shutdown::wait(stop.clone()),
         ));
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        });
-        let mut stop = stop_rx;
-        indexer::daemon::serve(listener, indexer, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await?;
+        indexer::daemon::serve(listener, indexer, pixelgrid_proto::shutdown::wait(stop)).await?;
         Ok(())
     })
-}
-
-/// Ctrl-C or SIGTERM (what container runtimes and systemd send).
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
 }
 
 fn key(i: u64) -> NodeKey {

@@ -154,17 +154,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         signer.public_key_hex()
     );
     println!("orchestrator: play at http://{}/", http.local_addr()?);
+    let stop = pixelgrid_proto::shutdown::on_signal();
     tokio::spawn(orchestrator::serve_gateway(
         http,
         Arc::clone(&grid),
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        },
+        pixelgrid_proto::shutdown::wait(stop.clone()),
     ));
-    orchestrator::serve(listener, grid, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    orchestrator::serve(listener, grid, pixelgrid_proto::shutdown::wait(stop)).await?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 pub mod input;
 pub mod metrics;
+pub mod shutdown;
 pub mod token;
 
 /// Shared types.

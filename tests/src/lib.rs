@@ -5,6 +5,8 @@
 
 #![allow(clippy::print_stdout, missing_debug_implementations)]
 
+pub mod viewer;
+
 use edge_node::game::Catalogue;
 use edge_node::host::SessionHost;
 use edge_node::stream::{DevSession, PeerSettings, StreamNode, StreamSettings};
@@ -132,9 +134,7 @@ pub fn http(
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(edge_node::stream::viewer::http(
-            addr, method, path, headers, body,
-        ))
+        .block_on(viewer::http(addr, method, path, headers, body))
         .expect("HTTP request to the node")
 }
 

@@ -1,11 +1,11 @@
 //! The two-step launch through the orchestrator to a registered edge node, session lifecycle,
 //! node loss, and the orchestrator's error statuses — real gRPC, real edge nodes, on loopback.
 
-use edge_node::stream::viewer;
 use orchestrator::store::{EmbeddedStore, EtcdStore, Store};
 use pixelgrid_proto::identity::{NodeKey, SignedRequest};
 use pixelgrid_proto::orchestrator::v1 as pb;
 use pixelgrid_proto::types::v1 as types;
+use pixelgrid_tests::viewer;
 use pixelgrid_tests::{Etcd, TestGrid};
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use std::sync::Arc;

@@ -1,8 +1,8 @@
 //! Streaming to players: WHEP, tokens, input and teardown against real webrtc-rs, GStreamer,
 //! lavapipe and (inside a network namespace of the test's own) headless Chromium.
 
-use edge_node::stream::viewer;
 use orchestrator::store::EmbeddedStore;
+use pixelgrid_tests::viewer;
 use pixelgrid_tests::{
     self as support, TestGrid, TestNode, chromium_result, eventually, http,
     in_own_network_namespace,

@@ -8,7 +8,6 @@
 
 mod peer;
 pub mod protocol;
-pub mod viewer;
 mod whep;
 
 pub use peer::{IceServer, PeerSettings};

@@ -11,7 +11,7 @@
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 
 use clap::Parser;
-use edge_node::stream::viewer;
+use pixelgrid_tests::viewer;
 use pixelgrid_tests::{TestNode, chromium_result, in_test_namespace, reexec_in_network_namespace};
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use serde_json::json;

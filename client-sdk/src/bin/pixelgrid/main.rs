@@ -3,7 +3,7 @@
 mod play;
 
 use clap::{Parser, Subcommand};
-use pixelgrid_client::{NodeRow, SessionRow, short, table};
+use pixelgrid_client::{NodeRow, SessionRow, render};
 use pixelgrid_proto::orchestrator::v1 as pb;
 use pixelgrid_proto::orchestrator::v1::orchestrator_client::OrchestratorClient;
 
@@ -227,36 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner()
                 .nodes;
             let rows: Vec<NodeRow> = nodes.iter().map(NodeRow::from).collect();
-            if cli.json {
-                println!("{}", serde_json::to_string(&rows)?);
-            } else {
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            short(&r.node),
-                            r.state.clone(),
-                            r.region.clone(),
-                            r.sessions.to_string(),
-                            r.free.to_string(),
-                            format!("{}%", r.cpu_load_percent),
-                            r.games.join(","),
-                            r.whep.clone(),
-                            r.gpu.clone(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(
-                        &[
-                            "NODE", "STATE", "REGION", "SESSIONS", "FREE", "CPU", "GAMES", "WHEP",
-                            "GPU"
-                        ],
-                        &cells
-                    )
-                );
-            }
+            println!("{}", render(&rows, cli.json));
         }
         Command::Sessions { node, state } => {
             let state = match state.as_deref().map(str::to_ascii_uppercase) {
@@ -278,30 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner()
                 .sessions;
             let rows: Vec<SessionRow> = sessions.iter().map(SessionRow::from).collect();
-            if cli.json {
-                println!("{}", serde_json::to_string(&rows)?);
-            } else {
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.session.clone(),
-                            r.state.clone(),
-                            r.game.clone(),
-                            short(&r.node),
-                            r.mode.clone(),
-                            r.reason.clone(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(
-                        &["SESSION", "STATE", "GAME", "NODE", "MODE", "REASON"],
-                        &cells
-                    )
-                );
-            }
+            println!("{}", render(&rows, cli.json));
         }
         Command::Payouts { .. } | Command::Epochs { .. } | Command::Play(_) => {
             unreachable!("handled before connecting to the orchestrator")
@@ -352,26 +300,7 @@ async fn run_indexer(cli: Cli) -> anyhow::Result<()> {
                 .into_inner()
                 .epochs;
             let rows: Vec<EpochRow> = epochs.iter().map(EpochRow::from).collect();
-            if cli.json {
-                println!("{}", serde_json::to_string(&rows)?);
-            } else {
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.epoch.to_string(),
-                            r.start.clone(),
-                            r.nodes_paid.to_string(),
-                            r.total_micro_credits.to_string(),
-                            r.merkle_root.clone(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(&["EPOCH", "START", "NODES", "TOTAL", "ROOT"], &cells)
-                );
-            }
+            println!("{}", render(&rows, cli.json));
         }
         Command::Payouts {
             epoch: Some(epoch),
@@ -383,37 +312,7 @@ async fn run_indexer(cli: Cli) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             let rows: Vec<PayoutRow> = r.payouts.iter().map(PayoutRow::from).collect();
-            if cli.json {
-                println!("{}", serde_json::to_string(&rows)?);
-            } else {
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            short(&r.node),
-                            r.amount_micro_credits.to_string(),
-                            format!("{:.1}", r.uptime_ms as f64 / 1000.0),
-                            format!("{:.1}", r.delivered_ms as f64 / 1000.0),
-                            r.refunded_micro_credits.to_string(),
-                            if r.sla_met { "yes" } else { "no" }.into(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(
-                        &[
-                            "NODE",
-                            "AMOUNT",
-                            "UPTIME_S",
-                            "DELIVERED_S",
-                            "REFUNDED",
-                            "SLA"
-                        ],
-                        &cells
-                    )
-                );
-            }
+            println!("{}", render(&rows, cli.json));
         }
         Command::Payouts {
             command: Some(PayoutsCommand::Proof { epoch, node }),

@@ -1,0 +1,225 @@
+//! A WHEP client on webrtc-rs, below the [`crate::Session`]: a receive-only peer connection
+//! offering one codec, with the `input` data channel, signalled by `POST`ing the offer to a WHEP
+//! URL with a bearer token. [`crate::Client`] builds its sessions on it; tests and load
+//! benchmarks use it to open many plain connections to a node (any WHEP server works).
+
+use crate::decoder::Codec;
+use crate::{Error, Result};
+use rtc::interceptor::Registry;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use webrtc::data_channel::DataChannel;
+use webrtc::peer_connection::{PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler};
+
+/// Signalled by the event handler when ICE gathering completes (the offer then carries every
+/// candidate: WHEP without trickle).
+pub type Gathered = Arc<tokio::sync::Notify>;
+
+/// A connected WHEP session resource.
+pub struct WhepConnection {
+    /// The peer connection.
+    pub pc: Arc<dyn PeerConnection>,
+    /// The `input` data channel (open once the connection is up).
+    pub channel: Arc<dyn DataChannel>,
+    /// The node's HTTP address.
+    pub addr: SocketAddr,
+    /// The WHEP resource (`Location`), for `DELETE`.
+    pub resource: String,
+    /// The bearer token used.
+    pub token: String,
+}
+
+impl std::fmt::Debug for WhepConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhepConnection")
+            .field("addr", &self.addr)
+            .field("resource", &self.resource)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits `http://host:port/path` into a socket address and the path.
+pub async fn split_url(url: &str) -> Result<(SocketAddr, String)> {
+    let bad = |why: &str| Error::InvalidArgument {
+        field: "url",
+        reason: format!("{url:?}: {why}"),
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("only http:// URLs are supported"))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr = tokio::net::lookup_host(host)
+        .await
+        .map_err(|e| bad(&e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("the host does not resolve"))?;
+    Ok((addr, format!("/{path}")))
+}
+
+/// The local address that routes to `peer` (no packet is sent), for our ICE host candidate.
+fn local_ip_towards(peer: SocketAddr) -> std::net::IpAddr {
+    let any: SocketAddr = if peer.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| {
+            s.connect(peer)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(peer.ip())
+}
+
+/// Offers `codec` to the WHEP endpoint at `whep_url` with `token`; `handler` receives the
+/// connection's events and must notify `gathered` when ICE gathering completes.
+pub async fn connect(
+    whep_url: &str,
+    token: &str,
+    codec: Codec,
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    gathered: Gathered,
+) -> Result<WhepConnection> {
+    let (addr, path) = split_url(whep_url).await?;
+    let fail = |e: webrtc::error::Error| Error::Connection {
+        node: addr.to_string(),
+        reason: e.to_string(),
+    };
+    let mut engine = MediaEngine::default();
+    let (mime, fmtp, pt) = match codec {
+        Codec::H264 => (
+            MIME_TYPE_H264,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            102,
+        ),
+        Codec::Vp8 => (MIME_TYPE_VP8, "", 96),
+    };
+    engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: mime.into(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: fmtp.into(),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: pt,
+            },
+            RtpCodecKind::Video,
+        )
+        .map_err(fail)?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(fail)?;
+    let local = SocketAddr::new(local_ip_towards(addr), 0);
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .with_setting_engine(
+            SettingEngineBuilder::new()
+                .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+                .build(),
+        )
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(vec![local.to_string()])
+        .build()
+        .await
+        .map_err(fail)?;
+    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+    pc.add_transceiver_from_kind(
+        RtpCodecKind::Video,
+        Some(RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            streams: vec![],
+            send_encodings: vec![],
+        }),
+    )
+    .await
+    .map_err(fail)?;
+    let channel = pc.create_data_channel("input", None).await.map_err(fail)?;
+    let offer = pc.create_offer(None).await.map_err(fail)?;
+    pc.set_local_description(offer).await.map_err(fail)?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), gathered.notified()).await;
+    let refused = |reason: String| Error::Connection {
+        node: addr.to_string(),
+        reason,
+    };
+    let sdp = pc
+        .local_description()
+        .await
+        .ok_or_else(|| refused("no local description".into()))?
+        .sdp;
+    let auth = format!("Bearer {token}");
+    let answer = pixelgrid_proto::http::request(
+        addr,
+        "POST",
+        &path,
+        &[
+            ("Content-Type", "application/sdp"),
+            ("Authorization", &auth),
+        ],
+        sdp.as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| refused(format!("WHEP POST: {e}")))?;
+    if answer.status != 201 {
+        return Err(refused(format!(
+            "WHEP POST answered {}: {}",
+            answer.status,
+            answer.body.trim()
+        )));
+    }
+    let resource = answer
+        .headers
+        .iter()
+        .find(|(k, _)| k == "location")
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| refused("WHEP answer without Location".into()))?;
+    let description = RTCSessionDescription::answer(answer.body).map_err(fail)?;
+    pc.set_remote_description(description).await.map_err(fail)?;
+    Ok(WhepConnection {
+        pc,
+        channel,
+        addr,
+        resource,
+        token: token.to_owned(),
+    })
+}
+
+impl WhepConnection {
+    /// `DELETE`s the resource (waiting at most `timeout`; the node may be gone) and closes the
+    /// connection. Returns the DELETE's status, if it answered.
+    pub async fn leave(&self, timeout: Duration) -> Option<u16> {
+        let auth = format!("Bearer {}", self.token);
+        let status = pixelgrid_proto::http::request(
+            self.addr,
+            "DELETE",
+            &self.resource,
+            &[("Authorization", &auth)],
+            b"",
+            timeout,
+        )
+        .await
+        .ok()
+        .map(|r| r.status);
+        self.close().await;
+        status
+    }
+
+    /// Closes the connection without telling the node.
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.pc.close()).await;
+    }
+}
