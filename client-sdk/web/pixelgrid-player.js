@@ -173,13 +173,20 @@ export class PixelGridPlayer {
   async play(api, options = {}, onEvent = () => {}) {
     this.api = api;
     this.launchOptions = options;
+    // Every event is also kept in `this.events` (re-launches pass the wrapped callback back in).
+    this.events = this.events || [];
+    if (!onEvent.wrapped) {
+      const user = onEvent;
+      onEvent = (e) => { this.events.push(e); user(e); };
+      onEvent.wrapped = true;
+    }
     this.onEvent = onEvent;
     const s = await PixelGridPlayer.launch(api, options);
     await this.connect(s.whep_url, s.token);
     this.session = s;
     this.lastFrameAt = performance.now();
     this.timers.push(setInterval(() => this.watchdog(options.nodeLostAfterMs || 1500), 250));
-    onEvent({ type: "connected", node: s.node_id, session: s.session_id });
+    this.onEvent({ type: "connected", node: s.node_id, session: s.session_id });
     return s;
   }
 
@@ -333,6 +340,14 @@ export class PixelGridPlayer {
       await sleep(Math.max(2500, seconds * 1000));
       const after = await stats();
       return { scenario, before, sent: junk.length, ...after };
+    }
+    if (scenario === "reconnect") {
+      // The test kills the serving node; the player must move to the other one by itself.
+      await until(async () => ((await stats()).framesDecoded || 0) >= 30, 8000);
+      const firstNode = player.session.node_id;
+      const moved = await until(async () => player.events.some((e) => e.type === "reconnected"), 20000);
+      const after = moved && await until(async () => ((await stats()).framesDecoded || 0) >= 30, 8000);
+      return { scenario, firstNode, node: player.session.node_id, moved, after, events: player.events, ...(await stats()) };
     }
     if (scenario === "bench") {
       await until(async () => ((await stats()).framesDecoded || 0) >= 30, 8000);

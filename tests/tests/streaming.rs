@@ -408,3 +408,51 @@ fn chromium_plays_through_the_orchestrators_player_page() {
         .unwrap();
     assert_eq!(active.len(), 1, "one active session in the registry");
 }
+
+/// The browser SDK moves the session by itself when its node dies: the test kills the serving
+/// node while Chromium plays through the orchestrator's page; the page re-launches on the other
+/// node and frames resume.
+#[test]
+fn chromium_moves_to_the_other_node_when_its_node_dies() {
+    if !in_own_network_namespace("chromium_moves_to_the_other_node_when_its_node_dies") {
+        return;
+    }
+    let mut grid = TestGrid::start(std::sync::Arc::new(EmbeddedStore::new()), 2, 2);
+    let url = format!(
+        "http://{}/?autotest=reconnect&mode=640x360@30",
+        grid.gateway
+    );
+    let browser = std::thread::spawn(move || chromium_result(&url, Duration::from_secs(60)));
+    let serving = grid.runtime.block_on(async {
+        for _ in 0..300 {
+            let active = grid
+                .grid
+                .sessions("", Some(orchestrator::lifecycle::SessionState::Active))
+                .await
+                .unwrap();
+            if let Some(s) = active.first() {
+                return s.node.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the page never started playing");
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    grid.kill_node(&serving);
+    let r = browser.join().unwrap();
+    eprintln!("result: {r}");
+    assert_eq!(r["firstNode"], serving.as_str(), "{r}");
+    assert_eq!(r["moved"], true, "{r}");
+    assert_ne!(r["node"], serving.as_str(), "{r}");
+    assert_eq!(r["after"], true, "frames resume on the new node: {r}");
+    let events = r["events"].as_array().unwrap();
+    let reconnected = events
+        .iter()
+        .find(|e| e["type"] == "reconnected")
+        .expect("a reconnected event");
+    assert!(
+        reconnected["afterMs"].as_f64().unwrap() < 5000.0,
+        "{reconnected}"
+    );
+    assert!(events.iter().any(|e| e["type"] == "node_lost"), "{r}");
+}
