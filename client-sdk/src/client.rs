@@ -451,6 +451,7 @@ async fn supervise(mut s: Supervisor) {
     let mut last_check = Instant::now();
     loop {
         tokio::select! {
+            // `end()`, or the Session dropped (the sender goes with it): leave either way.
             _ = &mut s.stop => {
                 let session = s.connection.session_id.clone();
                 s.connection.close().await;

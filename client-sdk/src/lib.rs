@@ -20,6 +20,8 @@
 //! - The rest of the crate serves the `pixelgrid` CLI: readable rows for nodes, sessions, epochs
 //!   and payouts.
 
+#![warn(missing_docs)]
+
 pub mod client;
 mod decoder;
 mod error;
