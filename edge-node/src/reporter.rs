@@ -113,9 +113,15 @@ pub struct DeliveryMeter {
 }
 
 impl DeliveryMeter {
-    /// Deliveries since the previous call, at `now_ms`. A session seen for the first time counts
-    /// from its start; time streamed to nobody is not delivered.
-    pub fn measure(&mut self, sessions: &[SessionSample], now_ms: u64) -> Vec<SessionDelivery> {
+    /// Deliveries since the previous call, at `now_ms`, and one entry per session the node
+    /// dropped (`dropped_by_node`, so the indexer refunds it). A session seen for the first time
+    /// counts from its start; time streamed to nobody is not delivered.
+    pub fn measure(
+        &mut self,
+        sessions: &[SessionSample],
+        dropped: &[String],
+        now_ms: u64,
+    ) -> Vec<SessionDelivery> {
         let mut next = HashMap::with_capacity(sessions.len());
         let mut out = Vec::new();
         for s in sessions {
@@ -140,6 +146,11 @@ impl DeliveryMeter {
             next.insert(s.session_id.clone(), (s.frames_encoded, now_ms));
         }
         self.last = next;
+        out.extend(dropped.iter().map(|id| SessionDelivery {
+            session_id: id.clone(),
+            dropped_by_node: true,
+            ..SessionDelivery::default()
+        }));
         out
     }
 }
@@ -225,7 +236,7 @@ pub async fn run(
                 } else {
                     ReportedState::Ready
                 } as i32,
-                sessions: meter.measure(&samples, now),
+                sessions: meter.measure(&samples, &node.take_dropped(), now),
                 telemetry_digest: digest,
             },
             &key,
@@ -338,20 +349,20 @@ mod tests {
             age_ms,
         };
         let mut m = DeliveryMeter::default();
-        let d = m.measure(&[sample(30, 1, 500)], 1_000);
+        let d = m.measure(&[sample(30, 1, 500)], &[], 1_000);
         assert_eq!(
             d[0].delivered_ms, 500,
             "first sight counts from the session's start"
         );
         assert_eq!(d[0].achieved.unwrap().fps, 60);
-        let d = m.measure(&[sample(150, 1, 2_500)], 3_000);
+        let d = m.measure(&[sample(150, 1, 2_500)], &[], 3_000);
         assert_eq!(d[0].delivered_ms, 2_000);
         assert_eq!(d[0].achieved.unwrap().fps, 60);
-        let d = m.measure(&[sample(180, 0, 3_500)], 4_000);
+        let d = m.measure(&[sample(180, 0, 3_500)], &[], 4_000);
         assert_eq!(d[0].delivered_ms, 0, "nobody watching");
         assert_eq!(d[0].achieved.unwrap().fps, 30);
-        assert!(m.measure(&[], 5_000).is_empty(), "ended");
-        let d = m.measure(&[sample(6, 1, 100)], 6_000);
+        assert!(m.measure(&[], &[], 5_000).is_empty(), "ended");
+        let d = m.measure(&[sample(6, 1, 100)], &[], 6_000);
         assert_eq!(
             d[0].delivered_ms, 100,
             "a new session under that id starts afresh"

@@ -35,10 +35,14 @@ impl TestNode {
     }
 
     pub fn start_with(dev_token_ttl: Duration) -> Self {
+        Self::start_hosting(Catalogue::default(), dev_token_ttl)
+    }
+
+    /// A node hosting `catalogue`'s games.
+    pub fn start_hosting(catalogue: Catalogue, dev_token_ttl: Duration) -> Self {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let host = Arc::new(
-            SessionHost::start(Catalogue::default(), None).expect("Vulkan and GStreamer must work"),
-        );
+        let host =
+            Arc::new(SessionHost::start(catalogue, None).expect("Vulkan and GStreamer must work"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -456,3 +456,45 @@ fn chromium_moves_to_the_other_node_when_its_node_dies() {
     );
     assert!(events.iter().any(|e| e["type"] == "node_lost"), "{r}");
 }
+
+/// A game that crashes after about a second: the node drops its session, lets the player go
+/// and hands it to the reporter once, marked for a refund.
+#[test]
+fn a_session_whose_game_crashes_is_dropped_and_reported_once_for_a_refund() {
+    struct Crashy(u32);
+    impl edge_node::game::Game for Crashy {
+        fn advance(&mut self, _dt: Duration, _input: &edge_node::input::InputState) {
+            self.0 += 1;
+            assert!(self.0 < 30, "the test game crashes, as games do");
+        }
+        fn record(&self, _frame: &edge_node::game::FrameInfo, out: &mut edge_node::game::DrawList) {
+            out.reset([0.1, 0.1, 0.1, 1.0]);
+        }
+    }
+    let mut games = edge_node::game::Catalogue::default();
+    games.add("crashy", || Box::new(Crashy(0)));
+    let node = TestNode::start_hosting(games, Duration::from_secs(600));
+    let dev = node
+        .node
+        .dev_session(
+            "crashy",
+            edge_node::video::VideoMode::new(320, 180, 30).unwrap(),
+        )
+        .unwrap();
+    node.runtime.block_on(async {
+        let v = viewer::connect(node.addr, &dev.whep_url, &dev.token, MIME_TYPE_H264)
+            .await
+            .unwrap();
+        assert!(v.wait_for_packets(5, Duration::from_secs(10)).await);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !node.node.session_ids().await.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the crashed session is still listed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert_eq!(node.node.take_dropped(), vec![dev.session_id.clone()]);
+    assert!(node.node.take_dropped().is_empty(), "reported once");
+}

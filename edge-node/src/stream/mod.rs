@@ -162,6 +162,9 @@ pub struct StreamNode {
     pub rejects: RejectCounters,
     gone: mpsc::UnboundedSender<(String, String)>,
     draining: std::sync::atomic::AtomicBool,
+    /// Sessions this node dropped (their game, renderer or encoder stopped on its own), not yet
+    /// reported to the indexers.
+    dropped: std::sync::Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for StreamNode {
@@ -191,6 +194,18 @@ impl StreamNode {
             rejects: RejectCounters::default(),
             gone: gone_tx,
             draining: std::sync::atomic::AtomicBool::new(false),
+            dropped: std::sync::Mutex::new(Vec::new()),
+        });
+        // Watchdog: a session whose thread ended by itself was dropped by this node; its players
+        // are let go and the indexers told (it is refunded).
+        let weak = Arc::downgrade(&node);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                node.drop_stopped_sessions().await;
+            }
         });
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
@@ -568,6 +583,37 @@ impl StreamNode {
                 ],
             )
             .finish()
+    }
+
+    /// Ends the sessions whose thread stopped on its own and records them as dropped.
+    async fn drop_stopped_sessions(&self) {
+        let stopped: Vec<LiveSession> = {
+            let mut sessions = self.sessions.lock().await;
+            let ids: Vec<String> = sessions
+                .iter()
+                .filter(|(_, s)| s.session.is_finished())
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| sessions.remove(id)).collect()
+        };
+        for s in stopped {
+            let why = s
+                .session
+                .failure()
+                .unwrap_or_else(|| "its thread ended".into());
+            let id = s.claims.sid.clone();
+            tracing::warn!(session = %id, reason = %why, "session dropped by this node");
+            self.dropped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(id);
+            close_session(s, &format!("dropped: {why}")).await;
+        }
+    }
+
+    /// Sessions this node dropped since the last call (each once), for the reporter.
+    pub fn take_dropped(&self) -> Vec<String> {
+        std::mem::take(&mut *self.dropped.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Ids of the live sessions.
