@@ -132,12 +132,7 @@ impl From<&pb::NodeSummary> for NodeRow {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use pixelgrid_proto::clock::unix_ms as now_ms;
 
 impl From<&pb::Session> for SessionRow {
     fn from(s: &pb::Session) -> Self {

@@ -14,12 +14,7 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnectionEventHandler, RTCIceGatheringState};
 
-/// Unix time now, ms.
-pub(crate) fn unix_ms() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
+pub(crate) use pixelgrid_proto::clock::unix_ms_f64 as unix_ms;
 
 /// The node's clock origin from its `hello`: a frame with RTP timestamp `rtp` was captured at
 /// `epoch_unix_ms + (rtp − rtp_epoch) / 90`.

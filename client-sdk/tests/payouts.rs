@@ -1,11 +1,9 @@
 //! `pixelgrid payouts verify` checks a proof offline against a root an indexer published.
 
-use indexer::report::sign;
+use indexer::report::ready;
 use indexer::tally::{Tally, TallyConfig};
 use pixelgrid_proto::identity::NodeKey;
-use pixelgrid_proto::indexer::v1::NodeReport;
 use pixelgrid_proto::token::hex;
-use pixelgrid_proto::types::v1::NodeId;
 use std::process::Command;
 
 #[test]
@@ -19,15 +17,7 @@ fn a_published_payout_verifies_and_a_tampered_one_does_not() {
         t.add_node(&k.node_id());
         for m in 0..(20 + 10 * n as u64) {
             let at = m * 60_000 + 1_000;
-            let r = sign(
-                NodeReport {
-                    node_id: Some(NodeId { hex: k.node_id() }),
-                    sequence: m + 1,
-                    sent_unix_ms: at,
-                    ..Default::default()
-                },
-                k,
-            );
+            let r = ready(k, m + 1, at, vec![]);
             t.ingest(&r, at);
             t.record_probe(&k.node_id(), at + 5_000, true);
         }
@@ -131,21 +121,17 @@ fn the_cli_reads_a_running_indexer_and_the_proof_it_prints_verifies() {
     let mut seq = 0;
     while now_ms() < (epoch + 1) * rules.epoch_ms + 100 {
         seq += 1;
-        let r = sign(
-            NodeReport {
-                node_id: Some(NodeId { hex: key.node_id() }),
-                sequence: seq,
-                sent_unix_ms: now_ms(),
-                sessions: vec![SessionDelivery {
-                    session_id: "s1".into(),
-                    promised: mode,
-                    achieved: mode,
-                    delivered_ms: 200,
-                    dropped_by_node: false,
-                }],
-                ..Default::default()
-            },
+        let r = ready(
             &key,
+            seq,
+            now_ms(),
+            vec![SessionDelivery {
+                session_id: "s1".into(),
+                promised: mode,
+                achieved: mode,
+                delivered_ms: 200,
+                dropped_by_node: false,
+            }],
         );
         daemon.ingest(&[r], now_ms()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(200));

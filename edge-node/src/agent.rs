@@ -10,7 +10,7 @@ use pixelgrid_proto::orchestrator::v1 as pb;
 use pixelgrid_proto::orchestrator::v1::orchestrator_client::OrchestratorClient;
 use pixelgrid_proto::types::v1 as types;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// What the node tells the orchestrator about itself.
 #[derive(Debug, Clone)]
@@ -35,12 +35,7 @@ pub struct AgentConfig {
     pub encoders: Vec<types::EncoderCapability>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use pixelgrid_proto::clock::unix_ms as now_ms;
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("{what}: {e}"))

@@ -68,11 +68,7 @@ fn sigterm_drains_then_exits_when_the_last_player_leaves() {
         .unwrap();
         assert!(v.wait_for_packets(10, Duration::from_secs(10)).await);
 
-        let term = Command::new("kill")
-            .args(["-TERM", &node.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(term.success());
+        pixelgrid_tests::sigterm(&node);
         tokio::time::sleep(Duration::from_millis(500)).await;
 
         // Draining: the running session still streams...
@@ -99,16 +95,7 @@ fn sigterm_drains_then_exits_when_the_last_player_leaves() {
 
         assert_eq!(v.leave(addr).await.unwrap(), 200);
     });
-    let left = Instant::now();
-    loop {
-        if let Some(status) = node.try_wait().unwrap() {
-            assert!(status.success(), "edge-node exited with {status}");
-            break;
-        }
-        assert!(
-            left.elapsed() < Duration::from_secs(10),
-            "edge-node must exit once drained"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let status = pixelgrid_tests::wait_for_exit(&mut node, Duration::from_secs(10))
+        .expect("edge-node must exit once drained");
+    assert!(status.success(), "edge-node exited with {status}");
 }

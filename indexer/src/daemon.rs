@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -110,12 +110,7 @@ impl std::fmt::Debug for Indexer {
 }
 
 /// Now, unix ms (the shell's clock; the core never reads one).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use pixelgrid_proto::clock::unix_ms as now_ms;
 
 /// Why a report was refused, for its acknowledgement.
 fn detail(v: Verdict, r: Option<&pb::NodeReport>, rules: &TallyConfig) -> String {

@@ -366,8 +366,9 @@ impl Ledger {
         .map_err(sql)
     }
 
-    /// Rebuilds `tally` (fresh, same rules) from the ledger: nodes, closed epochs as written,
-    /// then the open epochs' reports and probes replayed in arrival order.
+    /// Rebuilds `tally` (fresh, same rules) from the ledger: nodes, which epochs are closed (the
+    /// latest one as written; older ones stay in the ledger), then the open epochs' reports and
+    /// probes replayed in arrival order.
     pub fn rebuild(&self, tally: &mut Tally) -> Result<Rebuilt> {
         let mut out = Rebuilt::default();
         for (node, _) in self.nodes()? {
@@ -375,7 +376,7 @@ impl Ledger {
             out.nodes += 1;
         }
         let mut first_open = 0;
-        for row in self.epochs(usize::MAX >> 1)?.into_iter().rev() {
+        if let Some(row) = self.epochs(1)?.pop() {
             let payouts = self
                 .payouts(row.number)?
                 .into_iter()
@@ -386,9 +387,13 @@ impl Ledger {
                 payouts,
                 root: row.root,
             });
-            first_open = first_open.max(row.number + 1);
-            out.closed_epochs += 1;
+            first_open = row.number + 1;
+            tally.restore_closed_before(first_open);
         }
+        out.closed_epochs = self
+            .db
+            .query_row("SELECT COUNT(*) FROM epochs", [], |r| r.get::<_, i64>(0))
+            .map_err(sql)? as usize;
         // The last report each node had accepted in closed epochs, so replays stay refused.
         let mut last = self
             .db
@@ -462,10 +467,8 @@ fn epoch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EpochRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::sign;
+    use crate::report::ready;
     use pixelgrid_proto::identity::NodeKey;
-    use pixelgrid_proto::indexer::v1::NodeReport;
-    use pixelgrid_proto::types::v1::NodeId;
 
     fn rules() -> TallyConfig {
         TallyConfig {
@@ -477,20 +480,6 @@ mod tests {
         }
     }
 
-    fn report(key: &NodeKey, seq: u64, at: u64) -> SignedNodeReport {
-        sign(
-            NodeReport {
-                node_id: Some(NodeId { hex: key.node_id() }),
-                sequence: seq,
-                sent_unix_ms: at,
-                state: 1,
-                sessions: vec![],
-                telemetry_digest: vec![],
-            },
-            key,
-        )
-    }
-
     /// Feeds a tally and a ledger the same inputs; returns the tally.
     fn feed(ledger: &mut Ledger, key: &NodeKey, seqs: std::ops::Range<u64>) -> Tally {
         let mut t = Tally::new(rules());
@@ -499,7 +488,7 @@ mod tests {
         ledger.add_node(&key.node_id(), "127.0.0.1:9").unwrap();
         for s in seqs {
             let at = s * 1_000 + 100;
-            let r = report(key, s, at);
+            let r = ready(key, s, at, vec![]);
             if t.ingest(&r, at) == crate::tally::Verdict::Accepted {
                 ledger.append_reports(&[(&r, t.epoch_of(at), at)]).unwrap();
             }
@@ -536,7 +525,7 @@ mod tests {
         assert_eq!(rebuilt.reports, 4, "epoch 1's reports 10..14 are replayed");
         // A replay of an old report after the restart still credits nothing.
         assert_eq!(
-            t.ingest(&report(&key, 13, 13_100), 13_200),
+            t.ingest(&ready(&key, 13, 13_100, vec![]), 13_200),
             crate::tally::Verdict::Replayed
         );
         drop(t);
@@ -554,7 +543,7 @@ mod tests {
         let mut t = Tally::new(rules());
         for k in &keys {
             t.add_node(&k.node_id());
-            t.ingest(&report(k, 1, 500), 500);
+            t.ingest(&ready(k, 1, 500, vec![]), 500);
             t.record_probe(&k.node_id(), 600, true);
         }
         let closed = t.close_epoch(0).clone();

@@ -12,6 +12,26 @@ pub fn sign(report: NodeReport, key: &NodeKey) -> SignedNodeReport {
     pixelgrid_proto::identity::sign_report(report, key)
 }
 
+/// A signed report from a ready node: what the edge node's reporter sends, for tests and tools.
+pub fn ready(
+    key: &NodeKey,
+    sequence: u64,
+    sent_unix_ms: u64,
+    sessions: Vec<pixelgrid_proto::indexer::v1::SessionDelivery>,
+) -> SignedNodeReport {
+    sign(
+        NodeReport {
+            node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: key.node_id() }),
+            sequence,
+            sent_unix_ms,
+            state: pixelgrid_proto::indexer::v1::ReportedState::Ready as i32,
+            sessions,
+            telemetry_digest: vec![],
+        },
+        key,
+    )
+}
+
 /// True when the report is signed by the node it names.
 pub fn signature_valid(signed: &SignedNodeReport) -> bool {
     let (Some(report), Some(sig)) = (&signed.report, &signed.signature) else {

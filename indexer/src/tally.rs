@@ -163,6 +163,8 @@ pub struct Tally {
     last: BTreeMap<String, LastReport>,
     open: BTreeMap<(u64, String), NodeEpoch>,
     closed: BTreeMap<u64, ClosedEpoch>,
+    /// Every epoch before this one is closed (in the ledger, not necessarily held here).
+    closed_before: u64,
 }
 
 impl Tally {
@@ -178,6 +180,7 @@ impl Tally {
             last: BTreeMap::new(),
             open: BTreeMap::new(),
             closed: BTreeMap::new(),
+            closed_before: 0,
         }
     }
 
@@ -211,6 +214,17 @@ impl Tally {
     pub fn restore_last(&mut self, node_id: &str, sequence: u64, sent_ms: u64) {
         self.last
             .insert(node_id.to_owned(), LastReport { sequence, sent_ms });
+    }
+
+    fn is_closed(&self, epoch: u64) -> bool {
+        epoch < self.closed_before || self.closed.contains_key(&epoch)
+    }
+
+    /// Marks every epoch before `epoch` closed, as the ledger has them, without holding their
+    /// payouts (a restart need not load the whole history).
+    pub fn restore_closed_before(&mut self, epoch: u64) {
+        self.closed_before = self.closed_before.max(epoch);
+        self.open.retain(|(e, _), _| *e >= epoch);
     }
 
     /// Restores an epoch the ledger closed earlier: it stays exactly as it was.
@@ -269,7 +283,7 @@ impl Tally {
             return Verdict::Replayed;
         }
         let epoch = self.epoch_of(report.sent_unix_ms);
-        if self.closed.contains_key(&epoch) {
+        if self.is_closed(epoch) {
             return Verdict::EpochClosed;
         }
         // Time a session can have been played since the node's previous report.
@@ -307,7 +321,7 @@ impl Tally {
     /// Records the indexer's own probe of `node_id` at `at_ms`.
     pub fn record_probe(&mut self, node_id: &str, at_ms: u64, passed: bool) {
         let epoch = self.epoch_of(at_ms);
-        if self.closed.contains_key(&epoch) || !self.nodes.contains(node_id) {
+        if self.is_closed(epoch) || !self.nodes.contains(node_id) {
             return;
         }
         let slot = at_ms / self.config.slot_ms;
@@ -321,6 +335,10 @@ impl Tally {
 
     /// Closes `epoch` (idempotent: closing again returns the same result and changes nothing).
     pub fn close_epoch(&mut self, epoch: u64) -> &ClosedEpoch {
+        assert!(
+            epoch >= self.closed_before || self.closed.contains_key(&epoch),
+            "epoch {epoch} was closed before this tally was rebuilt; read it from the ledger"
+        );
         if !self.closed.contains_key(&epoch) {
             let c = &self.config;
             let keys: Vec<(u64, String)> = self
@@ -381,9 +399,9 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::sign;
+    use crate::report::ready as report;
     use pixelgrid_proto::identity::NodeKey;
-    use pixelgrid_proto::indexer::v1::{NodeReport, SessionDelivery};
+    use pixelgrid_proto::indexer::v1::SessionDelivery;
     use pixelgrid_proto::types::v1::{NodeId, VideoMode};
 
     const MIN: u64 = 60_000;
@@ -393,25 +411,6 @@ mod tests {
             sla_floor_ppm: 0,
             ..TallyConfig::default()
         }
-    }
-
-    fn report(
-        key: &NodeKey,
-        seq: u64,
-        at: u64,
-        sessions: Vec<SessionDelivery>,
-    ) -> SignedNodeReport {
-        sign(
-            NodeReport {
-                node_id: Some(NodeId { hex: key.node_id() }),
-                sequence: seq,
-                sent_unix_ms: at,
-                state: 1,
-                sessions,
-                telemetry_digest: vec![],
-            },
-            key,
-        )
     }
 
     fn mode(w: u32, h: u32, fps: u32) -> Option<VideoMode> {

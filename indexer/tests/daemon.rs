@@ -2,8 +2,9 @@
 //! nodes (in-process, with their reporters) registered with a real orchestrator.
 
 use indexer::merkle;
+use indexer::report::ready;
 use orchestrator::store::EmbeddedStore;
-use pixelgrid_proto::identity::{NodeKey, sign_report};
+use pixelgrid_proto::identity::NodeKey;
 use pixelgrid_proto::indexer::v1 as pb;
 use pixelgrid_proto::indexer::v1::indexer_client::IndexerClient;
 use pixelgrid_proto::token::unhex;
@@ -213,20 +214,6 @@ fn a_crash_mid_epoch_changes_nothing_and_two_indexers_publish_the_same_root() {
     });
 }
 
-fn report(key: &NodeKey, sequence: u64, sent_unix_ms: u64) -> pb::SignedNodeReport {
-    sign_report(
-        pb::NodeReport {
-            node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: key.node_id() }),
-            sequence,
-            sent_unix_ms,
-            state: pb::ReportedState::Ready as i32,
-            sessions: vec![],
-            telemetry_digest: vec![],
-        },
-        key,
-    )
-}
-
 /// Bad reports each get their verdict and a reason, and credit nothing; a node that reports
 /// faithfully but cannot answer the probes earns no uptime, while a real node beside it does.
 #[test]
@@ -259,28 +246,32 @@ fn bad_reports_are_refused_with_reasons_and_a_node_failing_probes_earns_no_uptim
             acks.message().await.unwrap().expect("an acknowledgement")
         };
         let t = now_ms();
-        let mut forged = report(&silent, 2, t);
+        let mut forged = ready(&silent, 2, t, vec![]);
         forged.report.as_mut().unwrap().sequence = 3;
         let cases = [
-            (report(&silent, 1, t), pb::ReportVerdict::Accepted, ""),
             (
-                report(&silent, 1, t),
+                ready(&silent, 1, t, vec![]),
+                pb::ReportVerdict::Accepted,
+                "",
+            ),
+            (
+                ready(&silent, 1, t, vec![]),
                 pb::ReportVerdict::Replayed,
                 "sequence 1",
             ),
             (forged, pb::ReportVerdict::BadSignature, "signature"),
             (
-                report(&stranger, 1, t),
+                ready(&stranger, 1, t, vec![]),
                 pb::ReportVerdict::UnknownNode,
                 "registry",
             ),
             (
-                report(&silent, 5, t + 60_000),
+                ready(&silent, 5, t + 60_000, vec![]),
                 pb::ReportVerdict::ClockSkew,
                 "ahead",
             ),
             (
-                report(&silent, 6, t - 60_000),
+                ready(&silent, 6, t - 60_000, vec![]),
                 pb::ReportVerdict::OutOfWindow,
                 "after its time",
             ),
@@ -295,7 +286,7 @@ fn bad_reports_are_refused_with_reasons_and_a_node_failing_probes_earns_no_uptim
         let mut seq = 10;
         while now_ms() < (epoch + 1) * EPOCH_MS + 200 {
             seq += 1;
-            let ack = send(report(&silent, seq, now_ms())).await;
+            let ack = send(ready(&silent, seq, now_ms(), vec![])).await;
             assert_eq!(ack.verdict, pb::ReportVerdict::Accepted as i32, "{ack:?}");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

@@ -14,7 +14,7 @@ use pixelgrid_proto::types::v1 as types;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Timings of the grid.
 #[derive(Debug, Clone)]
@@ -122,12 +122,7 @@ fn launch_key(id: &str) -> String {
 }
 
 /// Unix ms now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use pixelgrid_proto::clock::unix_ms as now_ms;
 
 fn random_id() -> String {
     let mut b = [0u8; 12];

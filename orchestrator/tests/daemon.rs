@@ -55,21 +55,8 @@ fn the_daemon_becomes_ready_and_stops_cleanly_on_sigterm() {
         "{metrics}"
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let stopping = Instant::now();
-    loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            assert!(exit.success(), "exited with {exit}");
-            break;
-        }
-        assert!(
-            stopping.elapsed() < Duration::from_secs(5),
-            "still running 5 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pixelgrid_tests::sigterm(&child);
+    let exit = pixelgrid_tests::wait_for_exit(&mut child, Duration::from_secs(5))
+        .expect("still running 5 s after SIGTERM");
+    assert!(exit.success(), "exited with {exit}");
 }

@@ -607,3 +607,29 @@ pub fn player_centroid(rgba: &[u8], width: usize, tolerance: i32) -> Option<(f64
     }
     (n > 50).then(|| (sx / n as f64, sy / n as f64))
 }
+
+/// Sends SIGTERM, as systemd, Docker and Kubernetes do to stop a daemon.
+pub fn sigterm(child: &std::process::Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(sent.success(), "cannot signal process {}", child.id());
+}
+
+/// Waits up to `within` for `child` to exit; its status, or `None` while it still runs.
+pub fn wait_for_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait(2)") {
+            return Some(status);
+        }
+        if start.elapsed() >= within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

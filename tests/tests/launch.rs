@@ -186,23 +186,7 @@ fn a_node_that_stops_heartbeating_disappears_and_its_sessions_fail() {
         let key = NodeKey::from_seed(&[77; 32]);
         let register = pixelgrid_tests::signed_registration(&key, 4);
         let reply = c.register_node(register).await.unwrap().into_inner();
-        let launch = c
-            .create_session(launch_request("arena"))
-            .await
-            .unwrap()
-            .into_inner();
-        let chosen = c
-            .choose_node(pb::ChooseNodeRequest {
-                launch_id: launch.launch_id,
-                latencies: vec![pb::LatencySample {
-                    node_id: Some(types::NodeId { hex: key.node_id() }),
-                    rtt_ms: 3,
-                }],
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let sid = chosen.session.unwrap().session_id;
+        let sid = place_on(&mut c, &key.node_id()).await;
         // No heartbeats from here on.
         let ttl = Duration::from_millis(u64::from(reply.lease_ttl_ms));
         let (s, failed_after) = wait_for_state(
@@ -348,26 +332,7 @@ fn a_node_that_deregisters_leaves_at_once_and_its_sessions_fail() {
         let key = NodeKey::from_seed(&[88; 32]);
         let register = pixelgrid_tests::signed_registration(&key, 2);
         c.register_node(register).await.unwrap();
-        let launch = c
-            .create_session(launch_request("arena"))
-            .await
-            .unwrap()
-            .into_inner();
-        let latencies = vec![pb::LatencySample {
-            node_id: Some(types::NodeId { hex: key.node_id() }),
-            rtt_ms: 2,
-        }];
-        let sid = c
-            .choose_node(pb::ChooseNodeRequest {
-                launch_id: launch.launch_id,
-                latencies,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .session
-            .unwrap()
-            .session_id;
+        let sid = place_on(&mut c, &key.node_id()).await;
 
         let unsigned = pb::DeregisterNodeRequest {
             node_id: Some(types::NodeId { hex: key.node_id() }),
@@ -406,6 +371,33 @@ fn a_node_that_deregisters_leaves_at_once_and_its_sessions_fail() {
 }
 
 /// Polls a session until it reaches `state`; returns it and how long that took.
+/// Launches `arena` and places it on `node` (the only round trip measured); the session id.
+async fn place_on(
+    c: &mut pb::orchestrator_client::OrchestratorClient<tonic::transport::Channel>,
+    node: &str,
+) -> String {
+    let launch = c
+        .create_session(launch_request("arena"))
+        .await
+        .unwrap()
+        .into_inner();
+    c.choose_node(pb::ChooseNodeRequest {
+        launch_id: launch.launch_id,
+        latencies: vec![pb::LatencySample {
+            node_id: Some(types::NodeId {
+                hex: node.to_owned(),
+            }),
+            rtt_ms: 3,
+        }],
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .session
+    .unwrap()
+    .session_id
+}
+
 async fn wait_for_state(
     c: &mut pb::orchestrator_client::OrchestratorClient<tonic::transport::Channel>,
     sid: &str,

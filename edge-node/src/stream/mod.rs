@@ -41,12 +41,7 @@ pub async fn serve(
 }
 
 /// Wall-clock now, Unix milliseconds.
-pub fn unix_ms() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1e3)
-        .unwrap_or(0.0)
-}
+pub use pixelgrid_proto::clock::unix_ms_f64 as unix_ms;
 
 fn unix_s() -> u64 {
     SystemTime::now()
