@@ -3,8 +3,9 @@
 //!
 //! Time is cut into epochs (`epoch_ms`, an hour by default) and slots (`slot_ms`, the report and
 //! probe period). A node is **up for a slot** only when it sent an accepted report in that slot
-//! **and** passed the indexer's own probe in it (and failed none): self-reports alone earn
-//! nothing, as with Aethir's checker nodes. Delivered play time counts only at the promised
+//! **and** answered one of the indexer's own probes in it (a fresh nonce signed with its key
+//! proves it was up; an unanswered probe can be the network's or the indexer's fault, so it
+//! takes nothing away): self-reports alone earn nothing, as with Aethir's checker nodes. Delivered play time counts only at the promised
 //! quality, and a session's reported time is capped by the time since the node's previous report,
 //! so it cannot be inflated. Money is integer micro-credits:
 //!
@@ -86,7 +87,6 @@ pub enum Verdict {
 struct NodeEpoch {
     reported: BTreeSet<u64>,
     probe_ok: BTreeSet<u64>,
-    probe_failed: BTreeSet<u64>,
     delivered_ms: u64,
     dropped: u64,
 }
@@ -318,19 +318,18 @@ impl Tally {
         Verdict::Accepted
     }
 
-    /// Records the indexer's own probe of `node_id` at `at_ms`.
+    /// Records the indexer's own probe of `node_id` at `at_ms` (only a passed one counts).
     pub fn record_probe(&mut self, node_id: &str, at_ms: u64, passed: bool) {
         let epoch = self.epoch_of(at_ms);
-        if self.is_closed(epoch) || !self.nodes.contains(node_id) {
+        if !passed || self.is_closed(epoch) || !self.nodes.contains(node_id) {
             return;
         }
         let slot = at_ms / self.config.slot_ms;
-        let entry = self.open.entry((epoch, node_id.to_owned())).or_default();
-        if passed {
-            entry.probe_ok.insert(slot);
-        } else {
-            entry.probe_failed.insert(slot);
-        }
+        self.open
+            .entry((epoch, node_id.to_owned()))
+            .or_default()
+            .probe_ok
+            .insert(slot);
     }
 
     /// Closes `epoch` (idempotent: closing again returns the same result and changes nothing).
@@ -349,11 +348,7 @@ impl Tally {
             let mut payouts = Vec::new();
             for key in keys {
                 let e = self.open.remove(&key).expect("listed");
-                let up_slots = e
-                    .reported
-                    .iter()
-                    .filter(|s| e.probe_ok.contains(s) && !e.probe_failed.contains(s))
-                    .count() as u64;
+                let up_slots = e.reported.iter().filter(|s| e.probe_ok.contains(s)).count() as u64;
                 let uptime_ms = up_slots * c.slot_ms;
                 let sla_met = u128::from(uptime_ms) * 1_000_000
                     >= u128::from(c.sla_floor_ppm) * u128::from(c.epoch_ms);
