@@ -13,6 +13,9 @@ PACKAGES=(
   # GStreamer runtime: encoders (x264 in ugly, openh264/va in bad, vp8 in good), decoders (libav)
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
+  # packaged games: a headless display per session, the sandbox games run in, and the two
+  # third-party games the tests host (vkcube comes with vulkan-tools)
+  xvfb bubblewrap supertux
   # control plane store, browser tests, network namespaces
   etcd-server etcd-client chromium chromium-driver iproute2
   # tools the scripts use

@@ -96,6 +96,8 @@ pub enum Event {
 /// How to launch.
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
+    /// The game's version (from [`Client::games`]); `None` takes any version a node has.
+    pub version: Option<String>,
     /// Width, px.
     pub width: u32,
     /// Height, px.
@@ -121,6 +123,7 @@ pub struct LaunchOptions {
 impl Default for LaunchOptions {
     fn default() -> Self {
         Self {
+            version: None,
             width: 1280,
             height: 720,
             fps: 60,
@@ -133,6 +136,23 @@ impl Default for LaunchOptions {
             node_lost_after: Duration::from_millis(1500),
         }
     }
+}
+
+/// A game the grid offers, as [`Client::games`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GameInfo {
+    /// What to pass to [`Client::launch`].
+    pub id: String,
+    /// Its version (for [`LaunchOptions::version`]).
+    pub version: String,
+    /// Shown to players.
+    pub name: String,
+    /// Modes it plays in (`WIDTHxHEIGHT@FPS`); empty means any.
+    pub modes: Vec<String>,
+    /// Ready nodes that have it.
+    pub ready_nodes: u32,
+    /// Free slots on those nodes.
+    pub free_slots: u32,
 }
 
 /// A connection to the grid's orchestrator.
@@ -258,6 +278,29 @@ impl Client {
         })
     }
 
+    /// The grid's catalogue: each game and version some node has, with its modes and how many
+    /// ready nodes offer it.
+    pub async fn games(&self) -> Result<Vec<GameInfo>> {
+        let r = self
+            .grpc
+            .clone()
+            .list_games(pb::ListGamesRequest {})
+            .await
+            .map_err(|s| Error::Orchestrator(format!("{}: {}", self.url, s.message())))?
+            .into_inner();
+        Ok(r.games
+            .into_iter()
+            .map(|g| GameInfo {
+                id: g.id,
+                version: g.version,
+                name: g.name,
+                modes: g.modes,
+                ready_nodes: g.ready_nodes,
+                free_slots: g.free_slots,
+            })
+            .collect())
+    }
+
     /// Launches `game` and starts playing it.
     pub async fn launch(&self, game: &str, options: LaunchOptions) -> Result<Session> {
         if options.codecs.is_empty() {
@@ -352,6 +395,7 @@ impl Client {
                     max_micro_credits_per_minute: 0,
                 }),
                 max_candidates: 0,
+                game_version: options.version.clone().unwrap_or_default(),
             })
             .await
             .map_err(status)?
@@ -460,6 +504,19 @@ async fn supervise(mut s: Supervisor) {
                 return;
             }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        // The node ended the session itself (the game exited): no other node would do better.
+        let ended = s
+            .connection
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(reason) = ended {
+            let _ = s.events.send(Event::Ended {
+                reason: format!("the node ended the session: {reason}"),
+            });
+            return;
         }
         let silent_ms = (unix_ms() as u64).saturating_sub(
             s.connection

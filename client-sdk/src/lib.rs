@@ -29,7 +29,7 @@ mod player;
 pub mod stats;
 pub mod whep;
 
-pub use client::{AccessUnit, Client, Event, Frame, InputSender, LaunchOptions, Session};
+pub use client::{AccessUnit, Client, Event, Frame, GameInfo, InputSender, LaunchOptions, Session};
 pub use decoder::{Codec, FrameFormat};
 pub use error::{Error, Result};
 pub use pixelgrid_proto::input::InputEvent;
@@ -327,6 +327,31 @@ impl Row for PayoutRow {
             format!("{:.1}", self.delivered_ms as f64 / 1000.0),
             self.refunded_micro_credits.to_string(),
             if self.sla_met { "yes" } else { "no" }.into(),
+        ]
+    }
+}
+
+impl Row for GameInfo {
+    const HEADER: &'static [&'static str] = &[
+        "GAME",
+        "VERSION",
+        "NAME",
+        "MODES",
+        "READY NODES",
+        "FREE SLOTS",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.version.clone(),
+            self.name.clone(),
+            if self.modes.is_empty() {
+                "any".into()
+            } else {
+                self.modes.join(" ")
+            },
+            self.ready_nodes.to_string(),
+            self.free_slots.to_string(),
         ]
     }
 }

@@ -47,6 +47,8 @@ pub(crate) struct Connection {
     channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
     /// Unix ms of the latest RTP packet.
     pub last_packet_ms: Arc<AtomicU64>,
+    /// Set when the node says the session is over (the game exited): why.
+    pub ended: Arc<Mutex<Option<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -197,11 +199,13 @@ impl Connection {
         });
         let whep = crate::whep::connect(whep_url, token, codec, handler, gathered).await?;
         let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
+        let ended: Arc<Mutex<Option<String>>> = Arc::default();
         let tasks = vec![tokio::spawn(run_channel(
             Arc::clone(&whep.channel),
             Arc::clone(&channel),
             origin,
             Arc::clone(&sinks.meter),
+            Arc::clone(&ended),
         ))];
         Ok(Self {
             node_id: node_id.to_owned(),
@@ -209,6 +213,7 @@ impl Connection {
             whep,
             channel,
             last_packet_ms,
+            ended,
             tasks,
         })
     }
@@ -235,13 +240,14 @@ impl Connection {
     }
 }
 
-/// Reads the node's messages (`hello` fixes the capture-time origin, `pong` gives the RTT) and
-/// pings once a second.
+/// Reads the node's messages (`hello` fixes the capture-time origin, `pong` gives the RTT,
+/// `ended` says the node ended the session and why) and pings once a second.
 async fn run_channel(
     dc: Arc<dyn DataChannel>,
     open: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
     origin: Arc<Mutex<Option<Origin>>>,
     meter: Arc<Mutex<StatsMeter>>,
+    ended: Arc<Mutex<Option<String>>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut is_open = false;
@@ -259,6 +265,10 @@ async fn run_channel(
                             let rtp_epoch = v.get("rtp_epoch").and_then(|x| x.as_u64()).unwrap_or(0) as u32;
                             let epoch_unix_ms = v.get("epoch_unix_ms").and_then(|x| x.as_f64()).unwrap_or(0.0);
                             *origin.lock().unwrap_or_else(|p| p.into_inner()) = Some(Origin { rtp_epoch, epoch_unix_ms });
+                        }
+                        Some("ended") => {
+                            let reason = v.get("reason").and_then(|x| x.as_str()).unwrap_or("ended by the node");
+                            *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.chars().take(500).collect());
                         }
                         Some("pong") => {
                             if let Some(t) = v.get("t").and_then(|x| x.as_f64()) {

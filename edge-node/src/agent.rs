@@ -27,8 +27,8 @@ pub struct AgentConfig {
     pub price: u64,
     /// Sessions this node holds.
     pub max_sessions: u32,
-    /// Games hosted.
-    pub games: Vec<String>,
+    /// Games hosted, with versions.
+    pub games: Vec<crate::host::HostedGame>,
     /// The render device.
     pub gpu: types::GpuInfo,
     /// Encoders that work here.
@@ -129,7 +129,17 @@ impl Agent {
             capabilities: Some(types::NodeCapabilities {
                 gpu: Some(c.gpu.clone()),
                 encoders: c.encoders.clone(),
-                games_installed: c.games.clone(),
+                games_installed: c.games.iter().map(|g| g.id.clone()).collect(),
+                games: c
+                    .games
+                    .iter()
+                    .map(|g| types::GameVersion {
+                        id: g.id.clone(),
+                        version: g.version.clone(),
+                        name: g.name.clone(),
+                        modes: g.modes.clone(),
+                    })
+                    .collect(),
                 capacity: vec![types::SessionCapacity {
                     mode: Some(types::VideoMode {
                         width_px: 1280,
@@ -247,6 +257,11 @@ impl Agent {
                         cpu_load_percent: cpu_load_percent(),
                         gpu: Some(gpu_telemetry(&self.telemetry)),
                         signature: None,
+                        ended_sessions: node
+                            .take_ended()
+                            .into_iter()
+                            .map(|(session_id, reason)| pb::EndedSession { session_id, reason })
+                            .collect(),
                     }
                     .sign_with(&self.key);
                     if tx.send(hb).await.is_err() {

@@ -53,6 +53,9 @@ pub struct SessionResult {
     pub dropped_late: u64,
     /// Frames skipped because the encoder was busy.
     pub dropped_encoder_busy: u64,
+    /// From asking for the session to its first frame going to the encoder, ms (for a
+    /// packaged game: display, sandbox, the game until ready, capture).
+    pub start_ms: f64,
 }
 
 /// Everything a run measured.
@@ -127,14 +130,16 @@ pub fn run(host: &SessionHost, req: &BenchRequest) -> Result<BenchReport> {
         ));
     }
     let choice = host.encoder_for(req.settings.codec)?;
-    let (timings, max_fps, pipelined, per_session) = if req.sessions == 1 {
-        let (t, fps) = sequential(host, req, &choice.candidate)?;
-        let pipelined = pipelined_fps(host, req, &choice.candidate)?;
-        (t, Some(fps), Some(pipelined), Vec::new())
-    } else {
-        let (t, s) = side_by_side(host, req)?;
-        (t, None, None, s)
-    };
+    // A packaged game runs only as a real, paced session.
+    let (timings, max_fps, pipelined, per_session) =
+        if req.sessions == 1 && !host.is_packaged(&req.game) {
+            let (t, fps) = sequential(host, req, &choice.candidate)?;
+            let pipelined = pipelined_fps(host, req, &choice.candidate)?;
+            (t, Some(fps), Some(pipelined), Vec::new())
+        } else {
+            let (t, s) = side_by_side(host, req)?;
+            (t, None, None, s)
+        };
     let pick =
         |f: fn(&FrameTimings) -> f64| summarise(&mut timings.iter().map(f).collect::<Vec<_>>());
     let mode = req.settings.mode;
@@ -249,6 +254,7 @@ fn side_by_side(
     req: &BenchRequest,
 ) -> Result<(Vec<FrameTimings>, Vec<SessionResult>)> {
     let mode = req.settings.mode;
+    let mut start_ms = Vec::new();
     let sessions = (0..req.sessions)
         .map(|i| {
             let config = SessionConfig {
@@ -256,7 +262,13 @@ fn side_by_side(
                 game: req.game.clone(),
                 encoder: req.settings,
             };
-            host.start_session(&config, |_| {})
+            let asked = Instant::now();
+            let s = host.start_session(&config, |_| {})?;
+            while s.stats().frames_rendered == 0 && asked.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            start_ms.push(ms(asked.elapsed()));
+            Ok(s)
         })
         .collect::<Result<Vec<_>>>()?;
     // Warm up, then measure over the requested number of frame intervals.
@@ -277,6 +289,7 @@ fn side_by_side(
             fps: encoded as f64 / elapsed,
             dropped_late: a.dropped_late - b.dropped_late,
             dropped_encoder_busy: a.dropped_encoder_busy - b.dropped_encoder_busy,
+            start_ms: start_ms[i],
         });
     }
     for s in sessions {
@@ -327,11 +340,11 @@ impl BenchReport {
             s += &format!("one session, next frame rendered during encode: {fps:.1} fps\n");
         }
         if !self.per_session.is_empty() {
-            s += "\nsession   fps   dropped(late)   dropped(encoder busy)\n";
+            s += "\nsession   fps   dropped(late)   dropped(encoder busy)   start ms\n";
             for r in &self.per_session {
                 s += &format!(
-                    "{:<8}{:>6.1}{:>16}{:>24}\n",
-                    r.session, r.fps, r.dropped_late, r.dropped_encoder_busy
+                    "{:<8}{:>6.1}{:>16}{:>24}{:>11.0}\n",
+                    r.session, r.fps, r.dropped_late, r.dropped_encoder_busy, r.start_ms
                 );
             }
             if let Some(m) = self.min_session_fps {

@@ -1,4 +1,5 @@
-//! RGBA → I420 colour conversion on the CPU (BT.601, limited range), the encoders' input format.
+//! RGBA/BGRA → I420 colour conversion on the CPU (BT.601, limited range), the encoders' input
+//! format. Rendered frames are RGBA; frames captured from an X display are BGRx.
 //!
 //! On lavapipe a compute shader costs more CPU than this loop (see ARCHITECTURE.md's measured
 //! facts), and on an NVIDIA GPU the readback dominates anyway, so conversion stays here.
@@ -27,9 +28,45 @@ fn luma(r: i32, g: i32, b: i32) -> u8 {
     (((66 * r + 129 * g + 25 * b + 128) >> 8) + 16) as u8
 }
 
+/// The byte order of a 4-byte pixel; the fourth byte is alpha or padding and is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PixelOrder {
+    /// Red, green, blue, alpha (what the renderer reads back).
+    #[default]
+    Rgba,
+    /// Blue, green, red, padding (what an X server's 24-bit visual holds).
+    Bgrx,
+}
+
 /// Converts an RGBA picture (`src_stride` bytes per row) to I420. `width` and `height` must be
 /// even and the planes large enough; violating that panics rather than reading out of bounds.
 pub fn rgba_to_i420(
+    src: &[u8],
+    src_stride: usize,
+    width: usize,
+    height: usize,
+    out: I420Planes<'_>,
+) {
+    convert_rows::<false>(src, src_stride, width, height, out)
+}
+
+/// Converts a picture in `order` to I420; see [`rgba_to_i420`].
+pub fn to_i420(
+    order: PixelOrder,
+    src: &[u8],
+    src_stride: usize,
+    width: usize,
+    height: usize,
+    out: I420Planes<'_>,
+) {
+    match order {
+        PixelOrder::Rgba => convert_rows::<false>(src, src_stride, width, height, out),
+        PixelOrder::Bgrx => convert_rows::<true>(src, src_stride, width, height, out),
+    }
+}
+
+// One monomorphised loop per byte order keeps the inner loop free of branches.
+fn convert_rows<const BGR: bool>(
     src: &[u8],
     src_stride: usize,
     width: usize,
@@ -67,8 +104,10 @@ pub fn rgba_to_i420(
             .zip(y_bottom.chunks_exact_mut(2))
             .zip(u_row.iter_mut().zip(v_row.iter_mut()));
         for ((((t, b), yt), yb), (uo, vo)) in blocks {
-            let px =
-                |p: &[u8], i: usize| (i32::from(p[i]), i32::from(p[i + 1]), i32::from(p[i + 2]));
+            let px = |p: &[u8], i: usize| {
+                let (r, g, b) = (i32::from(p[i]), i32::from(p[i + 1]), i32::from(p[i + 2]));
+                if BGR { (b, g, r) } else { (r, g, b) }
+            };
             let (r0, g0, b0) = px(t, 0);
             let (r1, g1, b1) = px(t, 4);
             let (r2, g2, b2) = px(b, 0);
@@ -142,6 +181,30 @@ mod tests {
         assert_eq!(y, [235, 235, 16, 16, 235, 235, 16, 16]);
         assert_eq!(u, [128, 128]);
         assert_eq!(v, [128, 128]);
+    }
+
+    #[test]
+    fn bgrx_reads_blue_first() {
+        let px = [255u8, 0, 0, 0]; // blue in BGRx
+        let src: Vec<u8> = px.iter().copied().cycle().take(4 * 2 * 2).collect();
+        let (mut y, mut u, mut v) = (vec![0; 4], vec![0; 1], vec![0; 1]);
+        super::to_i420(
+            PixelOrder::Bgrx,
+            &src,
+            8,
+            2,
+            2,
+            I420Planes {
+                y: &mut y,
+                y_stride: 2,
+                u: &mut u,
+                u_stride: 1,
+                v: &mut v,
+                v_stride: 1,
+            },
+        );
+        assert!(y.iter().all(|&s| s.abs_diff(41) <= 1), "{y:?}");
+        assert!(u[0].abs_diff(240) <= 1 && v[0].abs_diff(110) <= 1);
     }
 
     #[test]

@@ -58,6 +58,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A packaged game would not start or stopped: it exited, crashed, or opened no window.
+    #[error("game {game}: {reason}")]
+    GameFailed {
+        /// The game's name.
+        game: String,
+        /// What it did, with its last output where there was some.
+        reason: String,
+    },
+
     /// A session's worker stopped unexpectedly.
     #[error("session {id}: {reason}")]
     Session {

@@ -20,6 +20,7 @@ pub mod pacing;
 pub mod record;
 pub mod render;
 pub mod reporter;
+pub mod runtime;
 pub mod session;
 pub mod stream;
 pub mod telemetry;

@@ -66,8 +66,19 @@ enum Command {
     },
     /// Serve game sessions to players over WebRTC (WHEP signalling).
     Serve(Box<ServeArgs>),
+    /// Install, list and remove packaged games (a directory with a pixelgrid-game.toml).
+    Games {
+        /// Where installed games live (what `serve --games-dir` reads).
+        #[arg(long, env = "PIXELGRID_GAMES_DIR", default_value = "games")]
+        dir: PathBuf,
+        #[command(subcommand)]
+        action: GamesAction,
+    },
     /// Measure render, readback, convert and encode time, and sessions per node.
     BenchPipeline {
+        /// Installed packaged games (see `edge-node games`), to measure one of them.
+        #[arg(long, env = "PIXELGRID_GAMES_DIR", default_value = "games")]
+        games_dir: PathBuf,
         /// Frames per session to measure.
         #[arg(long, default_value_t = 600)]
         frames: u64,
@@ -81,8 +92,39 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum GamesAction {
+    /// Install a package: a directory, a .tar/.tar.gz file, or an http(s):// URL of one.
+    /// Replaces an installed game of the same id.
+    Add {
+        /// Directory, archive path or URL.
+        source: String,
+        /// SHA-256 (hex) the archive must have; required for a URL, checked before unpacking.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+    /// List installed games.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an installed game.
+    Remove {
+        /// The game's id.
+        id: String,
+    },
+}
+
 #[derive(Args, Debug)]
 struct ServeArgs {
+    /// Installed packaged games to host (see `edge-node games`); built-in games are always hosted.
+    #[arg(long, env = "PIXELGRID_GAMES_DIR", default_value = "games")]
+    games_dir: PathBuf,
+    /// Where each packaged-game session gets its private directory (default:
+    /// /tmp/pixelgrid-sessions/<listen port>); what an earlier run left there is removed at start.
+    #[arg(long, env = "PIXELGRID_SESSION_DIR")]
+    session_dir: Option<PathBuf>,
     /// HTTP address for WHEP, health and (in dev mode) the player page.
     #[arg(long, env = "PIXELGRID_LISTEN", default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
@@ -315,7 +357,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(*args),
+        Command::Games { dir, action } => games(&dir, action),
         Command::BenchPipeline {
+            games_dir,
             frames,
             sessions,
             video,
@@ -323,7 +367,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mode = video.mode()?;
             let settings = encoder.settings(mode)?;
-            let host = SessionHost::start(Catalogue::default(), encoder.encoder.clone())?;
+            let store = edge_node::runtime::store::GameStore::open(&games_dir)?;
+            let runtime = edge_node::runtime::RuntimeConfig {
+                session_root: PathBuf::from(format!(
+                    "/tmp/pixelgrid-sessions/bench-{}",
+                    std::process::id()
+                )),
+                hidden: Vec::new(),
+            };
+            let host = SessionHost::start(Catalogue::default(), encoder.encoder.clone())?
+                .with_packaged(store.list()?, runtime)?;
             let report = bench::run(
                 &host,
                 &BenchRequest {
@@ -503,10 +556,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_sessions: args.listing.max_sessions as usize,
         identity: None,
     };
-    let host = std::sync::Arc::new(SessionHost::start(
-        Catalogue::default(),
-        args.encoder.clone(),
-    )?);
+    let store = edge_node::runtime::store::GameStore::open(&args.games_dir)?;
+    let runtime = edge_node::runtime::RuntimeConfig {
+        session_root: args.session_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(format!("/tmp/pixelgrid-sessions/{}", args.listen.port()))
+        }),
+        // Games must not see the directory holding this node's identity key.
+        hidden: std::path::absolute(&args.identity)
+            .ok()
+            .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+            .filter(|d| d.components().count() > 1)
+            .into_iter()
+            .collect(),
+    };
+    let host = std::sync::Arc::new(
+        SessionHost::start(Catalogue::default(), args.encoder.clone())?
+            .with_packaged(store.list()?, runtime)?,
+    );
+    for g in host.games() {
+        tracing::info!(id = %g.id, version = %g.version, packaged = g.packaged, "hosting game");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -597,6 +666,56 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `edge-node games ...`.
+#[allow(clippy::print_stdout)]
+fn games(dir: &std::path::Path, action: GamesAction) -> anyhow::Result<()> {
+    let store = edge_node::runtime::store::GameStore::open(dir)?;
+    match action {
+        GamesAction::Add { source, sha256 } => {
+            let g = store.add(&source, sha256.as_deref())?;
+            println!(
+                "installed {} {} ({}) into {}; content sha256 {}",
+                g.manifest.id,
+                g.manifest.version,
+                g.manifest.name,
+                g.dir.display(),
+                g.record.content_sha256
+            );
+        }
+        GamesAction::List { json } => {
+            let games = store.list()?;
+            if json {
+                let rows: Vec<_> = games.iter().map(|g| &g.record).collect();
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                println!("{:<20} {:<14} {:<24} MODES", "ID", "VERSION", "NAME");
+                for g in games {
+                    let modes: Vec<String> = g
+                        .manifest
+                        .modes
+                        .iter()
+                        .map(|m| format!("{}x{}@{}", m.width, m.height, m.fps))
+                        .collect();
+                    println!(
+                        "{:<20} {:<14} {:<24} {}",
+                        g.manifest.id,
+                        g.manifest.version,
+                        g.manifest.name,
+                        modes.join(" ")
+                    );
+                }
+            }
+        }
+        GamesAction::Remove { id } => {
+            if !store.remove(&id)? {
+                anyhow::bail!("no game {id:?} is installed in {}", dir.display());
+            }
+            println!("removed {id}");
+        }
+    }
+    Ok(())
+}
+
 /// How a node lists itself with the orchestrator.
 #[derive(Args, Debug, Clone)]
 struct Listing {
@@ -635,7 +754,7 @@ fn agent_config(
         region: listing.region.clone(),
         price: listing.price,
         max_sessions: listing.max_sessions,
-        games: host.catalogue().ids(),
+        games: host.games(),
         gpu: types::GpuInfo {
             vendor: info.vendor.clone(),
             model: info.name.clone(),

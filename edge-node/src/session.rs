@@ -126,6 +126,8 @@ enum Control {
 pub struct Session {
     id: String,
     control: mpsc::Sender<Control>,
+    // A packaged game takes input straight into its display, not on the next frame.
+    game_input: Option<Arc<crate::runtime::GameInput>>,
     counters: Arc<SessionCounters>,
     started: Instant,
     worker: Mutex<Option<JoinHandle<()>>>,
@@ -141,17 +143,70 @@ struct PendingFrame {
     convert_ms: f64,
 }
 
+// The encoder end every kind of session shares: frames in, with their timings noted for when
+// the encoded frame comes out.
+struct FramePush {
+    encoder: Encoder,
+    counters: Arc<SessionCounters>,
+    pending: Arc<Mutex<VecDeque<PendingFrame>>>,
+    keyframe_requested: bool,
+}
+
+impl FramePush {
+    fn new(
+        encoder: Encoder,
+        counters: &Arc<SessionCounters>,
+        on_frame: impl FnMut(SessionFrame) + Send + 'static,
+    ) -> Self {
+        let pending: Arc<Mutex<VecDeque<PendingFrame>>> = Arc::default();
+        install_delivery(
+            &encoder,
+            Arc::clone(&pending),
+            Arc::clone(counters),
+            on_frame,
+        );
+        Self {
+            encoder,
+            counters: Arc::clone(counters),
+            pending,
+            keyframe_requested: false,
+        }
+    }
+
+    fn push(&mut self, buffer: gstreamer::Buffer, frame: PendingFrame) -> Result<()> {
+        let pts = frame.pts;
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(frame);
+        let keyframe = std::mem::take(&mut self.keyframe_requested);
+        self.encoder.push(buffer, pts, keyframe)?;
+        self.counters
+            .frames_rendered
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// True (and counted) when the encoder still has the previous frame.
+    fn busy(&self) -> bool {
+        let busy = self.encoder.is_busy();
+        if busy {
+            self.counters
+                .dropped_encoder_busy
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        busy
+    }
+}
+
 struct Worker {
     game: Box<dyn Game>,
     renderer: Renderer,
-    encoder: Encoder,
+    out: FramePush,
     pacer: FramePacer,
     input: InputState,
     draw: DrawList,
     control: mpsc::Receiver<Control>,
-    counters: Arc<SessionCounters>,
-    pending: Arc<Mutex<VecDeque<PendingFrame>>>,
-    keyframe_requested: bool,
     width: u32,
     height: u32,
 }
@@ -173,52 +228,98 @@ impl Session {
         let renderer = Renderer::new(vulkan, mode.width, mode.height)?;
         let encoder = Encoder::open(encoder, &config.encoder)?;
         let counters = Arc::new(SessionCounters::default());
-        let pending: Arc<Mutex<VecDeque<PendingFrame>>> = Arc::default();
-        install_delivery(
-            &encoder,
-            Arc::clone(&pending),
-            Arc::clone(&counters),
-            on_frame,
-        );
+        let out = FramePush::new(encoder, &counters, on_frame);
         let (tx, rx) = mpsc::channel();
         let worker = Worker {
             game,
             renderer,
-            encoder,
+            out,
             pacer: FramePacer::new(mode.fps),
             input: InputState::default(),
             draw: DrawList::default(),
             control: rx,
-            counters: Arc::clone(&counters),
-            pending,
-            keyframe_requested: false,
             width: mode.width,
             height: mode.height,
         };
-        let span = tracing::info_span!("session", id = %config.id, game = %config.game);
-        let thread_counters = Arc::clone(&counters);
-        let handle = std::thread::Builder::new()
-            .name(format!(
-                "session-{}",
-                config.id.chars().take(8).collect::<String>()
-            ))
-            .spawn(move || {
-                let _enter = span.enter();
-                if let Err(e) = worker.run() {
-                    tracing::error!(error = %e, "session failed");
-                    *thread_counters
-                        .failure
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                }
-            })
-            .map_err(|e| Error::Session {
-                id: config.id.clone(),
-                reason: format!("cannot start thread: {e}"),
-            })?;
+        let started = Instant::now();
+        let handle = spawn_worker(config, &counters, move || worker.run())?;
         Ok(Self {
             id: config.id.clone(),
             control: tx,
+            game_input: None,
+            counters,
+            started,
+            worker: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Starts a session of a packaged game: its private world, display capture and encoder, on
+    /// a thread of its own. Returns once the game is ready, or with why it did not get there.
+    pub fn start_packaged(
+        runtime: &crate::runtime::RuntimeConfig,
+        game: &crate::runtime::store::InstalledGame,
+        encoder: &EncoderCandidate,
+        config: &SessionConfig,
+        on_frame: impl FnMut(SessionFrame) + Send + 'static,
+    ) -> Result<Self> {
+        let mode = config.encoder.mode;
+        let encoder = Encoder::open(encoder, &config.encoder)?;
+        let counters = Arc::new(SessionCounters::default());
+        let out = FramePush::new(encoder, &counters, on_frame);
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (runtime, game, id) = (runtime.clone(), game.clone(), config.id.clone());
+        // The world is made on the session's own thread: the sandbox dies with the thread that
+        // started it, so it must be the one that lives as long as the session.
+        let handle = spawn_worker(config, &counters, move || {
+            let world = crate::runtime::World::start(&runtime, &game, mode, &id);
+            let world = match world {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let capture = match crate::runtime::capture::Capture::open(
+                &world.display_name(),
+                mode.width,
+                mode.height,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let _ = ready_tx.send(Ok(Arc::clone(world.input())));
+            CaptureWorker {
+                capture,
+                world,
+                out,
+                pacer: FramePacer::new(mode.fps),
+                control: rx,
+                mode,
+            }
+            .run()
+        })?;
+        let input = match ready_rx.recv() {
+            Ok(Ok(input)) => input,
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = handle.join();
+                return Err(Error::Session {
+                    id: config.id.clone(),
+                    reason: "the session thread stopped while starting".into(),
+                });
+            }
+        };
+        Ok(Self {
+            id: config.id.clone(),
+            control: tx,
+            game_input: Some(input),
             counters,
             started: Instant::now(),
             worker: Mutex::new(Some(handle)),
@@ -233,13 +334,28 @@ impl Session {
     /// Validates and forwards one input event to the game.
     pub fn send_input(&self, event: InputEvent) -> Result<(), InputRejected> {
         event.validate()?;
-        let _ = self.control.send(Control::Input(event));
+        match &self.game_input {
+            Some(game) => match game.send(&event) {
+                Ok(()) => {
+                    self.counters.input_events.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(session = %self.id, error = %e, "input not delivered"),
+            },
+            None => {
+                let _ = self.control.send(Control::Input(event));
+            }
+        }
         Ok(())
     }
 
     /// Lets go of every key and button (the player's channel closed or went silent).
     pub fn release_all_input(&self) {
-        let _ = self.control.send(Control::ReleaseAll);
+        match &self.game_input {
+            Some(game) => game.release_all(),
+            None => {
+                let _ = self.control.send(Control::ReleaseAll);
+            }
+        }
     }
 
     /// Makes the next frame a keyframe (a viewer joined or lost packets).
@@ -318,6 +434,31 @@ impl Drop for Session {
     }
 }
 
+fn spawn_worker(
+    config: &SessionConfig,
+    counters: &Arc<SessionCounters>,
+    work: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<JoinHandle<()>> {
+    let span = tracing::info_span!("session", id = %config.id, game = %config.game);
+    let counters = Arc::clone(counters);
+    std::thread::Builder::new()
+        .name(format!(
+            "session-{}",
+            config.id.chars().take(8).collect::<String>()
+        ))
+        .spawn(move || {
+            let _enter = span.enter();
+            if let Err(e) = work() {
+                tracing::error!(error = %e, "session failed");
+                *counters.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+        })
+        .map_err(|e| Error::Session {
+            id: config.id.clone(),
+            reason: format!("cannot start thread: {e}"),
+        })
+}
+
 fn install_delivery(
     encoder: &Encoder,
     pending: Arc<Mutex<VecDeque<PendingFrame>>>,
@@ -372,12 +513,15 @@ impl Worker {
         match c {
             Control::Input(e) => {
                 if self.input.apply(&e).is_ok() {
-                    self.counters.input_events.fetch_add(1, Ordering::Relaxed);
+                    self.out
+                        .counters
+                        .input_events
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
             Control::ReleaseAll => self.input.release_all(),
-            Control::Keyframe => self.keyframe_requested = true,
-            Control::Bitrate(kbps) => self.encoder.set_bitrate_kbps(kbps)?,
+            Control::Keyframe => self.out.keyframe_requested = true,
+            Control::Bitrate(kbps) => self.out.encoder.set_bitrate_kbps(kbps)?,
             Control::Stop => return Ok(false),
         }
         Ok(true)
@@ -386,7 +530,7 @@ impl Worker {
     fn run(mut self) -> Result<()> {
         let result = self.run_until_stopped();
         // Deliver what is still inside the encoder before the pipeline is torn down.
-        let drained = self.encoder.drain(Duration::from_secs(2));
+        let drained = self.out.encoder.drain(Duration::from_secs(2));
         result.and(drained)
     }
 
@@ -418,17 +562,15 @@ impl Worker {
                             return Ok(());
                         }
                     }
-                    self.counters
+                    self.out
+                        .counters
                         .dropped_late
                         .fetch_add(skipped, Ordering::Relaxed);
                     self.game
                         .advance(Duration::from_micros(due_us - last_due_us), &self.input);
                     self.input.end_frame();
                     last_due_us = due_us;
-                    if self.encoder.is_busy() {
-                        self.counters
-                            .dropped_encoder_busy
-                            .fetch_add(1, Ordering::Relaxed);
+                    if self.out.busy() {
                         continue;
                     }
                     self.render_and_push(tick, epoch)?;
@@ -446,31 +588,123 @@ impl Worker {
         self.game.record(&info, &mut self.draw);
         let started = Instant::now();
         let ticket = self.renderer.submit(&self.draw)?;
-        let encoder = &self.encoder;
+        let encoder = &self.out.encoder;
         let ((ready, buffer), gpu) = self
             .renderer
             .read(ticket, |frame| (Instant::now(), encoder.convert(frame)))?;
         let buffer = buffer?;
         let converted = Instant::now();
         let (render_ms, readback_ms) = FrameTimings::split_gpu(ms(ready - started), gpu);
-        let pts = started - epoch;
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(PendingFrame {
-                pts,
+        let frame = PendingFrame {
+            pts: started - epoch,
+            number: tick,
+            started,
+            pushed: converted,
+            render_ms,
+            readback_ms,
+            convert_ms: ms(converted - ready),
+        };
+        self.out.push(buffer, frame)
+    }
+}
+
+// A packaged game's session: the display's picture grabbed on each tick of the session's frame
+// clock into the encoder; the game's exit ends the session with the reason.
+struct CaptureWorker {
+    // Before `world`: the capture lets go of the display before the display goes.
+    capture: crate::runtime::capture::Capture,
+    world: crate::runtime::World,
+    out: FramePush,
+    pacer: FramePacer,
+    control: mpsc::Receiver<Control>,
+    mode: crate::video::VideoMode,
+}
+
+impl CaptureWorker {
+    fn run(mut self) -> Result<()> {
+        let result = self.run_until_stopped();
+        let drained = self.out.encoder.drain(Duration::from_secs(2));
+        result.and(drained)
+    }
+
+    /// Applies one control message; false means stop. Input goes straight to the display
+    /// (`Session::send_input`), not through here.
+    fn handle(&mut self, c: Control) -> Result<bool> {
+        match c {
+            Control::Stop => return Ok(false),
+            Control::Keyframe => self.out.keyframe_requested = true,
+            Control::Bitrate(kbps) => self.out.encoder.set_bitrate_kbps(kbps)?,
+            Control::Input(_) | Control::ReleaseAll => {}
+        }
+        Ok(true)
+    }
+
+    fn run_until_stopped(&mut self) -> Result<()> {
+        let epoch = Instant::now();
+        let mut pinned = Instant::now();
+        loop {
+            let now_us = epoch.elapsed().as_micros() as u64;
+            let (tick, skipped) = match self.pacer.poll(now_us) {
+                Pace::SleepUntil(due) => {
+                    match self
+                        .control
+                        .recv_timeout(Duration::from_micros(due - now_us))
+                    {
+                        Ok(c) => {
+                            if !self.handle(c)? {
+                                return Ok(());
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                    }
+                    continue;
+                }
+                Pace::Render { tick, skipped, .. } => (tick, skipped),
+            };
+            while let Ok(c) = self.control.try_recv() {
+                if !self.handle(c)? {
+                    return Ok(());
+                }
+            }
+            self.out
+                .counters
+                .dropped_late
+                .fetch_add(skipped, Ordering::Relaxed);
+            if let Some(reason) = self.world.exited() {
+                return Err(Error::GameFailed {
+                    game: self.world.game_name().to_owned(),
+                    reason: format!("it {reason}"),
+                });
+            }
+            if pinned.elapsed() >= Duration::from_millis(500) {
+                self.world.keep_windows_pinned();
+                pinned = Instant::now();
+            }
+            if self.out.busy() {
+                continue;
+            }
+            let started = Instant::now();
+            let picture = crate::render::RgbaFrame {
+                order: crate::convert::PixelOrder::Bgrx,
+                data: self.capture.grab()?,
+                stride: self.mode.width as usize * 4,
+                width: self.mode.width,
+                height: self.mode.height,
+            };
+            let grabbed = Instant::now();
+            let buffer = self.out.encoder.convert(&picture)?;
+            let converted = Instant::now();
+            let frame = PendingFrame {
+                pts: started - epoch,
                 number: tick,
                 started,
                 pushed: converted,
-                render_ms,
-                readback_ms,
-                convert_ms: ms(converted - ready),
-            });
-        let keyframe = std::mem::take(&mut self.keyframe_requested);
-        self.encoder.push(buffer, pts, keyframe)?;
-        self.counters
-            .frames_rendered
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(())
+                render_ms: 0.0,
+                readback_ms: ms(grabbed - started),
+                convert_ms: ms(converted - grabbed),
+            };
+            self.out.push(buffer, frame)?;
+        }
     }
 }

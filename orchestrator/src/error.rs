@@ -24,6 +24,9 @@ pub enum Error {
     /// A node request whose signature does not verify.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// No ready node has the game (at the version) asked for; names what the grid offers.
+    #[error("{0}")]
+    GameUnavailable(String),
     /// No such node, session or launch.
     #[error("{0} not found")]
     NotFound(String),

@@ -4,7 +4,8 @@
 //! | method | path | what |
 //! | --- | --- | --- |
 //! | GET | `/api/info` | `{"mode":"grid"}` — tells the page it is on a grid |
-//! | POST | `/api/sessions` | `{game,width,height,fps,region}` → `{launch_id, candidates:[{node_id, probe_url}]}` |
+//! | GET | `/api/games` | `{games:[{id,version,name,modes,ready_nodes,free_slots}]}` — the grid's catalogue |
+//! | POST | `/api/sessions` | `{game,version?,width,height,fps,region}` → `{launch_id, candidates:[{node_id, probe_url}]}`; `404` when no ready node has the game |
 //! | POST | `/api/sessions/{launch_id}/choose` | `{rtt_ms:{node_id:ms}}` → `{session_id, node_id, token, whep_url, rejected}` |
 //! | DELETE | `/api/sessions/{session_id}` | end it |
 //! | GET | `/`, `/player.js` | the player page and browser SDK |
@@ -34,7 +35,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self.0 {
             Error::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::NotFound(_) | Error::GameUnavailable(_) => StatusCode::NOT_FOUND,
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::NoCapacity(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -66,6 +67,8 @@ struct LaunchBody {
     fps: u32,
     #[serde(default)]
     region: String,
+    #[serde(default)]
+    version: String,
 }
 
 fn arena() -> String {
@@ -117,10 +120,26 @@ pub fn router(grid: Arc<Grid>) -> axum::Router {
                 )
             }),
         )
+        .route("/api/games", get(games))
         .route("/api/sessions", post(launch))
         .route("/api/sessions/{id}/choose", post(choose))
         .route("/api/sessions/{id}", delete(end))
         .with_state(grid)
+}
+
+async fn games(State(grid): State<Arc<Grid>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = grid.list_games().await?;
+    let games: Vec<_> = r
+        .games
+        .iter()
+        .map(|g| {
+            json!({
+                "id": g.id, "version": g.version, "name": g.name, "modes": g.modes,
+                "ready_nodes": g.ready_nodes, "free_slots": g.free_slots,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "games": games })))
 }
 
 async fn launch(
@@ -140,6 +159,7 @@ async fn launch(
                 ..Default::default()
             }),
             max_candidates: 0,
+            game_version: b.version,
         })
         .await?;
     let candidates: Vec<_> = r

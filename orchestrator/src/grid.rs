@@ -51,6 +51,8 @@ impl Default for GridConfig {
 struct LaunchRecord {
     v: u32,
     game: String,
+    #[serde(default)]
+    version: Option<String>,
     region: String,
     width: u32,
     height: u32,
@@ -300,6 +302,21 @@ impl Grid {
                 id: id.clone(),
                 ready: true,
                 region: req.region.map(|r| r.code).unwrap_or_default(),
+                offers: caps
+                    .games
+                    .iter()
+                    .filter(|g| caps.games_installed.contains(&g.id))
+                    .map(|g| {
+                        (
+                            g.id.clone(),
+                            crate::placement::GameOffer {
+                                version: g.version.clone(),
+                                name: g.name.chars().take(80).collect(),
+                                modes: g.modes.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
                 games: caps.games_installed,
                 capacity,
                 used: 0,
@@ -400,6 +417,17 @@ impl Grid {
         for sid in &hb.connected_session_ids {
             self.transition(sid, Some(&id), SessionEvent::Connected, "")
                 .await?;
+        }
+        // Sessions the node ended itself fail with its reason (before "the player left" below).
+        for ended in hb.ended_sessions.iter().take(256) {
+            let reason: String = ended.reason.chars().take(300).collect();
+            self.transition(
+                &ended.session_id,
+                Some(&id),
+                SessionEvent::NodeLost,
+                &format!("the node ended it: {reason}"),
+            )
+            .await?;
         }
         // Active sessions the node no longer runs have ended there (the player left).
         for s in self
@@ -533,9 +561,16 @@ impl Grid {
         if req.max_candidates > 20 {
             return Err(invalid("max_candidates", "at most 20"));
         }
+        if req.game_version.len() > 32 {
+            return Err(invalid("game_version", "at most 32 characters"));
+        }
+        let version = (!req.game_version.is_empty()).then(|| req.game_version.clone());
+        let mode_text = format!("{}x{}@{}", mode.width_px, mode.height_px, mode.fps);
         let region = req.player_region.map(|r| r.code).unwrap_or_default();
         let preq = Request {
             game: req.game.clone(),
+            version: version.clone(),
+            mode: Some(mode_text.clone()),
             region: region.clone(),
             max_price: (c.max_micro_credits_per_minute > 0)
                 .then_some(c.max_micro_credits_per_minute),
@@ -549,12 +584,38 @@ impl Grid {
         let views: Vec<NodeView> = records.iter().map(|(r, _)| r.view.clone()).collect();
         let picked = placement::candidates(&views, &preq, &policy);
         if picked.ranked.is_empty() {
+            // A game nobody can run is not a capacity problem: say what the grid does offer.
+            let ready_with_game = views
+                .iter()
+                .filter(|n| n.ready && n.has_game(&req.game, version.as_deref()))
+                .count();
+            if ready_with_game == 0 {
+                let offered: Vec<String> = games_listing(&views)
+                    .into_iter()
+                    .filter(|g| g.ready_nodes > 0)
+                    .map(|g| format!("{} {}", g.id, g.version))
+                    .collect();
+                return Err(Error::GameUnavailable(format!(
+                    "no ready node has game {:?}{}; the grid offers: {}",
+                    req.game.chars().take(64).collect::<String>(),
+                    version
+                        .as_deref()
+                        .map(|v| format!(" version {v:?}"))
+                        .unwrap_or_default(),
+                    if offered.is_empty() {
+                        "nothing yet".into()
+                    } else {
+                        offered.join(", ")
+                    }
+                )));
+            }
             return Err(Error::NoCapacity(picked.summary()));
         }
         let launch_id = random_id();
         let launch = LaunchRecord {
             v: 1,
             game: req.game,
+            version,
             region,
             width: mode.width_px,
             height: mode.height_px,
@@ -595,6 +656,16 @@ impl Grid {
             launch_id,
             candidates,
             choose_before_unix_ms: launch.created_ms + self.config.launch_ttl.as_millis() as u64,
+        })
+    }
+
+    /// The grid's catalogue from the registry: each (game, version) with its modes and how many
+    /// ready nodes have it.
+    pub async fn list_games(&self) -> Result<pb::ListGamesResponse> {
+        let records = slots::node_records(self.store.as_ref()).await?;
+        let views: Vec<NodeView> = records.into_iter().map(|(r, _)| r.view).collect();
+        Ok(pb::ListGamesResponse {
+            games: games_listing(&views),
         })
     }
 
@@ -712,6 +783,8 @@ impl Grid {
         }
         let preq = Request {
             game: launch.game.clone(),
+            version: launch.version.clone(),
+            mode: Some(format!("{}x{}@{}", launch.width, launch.height, launch.fps)),
             region: launch.region.clone(),
             rtt_ms: rtt,
             max_latency_ms: (launch.max_latency_ms > 0).then_some(launch.max_latency_ms),
@@ -988,4 +1061,32 @@ pub fn to_proto(s: &SessionRecord) -> pb::Session {
         updated_unix_ms: s.updated_ms,
         end_reason: s.reason.clone(),
     }
+}
+
+/// Folds nodes' games into one listing per (id, version); see [`Grid::list_games`].
+pub fn games_listing(views: &[NodeView]) -> Vec<pb::GameListing> {
+    let mut out: std::collections::BTreeMap<(String, String), pb::GameListing> = Default::default();
+    for n in views {
+        for id in &n.games {
+            let offer = n.offers.get(id).cloned().unwrap_or_default();
+            let entry = out
+                .entry((id.clone(), offer.version.clone()))
+                .or_insert_with(|| pb::GameListing {
+                    id: id.clone(),
+                    version: offer.version.clone(),
+                    name: if offer.name.is_empty() {
+                        id.clone()
+                    } else {
+                        offer.name.clone()
+                    },
+                    modes: offer.modes.clone(),
+                    ..Default::default()
+                });
+            if n.ready {
+                entry.ready_nodes += 1;
+                entry.free_slots += n.capacity.saturating_sub(n.used);
+            }
+        }
+    }
+    out.into_values().collect()
 }

@@ -27,6 +27,10 @@ pub struct NodeView {
     pub region: String,
     /// Games installed.
     pub games: Vec<String>,
+    /// Version and modes of each installed game, by id (absent in records from nodes that did
+    /// not say: any version, any mode).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub offers: BTreeMap<String, GameOffer>,
     /// Sessions it can hold.
     pub capacity: u32,
     /// Sessions it holds now (reserved or active).
@@ -35,9 +39,38 @@ pub struct NodeView {
     pub price: u64,
 }
 
+/// One installed game's version and modes on a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GameOffer {
+    /// The installed version.
+    pub version: String,
+    /// Shown to players.
+    #[serde(default)]
+    pub name: String,
+    /// Modes it plays in (`WIDTHxHEIGHT@FPS`); empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modes: Vec<String>,
+}
+
 impl NodeView {
     fn free(&self) -> u32 {
         self.capacity.saturating_sub(self.used)
+    }
+
+    /// True when the node has `game`, at `version` when one is asked for.
+    pub fn has_game(&self, game: &str, version: Option<&str>) -> bool {
+        self.games.iter().any(|g| g == game)
+            && match (version, self.offers.get(game)) {
+                (None, _) => true,
+                (Some(v), Some(offer)) => offer.version == v,
+                (Some(_), None) => false,
+            }
+    }
+
+    fn plays_in(&self, game: &str, mode: &str) -> bool {
+        self.offers
+            .get(game)
+            .is_none_or(|o| o.modes.is_empty() || o.modes.iter().any(|m| m == mode))
     }
 }
 
@@ -91,6 +124,10 @@ impl Policy {
 pub struct Request {
     /// Game id.
     pub game: String,
+    /// Game version; `None` takes whatever version a node has.
+    pub version: Option<String>,
+    /// The mode asked for (`WIDTHxHEIGHT@FPS`); `None` matches any.
+    pub mode: Option<String>,
     /// Player's region (candidates in it come first).
     pub region: String,
     /// Measured round trip to each node, ms. Empty in the candidate step.
@@ -109,8 +146,10 @@ pub struct Request {
 pub enum Rejection {
     /// Draining or otherwise not taking sessions.
     NotReady,
-    /// The game is not installed.
+    /// The game (at the version asked for) is not installed.
     NoGame,
+    /// The game is installed but does not play in the mode asked for.
+    ModeNotOffered,
     /// Every slot is taken.
     Full,
     /// Asks more than the player's limit.
@@ -135,7 +174,8 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejection::NotReady => write!(f, "not taking sessions (draining)"),
-            Rejection::NoGame => write!(f, "game not installed"),
+            Rejection::NoGame => write!(f, "game (at that version) not installed"),
+            Rejection::ModeNotOffered => write!(f, "game not offered in that mode"),
             Rejection::Full => write!(f, "no free slot"),
             Rejection::TooExpensive { price, max } => {
                 write!(f, "price {price} over the limit {max}")
@@ -183,8 +223,14 @@ impl Placement {
 fn basic_rejection(n: &NodeView, req: &Request) -> Option<Rejection> {
     if !n.ready {
         Some(Rejection::NotReady)
-    } else if !n.games.iter().any(|g| g == &req.game) {
+    } else if !n.has_game(&req.game, req.version.as_deref()) {
         Some(Rejection::NoGame)
+    } else if req
+        .mode
+        .as_deref()
+        .is_some_and(|m| !n.plays_in(&req.game, m))
+    {
+        Some(Rejection::ModeNotOffered)
     } else if n.free() == 0 {
         Some(Rejection::Full)
     } else {
@@ -286,6 +332,7 @@ mod tests {
             ready: true,
             region: "eu-west".into(),
             games: vec!["arena".into()],
+            offers: BTreeMap::new(),
             capacity,
             used,
             price: 100,
@@ -331,6 +378,31 @@ mod tests {
         draining.ready = false;
         let mut pricey = node("p", 0, 4);
         pricey.price = 999;
+        let mut versioned = node("v", 0, 4);
+        versioned.offers.insert(
+            "arena".into(),
+            GameOffer {
+                version: "2.0".into(),
+                name: "Arena".into(),
+                modes: vec!["640x480@30".into()],
+            },
+        );
+        let ask = |version: Option<&str>, mode: Option<&str>| {
+            let r = Request {
+                game: "arena".into(),
+                version: version.map(str::to_owned),
+                mode: mode.map(str::to_owned),
+                ..Request::default()
+            };
+            basic_rejection(&versioned, &r)
+        };
+        assert_eq!(ask(None, None), None);
+        assert_eq!(ask(Some("2.0"), Some("640x480@30")), None);
+        assert_eq!(ask(Some("1.0"), None), Some(Rejection::NoGame));
+        assert_eq!(
+            ask(None, Some("1280x720@60")),
+            Some(Rejection::ModeNotOffered)
+        );
         let mut other_game = node("g", 0, 4);
         other_game.games = vec!["tetris".into()];
         let nodes = [
@@ -424,6 +496,7 @@ mod tests {
                         } else {
                             vec![]
                         },
+                        offers: BTreeMap::new(),
                         capacity,
                         used: next(u64::from(capacity) + 2) as u32,
                         price: next(300),

@@ -19,7 +19,7 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } => Status::invalid_argument(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
             Error::Unauthenticated(_) => Status::unauthenticated(msg),
-            Error::NotFound(_) => Status::not_found(msg),
+            Error::NotFound(_) | Error::GameUnavailable(_) => Status::not_found(msg),
             _ => Status::internal(msg),
         }
     }
@@ -143,6 +143,17 @@ impl Orchestrator for OrchestratorService {
                 }),
                 capabilities: Some(types::NodeCapabilities {
                     games_installed: r.view.games.clone(),
+                    games: r
+                        .view
+                        .offers
+                        .iter()
+                        .map(|(id, o)| types::GameVersion {
+                            id: id.clone(),
+                            version: o.version.clone(),
+                            name: o.name.clone(),
+                            modes: o.modes.clone(),
+                        })
+                        .collect(),
                     ..Default::default()
                 }),
                 whep_base_url: r.whep_base_url,
@@ -160,6 +171,13 @@ impl Orchestrator for OrchestratorService {
             });
         }
         Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn list_games(
+        &self,
+        _r: Request<pb::ListGamesRequest>,
+    ) -> Result<Response<pb::ListGamesResponse>, Status> {
+        Ok(Response::new(self.grid.list_games().await?))
     }
 
     async fn list_sessions(

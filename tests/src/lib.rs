@@ -410,9 +410,41 @@ impl TestGrid {
         max_sessions: u32,
         delay: Option<Duration>,
     ) -> SocketAddr {
-        let host = Arc::new(
-            SessionHost::start(Catalogue::default(), None).expect("Vulkan and GStreamer must work"),
-        );
+        let host =
+            SessionHost::start(Catalogue::default(), None).expect("Vulkan and GStreamer must work");
+        self.add_node_on(host, seed, max_sessions, delay)
+    }
+
+    /// Starts one more edge node that also hosts the packaged games installed in `games`,
+    /// running their sessions' worlds under `sessions`.
+    pub fn add_node_hosting(
+        &mut self,
+        seed: u8,
+        max_sessions: u32,
+        games: &edge_node::runtime::store::GameStore,
+        sessions: &std::path::Path,
+    ) -> SocketAddr {
+        let host = SessionHost::start(Catalogue::default(), None)
+            .expect("Vulkan and GStreamer must work")
+            .with_packaged(
+                games.list().expect("installed games"),
+                edge_node::runtime::RuntimeConfig {
+                    session_root: sessions.to_path_buf(),
+                    hidden: vec![],
+                },
+            )
+            .expect("session directory");
+        self.add_node_on(host, seed, max_sessions, None)
+    }
+
+    fn add_node_on(
+        &mut self,
+        host: SessionHost,
+        seed: u8,
+        max_sessions: u32,
+        delay: Option<Duration>,
+    ) -> SocketAddr {
+        let host = Arc::new(host);
         let orchestrator_url = format!("http://{}", self.orchestrator);
         let reporting = self.reporting.clone();
         let (addr, node, tasks) = self.runtime.block_on(async move {
@@ -430,7 +462,7 @@ impl TestGrid {
                 region: "local".into(),
                 price: 0,
                 max_sessions,
-                games: host.catalogue().ids(),
+                games: host.games(),
                 gpu: pixelgrid_proto::types::v1::GpuInfo {
                     model: info.name,
                     cpu_fallback: info.cpu_fallback,

@@ -16,6 +16,7 @@ fn node(i: usize, capacity: u32) -> NodeView {
         ready: true,
         region: "local".into(),
         games: vec!["arena".into()],
+        offers: Default::default(),
         capacity,
         used: 0,
         price: 0,

@@ -26,6 +26,7 @@ fn launch_request(game: &str) -> pb::CreateSessionRequest {
             ..Default::default()
         }),
         max_candidates: 0,
+        game_version: String::new(),
     }
 }
 
@@ -237,9 +238,11 @@ fn bad_requests_get_precise_grpc_statuses() {
             .create_session(launch_request("tetris"))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        // A game no ready node has is not a capacity problem: it is answered as such.
+        assert_eq!(e.code(), tonic::Code::NotFound);
         assert!(
-            e.message().contains("game not installed"),
+            e.message().contains("no ready node has game \"tetris\"")
+                && e.message().contains("arena"),
             "{}",
             e.message()
         );

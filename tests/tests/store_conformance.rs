@@ -147,6 +147,7 @@ fn grid_node(i: usize) -> NodeView {
         ready: true,
         region: "eu-west".into(),
         games: vec!["arena".into()],
+        offers: Default::default(),
         capacity: 4,
         used: 0,
         price: 100,

@@ -1,7 +1,7 @@
 //! The GStreamer side: building, feeding and draining one encoder pipeline.
 
 use super::{EncoderCandidate, EncoderChoice, EncoderSettings, choose};
-use crate::convert::{I420Planes, rgba_to_i420};
+use crate::convert::{I420Planes, to_i420};
 use crate::render::RgbaFrame;
 use crate::video::{Codec, VideoMode};
 use crate::{Error, Result};
@@ -249,7 +249,7 @@ impl Encoder {
         &self.candidate
     }
 
-    /// Converts a rendered RGBA frame into an I420 buffer from this encoder's pool.
+    /// Converts a rendered or captured frame into an I420 buffer from this encoder's pool.
     pub fn convert(&self, frame: &RgbaFrame<'_>) -> Result<gst::Buffer> {
         let mut buffer = self
             .pool
@@ -265,7 +265,8 @@ impl Encoder {
             let strides = self.info.stride();
             let (y, rest) = data.split_at_mut(offsets[1]);
             let (u, v) = rest.split_at_mut(offsets[2] - offsets[1]);
-            rgba_to_i420(
+            to_i420(
+                frame.order,
                 frame.data,
                 frame.stride,
                 frame.width as usize,
@@ -464,6 +465,7 @@ fn test_encode(candidate: &EncoderCandidate, codec: Codec) -> std::result::Resul
     let enc = Encoder::open(candidate, &settings).map_err(|e| e.to_string())?;
     let grey = vec![128u8; 320 * 240 * 4];
     let frame = RgbaFrame {
+        order: crate::convert::PixelOrder::Rgba,
         data: &grey,
         stride: 320 * 4,
         width: 320,

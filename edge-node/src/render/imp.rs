@@ -881,6 +881,7 @@ impl Renderer {
             std::slice::from_raw_parts(slot.readback.ptr.cast::<u8>(), slot.readback.size)
         };
         let frame = RgbaFrame {
+            order: crate::convert::PixelOrder::Rgba,
             data,
             stride: self.width as usize * 4,
             width: self.width,

@@ -84,9 +84,12 @@ pub struct FrameTicket {
     seq: u64,
 }
 
-/// A finished frame in host memory: tightly packed RGBA rows.
+/// A finished frame in host memory: rows of 4-byte pixels (RGBA when rendered, BGRx when
+/// captured from a display).
 #[derive(Debug)]
 pub struct RgbaFrame<'a> {
+    /// Byte order of each pixel.
+    pub order: crate::convert::PixelOrder,
     /// `height` rows of `stride` bytes.
     pub data: &'a [u8],
     /// Bytes per row (`width * 4`).

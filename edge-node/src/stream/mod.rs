@@ -80,6 +80,10 @@ pub struct RejectCounters {
     pub forbidden: AtomicU64,
     /// Unknown session, viewer or game.
     pub not_found: AtomicU64,
+    /// A packaged game that would not start: it exited, crashed or opened no window in time.
+    pub game_failed: AtomicU64,
+    /// Full, draining, or a part of the node (display, encoder) unavailable.
+    pub unavailable: AtomicU64,
 }
 
 type FrameSinks = Arc<Mutex<Vec<(String, mpsc::Sender<Arc<SessionFrame>>)>>>;
@@ -160,6 +164,10 @@ pub struct StreamNode {
     /// Sessions this node dropped (their game, renderer or encoder stopped on its own), not yet
     /// reported to the indexers.
     dropped: std::sync::Mutex<Vec<String>>,
+    /// The same sessions with why, not yet told to the orchestrator.
+    ended: std::sync::Mutex<Vec<(String, String)>>,
+    /// Sessions whose game is starting (each holds a slot, outside the sessions lock).
+    starting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for StreamNode {
@@ -190,6 +198,8 @@ impl StreamNode {
             gone: gone_tx,
             draining: std::sync::atomic::AtomicBool::new(false),
             dropped: std::sync::Mutex::new(Vec::new()),
+            ended: std::sync::Mutex::new(Vec::new()),
+            starting: std::sync::Mutex::default(),
         });
         // Watchdog: a session whose thread ended by itself was dropped by this node; its players
         // are let go and the indexers told (it is refunded).
@@ -254,7 +264,7 @@ impl StreamNode {
             .dev_signer
             .as_ref()
             .ok_or_else(|| Error::invalid("mode", "dev sessions need --insecure-dev"))?;
-        self.host.catalogue().start(game)?;
+        self.host.check_game(game, mode)?;
         let session_id = random_id();
         let now = unix_s();
         let claims = SessionClaims {
@@ -287,48 +297,87 @@ impl StreamNode {
                 "the offer has no H.264 or VP8 video this node can send",
             )
         })?;
-        let mut sessions = self.sessions.lock().await;
-        if !sessions.contains_key(&claims.sid) {
-            if self.is_draining() {
-                return Err(Error::Unavailable(
-                    "this node is draining and takes no new sessions".into(),
-                ));
+        // The slow parts (a game's start, ICE gathering) run without the sessions lock, so
+        // heartbeats, metrics and other players never wait behind one launch.
+        let start_here = {
+            let sessions = self.sessions.lock().await;
+            if sessions.contains_key(&claims.sid) {
+                false
+            } else {
+                let mut starting = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+                if starting.contains(&claims.sid) {
+                    return Err(Error::Unavailable(
+                        "this session is still starting; offer again in a moment".into(),
+                    ));
+                }
+                if self.is_draining() {
+                    return Err(Error::Unavailable(
+                        "this node is draining and takes no new sessions".into(),
+                    ));
+                }
+                if sessions.len() + starting.len() >= self.settings.max_sessions {
+                    return Err(Error::Unavailable(format!(
+                        "this node is full ({} sessions)",
+                        self.settings.max_sessions
+                    )));
+                }
+                starting.insert(claims.sid.clone());
+                true
             }
-            if sessions.len() >= self.settings.max_sessions {
-                return Err(Error::Unavailable(format!(
-                    "this node is full ({} sessions)",
-                    self.settings.max_sessions
-                )));
-            }
-            let live = self.start_session(&claims, codec).await?;
-            sessions.insert(claims.sid.clone(), live);
+        };
+        if start_here {
+            let started = self.start_session(&claims, codec).await;
+            self.starting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&claims.sid);
+            self.sessions
+                .lock()
+                .await
+                .insert(claims.sid.clone(), started?);
         }
-        let live = sessions.get_mut(&claims.sid).expect("inserted above");
         let viewer_id = random_id();
-        let ctx = ViewerContext {
-            session: Arc::clone(&live.session),
-            session_id: claims.sid.clone(),
-            codec: live.codec,
-            encoder: live.encoder.clone(),
-            width: claims.width,
-            height: claims.height,
-            fps: claims.fps,
-            rtp_epoch: live.rtp_epoch,
-            epoch_unix_ms: live.epoch_unix_ms,
-            counters: Arc::clone(&live.counters),
-            gone: self.gone.clone(),
+        let ctx = {
+            let sessions = self.sessions.lock().await;
+            let live = sessions.get(&claims.sid).ok_or_else(|| {
+                Error::Unavailable("the session ended before this viewer could join".into())
+            })?;
+            ViewerContext {
+                session: Arc::clone(&live.session),
+                session_id: claims.sid.clone(),
+                codec: live.codec,
+                encoder: live.encoder.clone(),
+                width: claims.width,
+                height: claims.height,
+                fps: claims.fps,
+                rtp_epoch: live.rtp_epoch,
+                epoch_unix_ms: live.epoch_unix_ms,
+                counters: Arc::clone(&live.counters),
+                gone: self.gone.clone(),
+            }
         };
         let opened = peer::open(viewer_id.clone(), offer, ctx, &self.settings.peer).await;
+        let mut sessions = self.sessions.lock().await;
         let (answer, viewer) = match opened {
             Ok(v) => v,
             Err(e) => {
-                if live.viewers.is_empty() {
+                if sessions
+                    .get(&claims.sid)
+                    .is_some_and(|live| live.viewers.is_empty())
+                {
                     let dead = sessions.remove(&claims.sid).expect("present");
                     drop(sessions);
                     close_session(dead, "first viewer failed to connect").await;
                 }
                 return Err(e);
             }
+        };
+        let Some(live) = sessions.get_mut(&claims.sid) else {
+            drop(sessions);
+            let _ = viewer.pc.close().await;
+            return Err(Error::Unavailable(
+                "the session ended while this viewer was joining".into(),
+            ));
         };
         live.sinks
             .lock()
@@ -575,6 +624,8 @@ impl StreamNode {
                     reject("unauthorized", &r.unauthorized),
                     reject("forbidden", &r.forbidden),
                     reject("not_found", &r.not_found),
+                    reject("game_failed", &r.game_failed),
+                    reject("unavailable", &r.unavailable),
                 ],
             )
             .finish()
@@ -601,9 +652,25 @@ impl StreamNode {
             self.dropped
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(id);
+                .push(id.clone());
+            self.ended
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((id, why.clone()));
+            for v in s.viewers.values() {
+                v.say_ended(&why).await;
+            }
+            // The message goes out with the SCTP association's next flush; closing at once
+            // could drop it.
+            tokio::time::sleep(Duration::from_millis(250)).await;
             close_session(s, &format!("dropped: {why}")).await;
         }
+    }
+
+    /// Sessions this node dropped since the last call, with why (each once), for the
+    /// orchestrator.
+    pub fn take_ended(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.ended.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Sessions this node dropped since the last call (each once), for the reporter.

@@ -373,6 +373,28 @@ pub(crate) fn rtp_timestamp(epoch: u32, pts: Duration) -> u32 {
 pub(crate) struct Viewer {
     pub pc: Arc<dyn PeerConnection>,
     pub frames: mpsc::Sender<Arc<SessionFrame>>,
+    /// The player's `input` channel, once open.
+    pub channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
+}
+
+impl Viewer {
+    /// Tells the player the session is over and why, if its channel is open.
+    pub async fn say_ended(&self, reason: &str) {
+        let dc = self
+            .channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(dc) = dc {
+            send(
+                &dc,
+                &NodeMessage::Ended {
+                    reason: reason.to_owned(),
+                },
+            )
+            .await;
+        }
+    }
 }
 
 /// Answers `offer` for a new viewer of `ctx.session`; returns the answer SDP (with candidates).
@@ -496,7 +518,7 @@ pub(crate) async fn open(
         ssrc,
         payload_type,
         playout_delay_id,
-        channel,
+        channel: Arc::clone(&channel),
         connected,
         ctx,
     }));
@@ -505,6 +527,7 @@ pub(crate) async fn open(
         Viewer {
             pc,
             frames: frames_tx,
+            channel,
         },
     ))
 }

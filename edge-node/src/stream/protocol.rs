@@ -265,6 +265,11 @@ pub enum NodeMessage {
         /// The node's wall clock when it answered, Unix ms.
         node_unix_ms: f64,
     },
+    /// The node ended the session (the game exited or crashed); the channel closes next.
+    Ended {
+        /// Why, e.g. "the game exited with code 0".
+        reason: String,
+    },
     /// Counters, once a second.
     Stats {
         /// Frames encoded so far.

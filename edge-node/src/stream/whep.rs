@@ -146,6 +146,8 @@ impl Refusal {
             StatusCode::UNAUTHORIZED => &c.unauthorized,
             StatusCode::FORBIDDEN => &c.forbidden,
             StatusCode::NOT_FOUND => &c.not_found,
+            StatusCode::BAD_GATEWAY => &c.game_failed,
+            StatusCode::SERVICE_UNAVAILABLE => &c.unavailable,
             _ => &c.bad_request,
         }
         .fetch_add(1, Ordering::Relaxed);
@@ -158,6 +160,8 @@ impl Refusal {
         let status = match &e {
             Error::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
             Error::UnknownGame { .. } => StatusCode::NOT_FOUND,
+            // The node is fine; the studio's game is not.
+            Error::GameFailed { .. } => StatusCode::BAD_GATEWAY,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self::counted(node, status, e.to_string())

@@ -41,6 +41,8 @@ struct Cli {
 enum Command {
     /// Launch a game headless and play it: live stats, PNGs, recording, scripted input.
     Play(Box<play::PlayArgs>),
+    /// The grid's games: each game and version, its modes and on how many ready nodes.
+    Games,
     /// Registered nodes.
     Nodes {
         /// Only this region.
@@ -217,6 +219,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })?;
     let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
     match cli.command {
+        Command::Games => {
+            let games = pixelgrid_client::Client::connect(&cli.orchestrator)
+                .await?
+                .games()
+                .await?;
+            println!("{}", render(&games, cli.json));
+        }
         Command::Nodes { region } => {
             let nodes = c
                 .list_nodes(pb::ListNodesRequest {

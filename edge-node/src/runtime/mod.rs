@@ -1,0 +1,456 @@
+//! The packaged-game runtime: a studio's unmodified build, run once per session in a private
+//! world (its own headless display, home and runtime directories, sandbox and process group),
+//! captured into the node's encoder chain and driven by the player's input.
+//!
+//! - [`manifest`] — the `pixelgrid-game.toml` format (pure).
+//! - [`store`] — installing, listing and removing packages (`edge-node games ...`).
+//! - [`keymap`] — player input → X11 keys and buttons (pure).
+//! - [`display`] — `Xvfb`, window pinning and XTest.
+//! - [`capture`] — the display's pictures through `ximagesrc`.
+//! - [`World`] — everything one session of a packaged game holds, and takes down when dropped.
+//!
+//! The game runs as `nobody` (when the node is root) under `bubblewrap`: the file system
+//! read-only, a fresh `/tmp`, its own home, no view of other sessions, of the node's key
+//! directory or of other processes, and dies with the node. Its process group is signalled
+//! with the manifest's stop signal, then killed after the grace period.
+
+pub mod capture;
+pub mod display;
+pub mod keymap;
+pub mod manifest;
+pub mod process;
+pub mod store;
+
+use crate::video::VideoMode;
+use crate::{Error, Result};
+use display::Display;
+use keymap::XInputMapper;
+use manifest::ReadyWhen;
+use pixelgrid_proto::input::InputEvent;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use store::InstalledGame;
+
+/// The uid/gid games run as when the node runs as root (Debian's `nobody`/`nogroup`).
+const UNPRIVILEGED: (u32, u32) = (65534, 65534);
+
+/// How a node runs packaged games.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where each session's private directory is made (and swept of leftovers at start).
+    pub session_root: PathBuf,
+    /// Directories a game must not see (the node's key directory).
+    pub hidden: Vec<PathBuf>,
+}
+
+impl RuntimeConfig {
+    /// Makes the session root and removes what an earlier run of the node left there:
+    /// processes still running (by the process groups it recorded) and directories.
+    pub fn prepare(&self) -> Result<usize> {
+        use std::os::unix::fs::PermissionsExt;
+        let root = &self.session_root;
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        // Searchable by the unprivileged game user, listable by nobody else.
+        let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711));
+        let mut swept = 0;
+        for entry in std::fs::read_dir(root)
+            .map_err(|e| Error::io(root, e))?
+            .flatten()
+        {
+            let dir = entry.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            sweep_session_dir(&dir);
+            swept += 1;
+        }
+        if swept > 0 {
+            tracing::warn!(swept, root = %root.display(), "removed sessions an earlier run left behind");
+        }
+        Ok(swept)
+    }
+}
+
+fn sweep_session_dir(dir: &Path) {
+    if let Ok(text) = std::fs::read_to_string(dir.join("pids")) {
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(kind), Some(pid)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<i32>() else {
+                continue;
+            };
+            let expected: &[&str] = match kind {
+                "display" => &["Xvfb"],
+                "audio" => &["pulseaudio"],
+                _ => &["bwrap", "setpriv", "prlimit"],
+            };
+            process::kill_leftover_group(pid, expected);
+            if kind == "display"
+                && let Some(n) = parts.next()
+            {
+                let _ = std::fs::remove_file(format!("/tmp/.X{n}-lock"));
+                let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The player's input path into a packaged game: mapped to X11 and typed through XTest at once
+/// (not on the next frame), with held keys remembered so they can be let go.
+#[derive(Debug)]
+pub struct GameInput {
+    display: Arc<Display>,
+    mapper: Mutex<XInputMapper>,
+    mode: VideoMode,
+}
+
+impl GameInput {
+    /// Types one event into the game.
+    pub fn send(&self, event: &InputEvent) -> Result<()> {
+        let inputs = self
+            .mapper
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(event, self.mode.width, self.mode.height)
+            .map_err(|e| Error::invalid("input", e.to_string()))?;
+        self.display.inject(&inputs)
+    }
+
+    /// Lets go of every key and button still held.
+    pub fn release_all(&self) {
+        let inputs = self
+            .mapper
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release_all();
+        let _ = self.display.inject(&inputs);
+    }
+}
+
+/// One packaged-game session's private world; dropping it stops the game and removes it all.
+#[derive(Debug)]
+pub struct World {
+    dir: PathBuf,
+    display: Arc<Display>,
+    game: Child,
+    game_name: String,
+    stop: manifest::StopSignal,
+    grace: Duration,
+    input: Arc<GameInput>,
+    started: Instant,
+}
+
+impl World {
+    /// Builds the world for `game` at `mode` and waits until the game is ready (its manifest
+    /// says how), failing with the reason if it exits or opens no window in time. Must run on
+    /// the thread that owns the session for its whole life: the sandbox dies with that thread.
+    pub fn start(
+        config: &RuntimeConfig,
+        game: &InstalledGame,
+        mode: VideoMode,
+        session_id: &str,
+    ) -> Result<Self> {
+        let m = &game.manifest;
+        if !m.supports(mode) {
+            return Err(Error::invalid(
+                "mode",
+                format!(
+                    "{} plays in {}; {}x{}@{} is not one of them",
+                    m.id,
+                    m.modes
+                        .iter()
+                        .map(|v| format!("{}x{}@{}", v.width, v.height, v.fps))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    mode.width,
+                    mode.height,
+                    mode.fps
+                ),
+            ));
+        }
+        let dir = make_session_dir(&config.session_root, session_id)?;
+        let display = match Display::start(mode.width, mode.height) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let display_number = display.name().trim_start_matches(':').to_owned();
+        record_pid(&dir, "display", display.pid(), &display_number);
+        let game_child = match spawn_game(config, game, mode, &dir, &display) {
+            Ok(c) => c,
+            Err(e) => {
+                drop(display);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        record_pid(&dir, "game", game_child.id(), "");
+        let input = Arc::new(GameInput {
+            display: Arc::clone(&display),
+            mapper: Mutex::default(),
+            mode,
+        });
+        let mut world = Self {
+            dir,
+            display,
+            game: game_child,
+            game_name: m.name.clone(),
+            stop: m.stop_signal,
+            grace: Duration::from_secs(u64::from(m.stop_grace_s)),
+            input,
+            started: Instant::now(),
+        };
+        world.wait_ready(m.ready, Duration::from_secs(u64::from(m.ready_timeout_s)))?;
+        Ok(world)
+    }
+
+    fn wait_ready(&mut self, when: ReadyWhen, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(reason) = self.exited() {
+                return Err(Error::GameFailed {
+                    game: self.game_name.clone(),
+                    reason: format!("{reason} before it was ready{}", self.last_output()),
+                });
+            }
+            let windows = self.display.pin_windows()?;
+            let ready = windows > 0
+                && match when {
+                    ReadyWhen::WindowMapped => true,
+                    ReadyWhen::FirstFrame => self.display.shows_picture()?,
+                };
+            if ready {
+                tracing::info!(
+                    game = %self.game_name,
+                    ready_ms = self.started.elapsed().as_millis() as u64,
+                    "game ready"
+                );
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let what = if windows == 0 {
+                    "opened no window"
+                } else {
+                    "drew nothing"
+                };
+                return Err(Error::GameFailed {
+                    game: self.game_name.clone(),
+                    reason: format!("{what} within {} s{}", limit.as_secs(), self.last_output()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn last_output(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("game.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        if tail.is_empty() {
+            String::new()
+        } else {
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!(
+                "; its last output: {}",
+                tail.join(" | ").chars().take(400).collect::<String>()
+            )
+        }
+    }
+
+    /// Why the game is no longer running, if it is not ("exited with code 3").
+    pub fn exited(&mut self) -> Option<String> {
+        match self.game.try_wait() {
+            Ok(Some(status)) => Some(process::describe_exit(status)),
+            Ok(None) => None,
+            Err(e) => Some(format!("could not be watched ({e})")),
+        }
+    }
+
+    /// The display's name (`:N`).
+    pub fn display_name(&self) -> String {
+        self.display.name()
+    }
+
+    /// Keeps the game's windows pinned (a game may open new ones or move them).
+    pub fn keep_windows_pinned(&self) {
+        let _ = self.display.pin_windows();
+    }
+
+    /// The input path into the game.
+    pub fn input(&self) -> &Arc<GameInput> {
+        &self.input
+    }
+
+    /// The game's name.
+    pub fn game_name(&self) -> &str {
+        &self.game_name
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.input.release_all();
+        process::terminate_with(&mut self.game, process::signal_for(self.stop), self.grace);
+        // Now, not when the last holder of the display (the input path) lets go of it.
+        self.display.shut_down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn record_pid(dir: &Path, kind: &str, pid: u32, extra: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("pids"))
+    {
+        let _ = writeln!(f, "{kind} {pid} {extra}");
+    }
+}
+
+fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn make_session_dir(root: &Path, session_id: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let safe: String = session_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect();
+    let dir = root.join(if safe.is_empty() {
+        "session".into()
+    } else {
+        safe
+    });
+    for sub in ["home", "run"] {
+        let p = dir.join(sub);
+        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+    }
+    for p in [dir.clone(), dir.join("home"), dir.join("run")] {
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700));
+        if running_as_root() {
+            std::os::unix::fs::chown(&p, Some(UNPRIVILEGED.0), Some(UNPRIVILEGED.1))
+                .map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(dir)
+}
+
+fn spawn_game(
+    config: &RuntimeConfig,
+    game: &InstalledGame,
+    mode: VideoMode,
+    dir: &Path,
+    display: &Display,
+) -> Result<Child> {
+    let m = &game.manifest;
+    let mut argv: Vec<String> = Vec::new();
+    if m.memory_mb > 0 || m.cpu_s > 0 {
+        argv.push("prlimit".into());
+        if m.memory_mb > 0 {
+            argv.push(format!("--as={}", m.memory_mb << 20));
+        }
+        if m.cpu_s > 0 {
+            argv.push(format!("--cpu={}", m.cpu_s));
+        }
+        argv.push("--".into());
+    }
+    if running_as_root() {
+        argv.extend([
+            "setpriv".into(),
+            format!("--reuid={}", UNPRIVILEGED.0),
+            format!("--regid={}", UNPRIVILEGED.1),
+            "--clear-groups".into(),
+        ]);
+    }
+    let p = |path: &Path| path.display().to_string();
+    argv.extend(
+        [
+            "bwrap",
+            "--die-with-parent",
+            "--unshare-all",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+        ]
+        .map(String::from),
+    );
+    // GPUs, where the node has them, stay reachable for Vulkan/OpenGL.
+    for gpu in gpu_devices() {
+        argv.extend(["--dev-bind".into(), p(&gpu), p(&gpu)]);
+    }
+    for hidden in config.hidden.iter().filter(|h| h.is_dir()) {
+        argv.extend(["--tmpfs".into(), p(hidden)]);
+    }
+    argv.extend(["--tmpfs".into(), p(&config.session_root)]);
+    argv.extend(["--ro-bind".into(), p(&game.dir), p(&game.dir)]);
+    argv.extend(["--bind".into(), p(dir), p(dir)]);
+    let socket = display.socket_path();
+    argv.extend(["--bind".into(), p(&socket), p(&socket)]);
+    argv.extend(["--chdir".into(), p(&game.working_dir())]);
+    argv.push("--".into());
+    argv.push(p(&game.executable()));
+    argv.extend(m.run.args_for(mode));
+
+    let log = std::fs::File::create(dir.join("game.log")).map_err(|e| Error::io(dir, e))?;
+    let log2 = log.try_clone().map_err(|e| Error::io(dir, e))?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games",
+        )
+        .env("HOME", dir.join("home"))
+        .env("XDG_RUNTIME_DIR", dir.join("run"))
+        .env("DISPLAY", display.name())
+        .env("LANG", "C.UTF-8")
+        .envs(&m.run.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .process_group(0);
+    // Which Vulkan driver to load is the node's choice (CI pins lavapipe).
+    for (k, v) in std::env::vars() {
+        if k == "VK_ICD_FILENAMES" || k.starts_with("__GLX_") || k.starts_with("NVIDIA_") {
+            cmd.env(k, v);
+        }
+    }
+    cmd.spawn().map_err(|e| {
+        Error::Unavailable(format!(
+            "cannot start {} through {} ({e}); install bubblewrap (deploy/install-deps.sh)",
+            m.name, argv[0]
+        ))
+    })
+}
+
+fn gpu_devices() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if Path::new("/dev/dri").is_dir() {
+        out.push(PathBuf::from("/dev/dri"));
+    }
+    if let Ok(entries) = std::fs::read_dir("/dev") {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("nvidia") {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
