@@ -16,6 +16,8 @@ PACKAGES=(
   # packaged games: a headless display per session, the sandbox games run in, and the two
   # third-party games the tests host (vkcube comes with vulkan-tools)
   xvfb bubblewrap supertux
+  # a PulseAudio server per packaged-game session, for its sound
+  pulseaudio
   # control plane store, browser tests, network namespaces
   etcd-server etcd-client chromium chromium-driver iproute2
   # tools the scripts use

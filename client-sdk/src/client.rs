@@ -114,6 +114,9 @@ pub struct LaunchOptions {
     pub frame_format: FrameFormat,
     /// Also hand out the encoded access units ([`Session::next_access_unit`]).
     pub access_units: bool,
+    /// Receive and decode the game's sound ([`Session::next_audio`]); false leaves the audio
+    /// m-line out of the offer, and the node sends none.
+    pub audio: bool,
     /// Re-launch on another node when the node is lost.
     pub reconnect: bool,
     /// No video for this long means the node is lost.
@@ -132,6 +135,7 @@ impl Default for LaunchOptions {
             max_latency_ms: 0,
             frame_format: FrameFormat::Rgba,
             access_units: false,
+            audio: true,
             reconnect: true,
             node_lost_after: Duration::from_millis(1500),
         }
@@ -226,6 +230,7 @@ impl InputSender {
 pub struct Session {
     frames: tokio::sync::mpsc::Receiver<Frame>,
     units: Option<tokio::sync::mpsc::Receiver<AccessUnit>>,
+    audio: Option<tokio::sync::mpsc::Receiver<crate::audio::AudioChunk>>,
     events: tokio::sync::mpsc::UnboundedReceiver<Event>,
     input: InputSender,
     meter: Arc<Mutex<StatsMeter>>,
@@ -317,9 +322,17 @@ impl Client {
             (None, None)
         };
         let meter = Arc::new(Mutex::new(StatsMeter::new()));
+        let (audio_tx, audio) = if options.audio {
+            // About two seconds of 20 ms packets.
+            let (tx, rx) = tokio::sync::mpsc::channel(100);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let sinks = Sinks {
             frames: frames_tx,
             units: units_tx,
+            audio: audio_tx,
             meter: Arc::clone(&meter),
             format: options.frame_format,
         };
@@ -353,6 +366,7 @@ impl Client {
         Ok(Session {
             frames,
             units,
+            audio,
             events,
             input,
             meter,
@@ -616,7 +630,21 @@ impl Session {
         self.frames.try_recv().ok()
     }
 
-    /// The next encoded access unit (only with [`LaunchOptions::access_units`]).
+    /// The next 20 ms or so of decoded sound (with [`LaunchOptions::audio`], the default);
+    /// `None` without sound.
+    pub async fn next_audio(&mut self) -> Option<crate::audio::AudioChunk> {
+        match self.audio.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => None,
+        }
+    }
+
+    /// The next decoded sound if one is waiting.
+    pub fn try_next_audio(&mut self) -> Option<crate::audio::AudioChunk> {
+        self.audio.as_mut().and_then(|rx| rx.try_recv().ok())
+    }
+
+    /// The next encoded access unit (with [`LaunchOptions::access_units`]).
     pub async fn next_access_unit(&mut self) -> Option<AccessUnit> {
         self.units.as_mut()?.recv().await
     }

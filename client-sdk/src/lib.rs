@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audio;
 pub mod client;
 mod decoder;
 mod error;
@@ -29,6 +30,7 @@ mod player;
 pub mod stats;
 pub mod whep;
 
+pub use audio::AudioChunk;
 pub use client::{AccessUnit, Client, Event, Frame, GameInfo, InputSender, LaunchOptions, Session};
 pub use decoder::{Codec, FrameFormat};
 pub use error::{Error, Result};

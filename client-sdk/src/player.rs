@@ -22,11 +22,18 @@ pub(crate) use pixelgrid_proto::clock::unix_ms_f64 as unix_ms;
 struct Origin {
     rtp_epoch: u32,
     epoch_unix_ms: f64,
+    audio_rtp_epoch: Option<u32>,
 }
 
 impl Origin {
     fn capture_ms(self, rtp: u32) -> f64 {
         self.epoch_unix_ms + f64::from(rtp.wrapping_sub(self.rtp_epoch)) / 90.0
+    }
+
+    /// When a sound with this audio RTP timestamp was made, on the node's clock.
+    fn audio_capture_ms(self, rtp: u32) -> Option<f64> {
+        self.audio_rtp_epoch
+            .map(|e| self.epoch_unix_ms + f64::from(rtp.wrapping_sub(e)) / 48.0)
     }
 }
 
@@ -35,6 +42,8 @@ impl Origin {
 pub(crate) struct Sinks {
     pub frames: tokio::sync::mpsc::Sender<Frame>,
     pub units: Option<tokio::sync::mpsc::Sender<AccessUnit>>,
+    /// Decoded sound; `None` when the player asked for none.
+    pub audio: Option<tokio::sync::mpsc::Sender<crate::audio::AudioChunk>>,
     pub meter: Arc<Mutex<StatsMeter>>,
     pub format: FrameFormat,
 }
@@ -78,6 +87,17 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if track.kind().await == rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Audio {
+            if let Some(out) = self.sinks.audio.clone() {
+                tokio::spawn(play_audio(
+                    track,
+                    out,
+                    Arc::clone(&self.sinks.meter),
+                    Arc::clone(&self.origin),
+                ));
+            }
+            return;
+        }
         let sinks = self.sinks.clone();
         let origin = Arc::clone(&self.origin);
         let last_packet = Arc::clone(&self.last_packet_ms);
@@ -115,6 +135,53 @@ impl PeerConnectionEventHandler for Handler {
                 }
             }
         });
+    }
+}
+
+/// Decodes the audio track's packets and hands out the sound with its capture time.
+async fn play_audio(
+    track: Arc<dyn TrackRemote>,
+    out: tokio::sync::mpsc::Sender<crate::audio::AudioChunk>,
+    meter: Arc<Mutex<StatsMeter>>,
+    origin: Arc<Mutex<Option<Origin>>>,
+) {
+    let decoded_meter = Arc::clone(&meter);
+    let decoder = crate::audio::AudioDecoder::start(move |pcm, rtp| {
+        let now = unix_ms();
+        let origin = *origin.lock().unwrap_or_else(|p| p.into_inner());
+        let capture = origin.and_then(|o| o.audio_capture_ms(rtp));
+        decoded_meter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_audio_decoded(capture.map(|c| now - c));
+        // A player that does not keep up loses sound, never latency.
+        let _ = out.try_send(crate::audio::AudioChunk {
+            level: crate::audio::level(&pcm),
+            pcm,
+            rtp_timestamp: rtp,
+            capture_unix_ms: capture,
+            decoded_unix_ms: now,
+        });
+    });
+    let decoder = match decoder {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "no audio decoder; the sound cannot be played");
+            return;
+        }
+    };
+    while let Some(ev) = track.poll().await {
+        match ev {
+            TrackRemoteEvent::OnRtpPacket(p) => {
+                meter
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_audio_packet(p.header.sequence_number);
+                decoder.push(p.payload.to_vec(), p.header.timestamp);
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
     }
 }
 
@@ -197,7 +264,15 @@ impl Connection {
             origin: Arc::clone(&origin),
             last_packet_ms: Arc::clone(&last_packet_ms),
         });
-        let whep = crate::whep::connect(whep_url, token, codec, handler, gathered).await?;
+        let whep = crate::whep::connect(
+            whep_url,
+            token,
+            codec,
+            sinks.audio.is_some(),
+            handler,
+            gathered,
+        )
+        .await?;
         let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
         let ended: Arc<Mutex<Option<String>>> = Arc::default();
         let tasks = vec![tokio::spawn(run_channel(
@@ -264,7 +339,8 @@ async fn run_channel(
                         Some("hello") => {
                             let rtp_epoch = v.get("rtp_epoch").and_then(|x| x.as_u64()).unwrap_or(0) as u32;
                             let epoch_unix_ms = v.get("epoch_unix_ms").and_then(|x| x.as_f64()).unwrap_or(0.0);
-                            *origin.lock().unwrap_or_else(|p| p.into_inner()) = Some(Origin { rtp_epoch, epoch_unix_ms });
+                            let audio_rtp_epoch = v.get("audio_rtp_epoch").and_then(|x| x.as_u64()).map(|x| x as u32);
+                            *origin.lock().unwrap_or_else(|p| p.into_inner()) = Some(Origin { rtp_epoch, epoch_unix_ms, audio_rtp_epoch });
                         }
                         Some("ended") => {
                             let reason = v.get("reason").and_then(|x| x.as_str()).unwrap_or("ended by the node");

@@ -25,6 +25,15 @@ pub struct Stats {
     pub glass_to_glass_p50_ms: Option<f64>,
     /// Same, 99th percentile, ms.
     pub glass_to_glass_p99_ms: Option<f64>,
+    /// Audio RTP packets received.
+    pub audio_packets_received: u64,
+    /// Audio RTP packets lost.
+    pub audio_packets_lost: u64,
+    /// Made on the node → decoded here, median of recent sound, ms.
+    pub audio_latency_p50_ms: Option<f64>,
+    /// How much later the sound arrives than the pictures it goes with (median audio latency
+    /// minus median glass-to-glass), ms; negative when the sound is early.
+    pub av_offset_ms: Option<f64>,
 }
 
 /// Most glass-to-glass samples kept (about a minute at 60 fps).
@@ -45,6 +54,10 @@ pub struct StatsMeter {
     jitter_ms: f64,
     rtt_ms: Option<f64>,
     g2g: VecDeque<f64>,
+    audio_received: u64,
+    audio_base_seq: Option<u64>,
+    audio_highest_seq: u64,
+    audio_latency: VecDeque<f64>,
 }
 
 /// Extends a 16-bit sequence number to 64 bits next to `reference`.
@@ -123,6 +136,29 @@ impl StatsMeter {
         self.expire(now_ms);
     }
 
+    /// An audio RTP packet arrived.
+    pub fn on_audio_packet(&mut self, seq: u16) {
+        self.audio_received += 1;
+        let ext = match self.audio_base_seq {
+            None => {
+                self.audio_base_seq = Some(u64::from(seq) + 0x10000);
+                u64::from(seq) + 0x10000
+            }
+            Some(_) => extend_seq(self.audio_highest_seq, seq),
+        };
+        self.audio_highest_seq = self.audio_highest_seq.max(ext);
+    }
+
+    /// A packet of sound was decoded, `latency_ms` after it was made (when known).
+    pub fn on_audio_decoded(&mut self, latency_ms: Option<f64>) {
+        if let Some(l) = latency_ms {
+            if self.audio_latency.len() == G2G_SAMPLES {
+                self.audio_latency.pop_front();
+            }
+            self.audio_latency.push_back(l);
+        }
+    }
+
     /// A round trip to the node was measured.
     pub fn on_rtt(&mut self, rtt_ms: f64) {
         self.rtt_ms = Some(rtt_ms);
@@ -137,6 +173,12 @@ impl StatsMeter {
             .map_or(0, |b| self.highest_seq.saturating_sub(b) + 1);
         let mut g2g: Vec<f64> = self.g2g.iter().copied().collect();
         g2g.sort_by(f64::total_cmp);
+        let mut audio: Vec<f64> = self.audio_latency.iter().copied().collect();
+        audio.sort_by(f64::total_cmp);
+        let audio_expected = self
+            .audio_base_seq
+            .map_or(0, |b| self.audio_highest_seq.saturating_sub(b) + 1);
+        let (audio_p50, video_p50) = (quantile(&audio, 0.5), quantile(&g2g, 0.5));
         Stats {
             fps: self.frames.len() as f64 * 1000.0 / WINDOW_MS,
             bitrate_kbps: bytes as f64 * 8.0 / WINDOW_MS,
@@ -145,8 +187,12 @@ impl StatsMeter {
             packets_received: self.received,
             packets_lost: expected.saturating_sub(self.received),
             frames_decoded: self.frames_decoded,
-            glass_to_glass_p50_ms: quantile(&g2g, 0.5),
+            glass_to_glass_p50_ms: video_p50,
             glass_to_glass_p99_ms: quantile(&g2g, 0.99),
+            audio_packets_received: self.audio_received,
+            audio_packets_lost: audio_expected.saturating_sub(self.audio_received),
+            audio_latency_p50_ms: audio_p50,
+            av_offset_ms: audio_p50.zip(video_p50).map(|(a, v)| a - v),
         }
     }
 }
@@ -182,6 +228,19 @@ mod tests {
         // Nothing for a second: rates fall to zero, totals stay.
         let s = m.snapshot(3100.0);
         assert_eq!((s.fps, s.bitrate_kbps, s.frames_decoded), (0.0, 0.0, 120));
+    }
+
+    #[test]
+    fn audio_losses_and_the_av_offset_are_counted() {
+        let mut m = StatsMeter::new();
+        for seq in (0u16..50).filter(|s| *s != 7) {
+            m.on_audio_packet(seq);
+            m.on_audio_decoded(Some(30.0));
+        }
+        m.on_frame(0.0, Some(20.0));
+        let s = m.snapshot(10.0);
+        assert_eq!((s.audio_packets_received, s.audio_packets_lost), (49, 1));
+        assert_eq!(s.av_offset_ms, Some(10.0));
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub async fn connect(
     whep_url: &str,
     token: &str,
     codec: Codec,
+    audio: bool,
     handler: Arc<dyn PeerConnectionEventHandler>,
     gathered: Gathered,
 ) -> Result<WhepConnection> {
@@ -120,6 +121,23 @@ pub async fn connect(
             RtpCodecKind::Video,
         )
         .map_err(fail)?;
+    if audio {
+        engine
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: RTCRtpCodec {
+                        mime_type: "audio/opus".into(),
+                        clock_rate: 48_000,
+                        channels: 2,
+                        sdp_fmtp_line: "minptime=10;useinbandfec=1;stereo=1".into(),
+                        rtcp_feedback: vec![],
+                    },
+                    payload_type: 111,
+                },
+                RtpCodecKind::Audio,
+            )
+            .map_err(fail)?;
+    }
     let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(fail)?;
     let local = SocketAddr::new(local_ip_towards(addr), 0);
     let pc = PeerConnectionBuilder::new()
@@ -147,6 +165,19 @@ pub async fn connect(
     )
     .await
     .map_err(fail)?;
+    // A player that wants no sound leaves the audio m-line out of its offer.
+    if audio {
+        pc.add_transceiver_from_kind(
+            RtpCodecKind::Audio,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                streams: vec![],
+                send_encodings: vec![],
+            }),
+        )
+        .await
+        .map_err(fail)?;
+    }
     let channel = pc.create_data_channel("input", None).await.map_err(fail)?;
     let offer = pc.create_offer(None).await.map_err(fail)?;
     pc.set_local_description(offer).await.map_err(fail)?;

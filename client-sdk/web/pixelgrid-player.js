@@ -2,7 +2,8 @@
 // statistics for one game session.
 //
 //   const p = new PixelGridPlayer(videoElement, { onStats });
-//   await p.play("/api", { game: "arena", width: 1280, height: 720, fps: 60 }, onEvent);
+//   const games = await PixelGridPlayer.listGames("/api"); // the grid's catalogue (also `listGames`)
+//   await p.play("/api", { game: "arena", version: "", width: 1280, height: 720, fps: 60 }, onEvent);
 //                                             // launch through the orchestrator, WHEP, and re-launch
 //                                             // on another node by itself when the node dies
 //   p.captureInput(window, videoElement);     // keyboard, mouse (pointer lock), gamepad
@@ -10,6 +11,9 @@
 //
 // Lower level: `PixelGridPlayer.launch(api, opts)` places a session; `p.connect(whepUrl, token)`
 // plays any WHEP session (a lone node in dev mode, a third-party WHEP server).
+// `opts.version` (optional, empty = any) pins the game's version; a launch the grid cannot serve
+// (no ready node has the game, no capacity, …) rejects with an Error whose message is the
+// orchestrator's reason and whose `status` is the HTTP status (404 for an unknown game).
 // Events passed to `onEvent`: {type: "connected"|"node_lost"|"reconnected"|"ended", node, ...}.
 //
 // Glass-to-glass latency: the node announces `rtp_epoch` and `epoch_unix_ms` in its `hello`
@@ -20,9 +24,11 @@ const PROTOCOL = 1;
 const GAMEPAD_AXIS_EPSILON = 0.02;
 
 export class PixelGridPlayer {
-  constructor(video, { onStats } = {}) {
+  constructor(video, { onStats, audio = true } = {}) {
     this.video = video;
     this.onStats = onStats || (() => {});
+    this.audio = audio;         // false: offer no audio m-line, the node sends no sound
+    this.stream = null;
     this.pc = null;
     this.dc = null;
     this.resource = null;
@@ -46,15 +52,20 @@ export class PixelGridPlayer {
     this.pc = pc;
     const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
     this.receiver = transceiver.receiver;
+    // The game's sound: Opus on the same stream as the pictures (the node stamps both on one
+    // clock, and the browser lines them up with the RTCP sender reports).
+    if (this.audio) pc.addTransceiver("audio", { direction: "recvonly" });
     if ("jitterBufferTarget" in this.receiver) this.receiver.jitterBufferTarget = 0;
     if ("playoutDelayHint" in this.receiver) this.receiver.playoutDelayHint = 0;
     this.dc = pc.createDataChannel("input", { ordered: true });
     this.dc.onmessage = (e) => this.onNodeMessage(JSON.parse(e.data));
     this.dc.onopen = () => this.ping();
     pc.ontrack = (e) => {
-      this.video.srcObject = e.streams[0] || new MediaStream([e.track]);
+      if (!this.stream) this.stream = new MediaStream();
+      this.stream.addTrack(e.track);
+      if (this.video.srcObject !== this.stream) this.video.srcObject = this.stream;
       this.video.play().catch(() => {});
-      this.watchFrames();
+      if (e.track.kind === "video") this.watchFrames();
     };
     await pc.setLocalDescription(await pc.createOffer());
     await waitForGathering(pc, 1000);
@@ -72,6 +83,7 @@ export class PixelGridPlayer {
   }
 
   async close() {
+    this.stream = null;
     this.timers.forEach(clearInterval);
     this.listeners.forEach(([t, ev, f]) => t.removeEventListener(ev, f));
     this.listeners = [];
@@ -221,13 +233,14 @@ export class PixelGridPlayer {
 
   // Two-step launch through the orchestrator's JSON gateway at `api`: get candidates, measure
   // the round trip to each node's probe (best of three), let the orchestrator place the session.
-  static async launch(api, { game = "arena", width = 1280, height = 720, fps = 60, region = "" } = {}) {
+  // `version` is sent only when given (empty = any version the grid offers).
+  static async launch(api, { game = "arena", version = "", width = 1280, height = 720, fps = 60, region = "" } = {}) {
     const post = async (url, body) => {
       const res = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-      if (!res.ok) throw new Error(`${url}: ${res.status} ${await res.text()}`);
+      if (!res.ok) throw await httpError(res);
       return res.json();
     };
-    const launch = await post(`${api}/sessions`, { game, width, height, fps, region });
+    const launch = await post(`${api}/sessions`, { game, ...(version ? { version } : {}), width, height, fps, region });
     const rtt = {};
     await Promise.all(launch.candidates.map(async (c) => {
       let best = Infinity;
@@ -242,6 +255,25 @@ export class PixelGridPlayer {
     }));
     const chosen = await post(`${api}/sessions/${launch.launch_id}/choose`, { rtt_ms: rtt });
     return { ...chosen, rtt_ms: rtt };
+  }
+
+  // The grid's game catalogue from the orchestrator's gateway at `api` (`GET ${api}/games`):
+  // [{id, version, name, modes: ["1280x720@30", …], ready_nodes, free_slots}]. Empty `modes`
+  // means the game plays in any mode; `ready_nodes` 0 means no node can launch it right now.
+  static async listGames(api = "/api") {
+    const res = await fetch(`${api}/games`, { cache: "no-store" });
+    if (!res.ok) throw await httpError(res);
+    const body = await res.json();
+    return (body.games || []).map((g) => ({
+      id: String(g.id), version: g.version || "", name: g.name || String(g.id), modes: Array.isArray(g.modes) ? g.modes : [],
+      ready_nodes: g.ready_nodes || 0, free_slots: g.free_slots || 0,
+    }));
+  }
+
+  // "1280x720@30" → {width: 1280, height: 720, fps: 30}, or null when it is not a mode.
+  static parseMode(text) {
+    const m = /^(\d+)x(\d+)@(\d+)$/.exec(String(text || "").trim());
+    return m ? { width: Number(m[1]), height: Number(m[2]), fps: Number(m[3]) } : null;
   }
 
   static formatStats(s) {
@@ -358,6 +390,20 @@ export class PixelGridPlayer {
     }
     throw new Error(`unknown scenario ${scenario}`);
   }
+}
+
+/** The grid's game catalogue; see `PixelGridPlayer.listGames`. */
+export function listGames(api = "/api") { return PixelGridPlayer.listGames(api); }
+
+// An Error for a failed gateway call: the message is the orchestrator's reason (its plain-text
+// or JSON `error` body), with the status in `status`.
+async function httpError(res) {
+  let text = (await res.text().catch(() => "")).trim();
+  try { const j = JSON.parse(text); if (j && typeof j === "object") text = String(j.error || j.message || text); } catch (_) { /* plain text */ }
+  const e = new Error(text ? `${res.status}: ${text}` : `HTTP ${res.status}`);
+  e.status = res.status;
+  e.body = text;
+  return e;
 }
 
 function waitForGathering(pc, ms) {

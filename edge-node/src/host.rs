@@ -182,11 +182,22 @@ impl SessionHost {
         Ok(choice)
     }
 
-    /// Starts a session of `config.game`; `on_frame` receives its encoded frames.
+    /// Starts a session of `config.game` without sound; `on_frame` receives its encoded frames.
     pub fn start_session(
         &self,
         config: &SessionConfig,
         on_frame: impl FnMut(SessionFrame) + Send + 'static,
+    ) -> Result<Session> {
+        self.start_session_with_audio(config, on_frame, None)
+    }
+
+    /// Starts a session of `config.game`; `on_frame` receives its encoded frames and `audio`
+    /// (when given, and when the game has sound) its Opus packets.
+    pub fn start_session_with_audio(
+        &self,
+        config: &SessionConfig,
+        on_frame: impl FnMut(SessionFrame) + Send + 'static,
+        audio: crate::session::AudioOut,
     ) -> Result<Session> {
         config.encoder.validate()?;
         self.check_game(&config.game, config.encoder.mode)?;
@@ -195,9 +206,23 @@ impl SessionHost {
             self.packaged.iter().find(|g| g.manifest.id == config.game),
             &self.runtime,
         ) {
-            return Session::start_packaged(runtime, game, &encoder.candidate, config, on_frame);
+            return Session::start_packaged(
+                runtime,
+                game,
+                &encoder.candidate,
+                config,
+                on_frame,
+                audio.filter(|_| game.manifest.audio),
+            );
         }
         let game = self.catalogue.start(&config.game)?;
-        Session::start(&self.vulkan, game, &encoder.candidate, config, on_frame)
+        Session::start(
+            &self.vulkan,
+            game,
+            &encoder.candidate,
+            config,
+            on_frame,
+            audio,
+        )
     }
 }

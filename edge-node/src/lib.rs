@@ -7,6 +7,7 @@
 //! process on one shared Vulkan device.
 
 pub mod agent;
+pub mod audio;
 pub mod bench;
 pub mod convert;
 pub mod encode;

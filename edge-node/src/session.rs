@@ -121,15 +121,22 @@ enum Control {
     Stop,
 }
 
+/// Where a session's Opus packets go; `None` for a session without sound.
+pub type AudioOut = Option<Box<dyn FnMut(crate::audio::AudioPacket) + Send>>;
+
 /// A running session; dropping it stops it.
 #[derive(Debug)]
 pub struct Session {
     id: String,
     control: mpsc::Sender<Control>,
+    // Its sound, stopped with the session.
+    audio: Mutex<Option<crate::audio::AudioStream>>,
     // A packaged game takes input straight into its display, not on the next frame.
     game_input: Option<Arc<crate::runtime::GameInput>>,
     counters: Arc<SessionCounters>,
     started: Instant,
+    // The wall clock at `started`, Unix ms: capture times are `epoch_unix_ms + pts`.
+    epoch_unix_ms: f64,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -209,6 +216,8 @@ struct Worker {
     control: mpsc::Receiver<Control>,
     width: u32,
     height: u32,
+    // Time zero of the session's clock, shared with its sound.
+    epoch: Instant,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -216,15 +225,18 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Session {
-    /// Starts a session on its own thread. `on_frame` receives every encoded frame.
+    /// Starts a session on its own thread. `on_frame` receives every encoded frame, `audio`
+    /// every Opus packet of the game's generated soundtrack.
     pub fn start(
         vulkan: &Arc<VulkanContext>,
         game: Box<dyn Game>,
         encoder: &EncoderCandidate,
         config: &SessionConfig,
         on_frame: impl FnMut(SessionFrame) + Send + 'static,
+        audio: AudioOut,
     ) -> Result<Self> {
         let mode = config.encoder.mode;
+        let (epoch, epoch_unix_ms) = (Instant::now(), pixelgrid_proto::clock::unix_ms_f64());
         let renderer = Renderer::new(vulkan, mode.width, mode.height)?;
         let encoder = Encoder::open(encoder, &config.encoder)?;
         let counters = Arc::new(SessionCounters::default());
@@ -240,15 +252,20 @@ impl Session {
             control: rx,
             width: mode.width,
             height: mode.height,
+            epoch,
         };
-        let started = Instant::now();
+        let audio = audio
+            .map(|out| crate::audio::AudioStream::soundtrack(epoch, out))
+            .transpose()?;
         let handle = spawn_worker(config, &counters, move || worker.run())?;
         Ok(Self {
             id: config.id.clone(),
             control: tx,
+            audio: Mutex::new(audio),
             game_input: None,
             counters,
-            started,
+            started: epoch,
+            epoch_unix_ms,
             worker: Mutex::new(Some(handle)),
         })
     }
@@ -261,8 +278,10 @@ impl Session {
         encoder: &EncoderCandidate,
         config: &SessionConfig,
         on_frame: impl FnMut(SessionFrame) + Send + 'static,
+        audio: AudioOut,
     ) -> Result<Self> {
         let mode = config.encoder.mode;
+        let (epoch, epoch_unix_ms) = (Instant::now(), pixelgrid_proto::clock::unix_ms_f64());
         let encoder = Encoder::open(encoder, &config.encoder)?;
         let counters = Arc::new(SessionCounters::default());
         let out = FramePush::new(encoder, &counters, on_frame);
@@ -291,8 +310,23 @@ impl Session {
                     return Ok(());
                 }
             };
-            let _ = ready_tx.send(Ok(Arc::clone(world.input())));
+            // The game's sound, when it has any and the player wants it.
+            let sound = match (world.pulse_server(), audio) {
+                (Some(server), Some(out)) => {
+                    match crate::audio::AudioStream::from_pulse(&server, "game.monitor", epoch, out)
+                    {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return Ok(());
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let _ = ready_tx.send(Ok((Arc::clone(world.input()), sound)));
             CaptureWorker {
+                epoch,
                 capture,
                 world,
                 out,
@@ -302,8 +336,8 @@ impl Session {
             }
             .run()
         })?;
-        let input = match ready_rx.recv() {
-            Ok(Ok(input)) => input,
+        let (input, sound) = match ready_rx.recv() {
+            Ok(Ok(ready)) => ready,
             Ok(Err(e)) => {
                 let _ = handle.join();
                 return Err(e);
@@ -319,9 +353,11 @@ impl Session {
         Ok(Self {
             id: config.id.clone(),
             control: tx,
+            audio: Mutex::new(sound),
             game_input: Some(input),
             counters,
-            started: Instant::now(),
+            started: epoch,
+            epoch_unix_ms,
             worker: Mutex::new(Some(handle)),
         })
     }
@@ -342,10 +378,26 @@ impl Session {
                 Err(e) => tracing::debug!(session = %self.id, error = %e, "input not delivered"),
             },
             None => {
+                if let Some(audio) = &*self.audio.lock().unwrap_or_else(|p| p.into_inner()) {
+                    audio.on_input(&event);
+                }
                 let _ = self.control.send(Control::Input(event));
             }
         }
         Ok(())
+    }
+
+    /// Wall-clock time of the session clock's zero, Unix ms.
+    pub fn epoch_unix_ms(&self) -> f64 {
+        self.epoch_unix_ms
+    }
+
+    /// True when the session makes sound.
+    pub fn has_audio(&self) -> bool {
+        self.audio
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     /// Lets go of every key and button (the player's channel closed or went silent).
@@ -411,6 +463,7 @@ impl Session {
     /// Stops the session and waits for its thread (which frees its renderer and encoder); later
     /// calls do nothing. Blocks for up to a frame plus the encoder's drain.
     pub fn shutdown(&self) {
+        drop(self.audio.lock().unwrap_or_else(|p| p.into_inner()).take());
         let _ = self.control.send(Control::Stop);
         let handle = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
@@ -535,7 +588,7 @@ impl Worker {
     }
 
     fn run_until_stopped(&mut self) -> Result<()> {
-        let epoch = Instant::now();
+        let epoch = self.epoch;
         let mut last_due_us = 0;
         loop {
             let now_us = epoch.elapsed().as_micros() as u64;
@@ -611,6 +664,7 @@ impl Worker {
 // A packaged game's session: the display's picture grabbed on each tick of the session's frame
 // clock into the encoder; the game's exit ends the session with the reason.
 struct CaptureWorker {
+    epoch: Instant,
     // Before `world`: the capture lets go of the display before the display goes.
     capture: crate::runtime::capture::Capture,
     world: crate::runtime::World,
@@ -640,7 +694,7 @@ impl CaptureWorker {
     }
 
     fn run_until_stopped(&mut self) -> Result<()> {
-        let epoch = Instant::now();
+        let epoch = self.epoch;
         let mut pinned = Instant::now();
         loop {
             let now_us = epoch.elapsed().as_micros() as u64;
@@ -671,6 +725,7 @@ impl CaptureWorker {
                 .counters
                 .dropped_late
                 .fetch_add(skipped, Ordering::Relaxed);
+            self.world.beat();
             if let Some(reason) = self.world.exited() {
                 return Err(Error::GameFailed {
                     game: self.world.game_name().to_owned(),

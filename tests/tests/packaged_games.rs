@@ -165,6 +165,16 @@ fn x_sockets() -> usize {
         .unwrap_or(0)
 }
 
+/// The loudest sound decoded over `span`, as an RMS level.
+async fn loudest(s: &mut pixelgrid_client::Session, span: Duration) -> f32 {
+    let deadline = tokio::time::Instant::now() + span;
+    let mut loudest = 0.0f32;
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, s.next_audio()).await {
+        loudest = loudest.max(chunk.level);
+    }
+    loudest
+}
+
 async fn wait_for_end(s: &mut pixelgrid_client::Session) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -184,7 +194,7 @@ fn real_games_run_in_private_worlds_through_the_grid() {
     let rig = rig();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (procs_before, sockets_before) = (
-        count_processes(&["Xvfb", "bwrap", "vkcube", "supertux2"]),
+        count_processes(&["Xvfb", "bwrap", "vkcube", "supertux2", "pulseaudio"]),
         x_sockets(),
     );
     let node = Arc::clone(&rig.grid.nodes[0].1);
@@ -291,6 +301,9 @@ fn real_games_run_in_private_worlds_through_the_grid() {
                 break;
             }
         }
+        // Its music comes through the session's own sound server.
+        let music = loudest(&mut tux, Duration::from_secs(3)).await;
+        assert!(music > 0.01, "SuperTux is silent: level {music:.4}");
         let before = frame_after(&mut tux, Duration::from_millis(700)).await;
         let unprompted = diff(&settled.data, &before.data, 1280, menu);
         // SuperTux reads key state once per frame: hold the key long enough to be seen.
@@ -304,6 +317,33 @@ fn real_games_run_in_private_worlds_through_the_grid() {
             "the menu selection did not move: diff {prompted:.2} after the key, {unprompted:.2} without"
         );
         tux.end().await;
+    });
+
+    // The built-in game has sound too, stamped on the pictures' clock.
+    rt.block_on(async {
+        let client = Client::connect(&rig.url).await.unwrap();
+        let mut arena = client.launch("arena", options(640, 360, 30)).await.unwrap();
+        next_frame(&mut arena).await;
+        let level = loudest(&mut arena, Duration::from_secs(2)).await;
+        assert!(level > 0.02, "arena is silent: level {level:.4}");
+        let chunk = arena.next_audio().await.expect("sound keeps coming");
+        assert!(
+            chunk.capture_unix_ms.is_some(),
+            "audio carries its capture time"
+        );
+        assert_eq!(chunk.pcm.len(), 960 * 2, "20 ms of 48 kHz stereo");
+        let stats = arena.stats();
+        assert!(stats.audio_packets_received >= 50, "{stats:?}");
+        assert!(stats.av_offset_ms.is_some(), "{stats:?}");
+        arena.end().await;
+        // A player who wants no sound gets none.
+        let mut quiet_options = options(640, 360, 30);
+        quiet_options.audio = false;
+        let mut quiet = client.launch("arena", quiet_options).await.unwrap();
+        next_frame(&mut quiet).await;
+        assert!(quiet.try_next_audio().is_none());
+        assert_eq!(quiet.stats().audio_packets_received, 0);
+        quiet.end().await;
     });
 
     // Twenty sessions later, nothing of any of them is left.
@@ -322,7 +362,8 @@ fn real_games_run_in_private_worlds_through_the_grid() {
     let clean = eventually(Duration::from_secs(30), || {
         rig.grid.runtime.block_on(node.sessions()).is_empty()
             && std::fs::read_dir(&sessions_dir).unwrap().count() == 0
-            && count_processes(&["Xvfb", "bwrap", "vkcube", "supertux2"]) <= procs_before
+            && count_processes(&["Xvfb", "bwrap", "vkcube", "supertux2", "pulseaudio"])
+                <= procs_before
             && x_sockets() <= sockets_before
     });
     assert!(
@@ -330,7 +371,7 @@ fn real_games_run_in_private_worlds_through_the_grid() {
         "left behind: {} live sessions, {} session dirs, {} game/display processes (had {procs_before}), {} X sockets (had {sockets_before})",
         rig.grid.runtime.block_on(node.sessions()).len(),
         std::fs::read_dir(&sessions_dir).unwrap().count(),
-        count_processes(&["Xvfb", "bwrap", "vkcube", "supertux2"]),
+        count_processes(&["Xvfb", "bwrap", "vkcube", "supertux2", "pulseaudio"]),
         x_sockets()
     );
 }

@@ -51,7 +51,11 @@ fn x_err(what: &str) -> impl Fn(String) -> Error + '_ {
 impl Display {
     /// Starts an `Xvfb` at `width`×`height` on the first free display number and connects to it.
     pub fn start(width: u32, height: u32) -> Result<Self> {
-        let mut xvfb = Command::new("Xvfb")
+        // The X server parses what the game sends: it runs unprivileged too.
+        let mut argv = super::drop_privileges();
+        argv.push("/usr/bin/Xvfb".into());
+        let mut xvfb = Command::new(&argv[0])
+            .args(&argv[1..])
             .args(["-displayfd", "1", "-screen", "0"])
             .arg(format!("{width}x{height}x24"))
             .args(["-nolisten", "tcp", "-noreset", "-nocursor"])

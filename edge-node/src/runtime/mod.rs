@@ -91,7 +91,9 @@ fn sweep_session_dir(dir: &Path) {
             };
             process::kill_leftover_group(pid, expected);
             if kind == "display"
-                && let Some(n) = parts.next()
+                && let Some(n) = parts
+                    .next()
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
             {
                 let _ = std::fs::remove_file(format!("/tmp/.X{n}-lock"));
                 let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
@@ -133,11 +135,82 @@ impl GameInput {
     }
 }
 
+/// How long a running session may make no progress before its game and display are killed.
+const STALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// Kills a world whose session stopped making progress: a game that grabs the X server (or a
+/// display that stops answering) would otherwise block the session's thread for ever, since X
+/// requests have no timeout. Killing the display fails every request waiting on it.
+#[derive(Debug)]
+struct Watchdog {
+    // Milliseconds since `origin` of the latest sign of progress.
+    beat: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    origin: Instant,
+}
+
+impl Watchdog {
+    fn start(display: Arc<Display>, game_pid: u32, first_deadline: Duration) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let origin = Instant::now();
+        // Until the first beat, the game's own time limit (and some) applies.
+        let beat = Arc::new(AtomicU64::new(
+            (first_deadline.saturating_sub(STALL_LIMIT)).as_millis() as u64,
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, st) = (Arc::clone(&beat), Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name("world-watchdog".into())
+            .spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let since = origin.elapsed().as_millis() as u64;
+                    if since.saturating_sub(b.load(Ordering::Relaxed))
+                        > STALL_LIMIT.as_millis() as u64
+                    {
+                        tracing::warn!(game_pid, "session stalled; killing its game and display");
+                        let pgid = nix::unistd::Pid::from_raw(game_pid as i32);
+                        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                        display.shut_down();
+                        return;
+                    }
+                }
+            })
+            .ok();
+        Self {
+            beat,
+            stop,
+            thread,
+            origin,
+        }
+    }
+
+    fn beat(&self) {
+        self.beat.store(
+            self.origin.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// One packaged-game session's private world; dropping it stops the game and removes it all.
 #[derive(Debug)]
 pub struct World {
+    watchdog: Option<Watchdog>,
     dir: PathBuf,
     display: Arc<Display>,
+    // The session's own PulseAudio server and its socket, for games with sound.
+    pulse: Option<(Child, PathBuf)>,
     game: Child,
     game_name: String,
     stop: manifest::StopSignal,
@@ -184,10 +257,28 @@ impl World {
         };
         let display_number = display.name().trim_start_matches(':').to_owned();
         record_pid(&dir, "display", display.pid(), &display_number);
-        let game_child = match spawn_game(config, game, mode, &dir, &display) {
+        let mut pulse = None;
+        if m.audio {
+            match start_pulse(&dir) {
+                Ok(p) => {
+                    record_pid(&dir, "audio", p.0.id(), "");
+                    pulse = Some(p);
+                }
+                Err(e) => {
+                    display.shut_down();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            }
+        }
+        let socket = pulse.as_ref().map(|(_, s)| s.clone());
+        let game_child = match spawn_game(config, game, mode, &dir, &display, socket.as_deref()) {
             Ok(c) => c,
             Err(e) => {
-                drop(display);
+                if let Some((mut child, _)) = pulse {
+                    process::terminate(&mut child, Duration::from_secs(1));
+                }
+                display.shut_down();
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
             }
@@ -198,9 +289,16 @@ impl World {
             mapper: Mutex::default(),
             mode,
         });
+        let watchdog = Watchdog::start(
+            Arc::clone(&display),
+            game_child.id(),
+            Duration::from_secs(u64::from(m.ready_timeout_s)) + STALL_LIMIT,
+        );
         let mut world = Self {
+            watchdog: Some(watchdog),
             dir,
             display,
+            pulse,
             game: game_child,
             game_name: m.name.clone(),
             stop: m.stop_signal,
@@ -251,7 +349,16 @@ impl World {
     }
 
     fn last_output(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("game.log")).unwrap_or_default();
+        use std::io::{Read, Seek, SeekFrom};
+        // The last 4 KiB of the log the node itself opened for the game.
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.join("game.log")) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
+            let mut bytes = Vec::new();
+            let _ = f.take(4096).read_to_end(&mut bytes);
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
         let tail: Vec<&str> = text.lines().rev().take(3).collect();
         if tail.is_empty() {
             String::new()
@@ -273,9 +380,23 @@ impl World {
         }
     }
 
+    /// The session's PulseAudio server (`unix:/…/native`), when the game has sound.
+    pub fn pulse_server(&self) -> Option<String> {
+        self.pulse
+            .as_ref()
+            .map(|(_, socket)| format!("unix:{}", socket.display()))
+    }
+
     /// The display's name (`:N`).
     pub fn display_name(&self) -> String {
         self.display.name()
+    }
+
+    /// Tells the watchdog the session is making progress.
+    pub fn beat(&self) {
+        if let Some(w) = &self.watchdog {
+            w.beat();
+        }
     }
 
     /// Keeps the game's windows pinned (a game may open new ones or move them).
@@ -296,8 +417,11 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        self.input.release_all();
+        drop(self.watchdog.take());
         process::terminate_with(&mut self.game, process::signal_for(self.stop), self.grace);
+        if let Some((child, _)) = &mut self.pulse {
+            process::terminate(child, Duration::from_secs(1));
+        }
         // Now, not when the last holder of the display (the input path) lets go of it.
         self.display.shut_down();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -345,17 +469,104 @@ fn make_session_dir(root: &Path, session_id: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Starts the session's own PulseAudio server with one null sink, `game`, whose monitor the node
+/// records; returns it with its socket once the socket exists.
+fn start_pulse(dir: &Path) -> Result<(Child, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let base = dir.join("pulse");
+    // The sound server runs as the unprivileged user too; its files are its own.
+    for p in [base.clone(), base.join("home"), base.join("run")] {
+        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o711));
+        if running_as_root() {
+            std::os::unix::fs::chown(&p, Some(UNPRIVILEGED.0), Some(UNPRIVILEGED.1))
+                .map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    let socket = base.join("native");
+    let log_path = dir.join("pulse.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| Error::io(dir, e))?;
+    let mut argv = drop_privileges();
+    argv.extend(
+        [
+            "/usr/bin/pulseaudio",
+            "--daemonize=no",
+            "--exit-idle-time=-1",
+            "--use-pid-file=no",
+            "--disable-shm=yes",
+            "-n",
+            "--load=module-null-sink sink_name=game rate=48000 channels=2",
+        ]
+        .map(String::from),
+    );
+    argv.push(format!(
+        "--load=module-native-protocol-unix socket={} auth-anonymous=1",
+        socket.display()
+    ));
+    // Loaded above; the game (a client of this server) may load nothing more, nor stop it.
+    argv.extend(["--disallow-module-loading", "--disallow-exit"].map(String::from));
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .env("HOME", base.join("home"))
+        .env("XDG_RUNTIME_DIR", base.join("run"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot start PulseAudio for the game's sound ({e}); install Debian's pulseaudio (deploy/install-deps.sh)"
+            ))
+        })?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() {
+        if Instant::now() >= deadline || !matches!(child.try_wait(), Ok(None)) {
+            process::terminate(&mut child, Duration::from_millis(200));
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(Error::Unavailable(format!(
+                "PulseAudio did not start for the game's sound: {}",
+                log.lines().rev().take(2).collect::<Vec<_>>().join(" | ")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((child, socket))
+}
+
+/// Helpers the node runs as root around the game: absolute paths, so nothing of the game's
+/// environment can choose which program runs.
+const PRLIMIT: &str = "/usr/bin/prlimit";
+const SETPRIV: &str = "/usr/bin/setpriv";
+const BWRAP: &str = "/usr/bin/bwrap";
+
+/// `setpriv` arguments that drop to the unprivileged user, when the node is root.
+pub(crate) fn drop_privileges() -> Vec<String> {
+    if running_as_root() {
+        vec![
+            SETPRIV.into(),
+            format!("--reuid={}", UNPRIVILEGED.0),
+            format!("--regid={}", UNPRIVILEGED.1),
+            "--clear-groups".into(),
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
 fn spawn_game(
     config: &RuntimeConfig,
     game: &InstalledGame,
     mode: VideoMode,
     dir: &Path,
     display: &Display,
+    pulse_socket: Option<&Path>,
 ) -> Result<Child> {
     let m = &game.manifest;
     let mut argv: Vec<String> = Vec::new();
     if m.memory_mb > 0 || m.cpu_s > 0 {
-        argv.push("prlimit".into());
+        argv.push(PRLIMIT.into());
         if m.memory_mb > 0 {
             argv.push(format!("--as={}", m.memory_mb << 20));
         }
@@ -364,19 +575,14 @@ fn spawn_game(
         }
         argv.push("--".into());
     }
-    if running_as_root() {
-        argv.extend([
-            "setpriv".into(),
-            format!("--reuid={}", UNPRIVILEGED.0),
-            format!("--regid={}", UNPRIVILEGED.1),
-            "--clear-groups".into(),
-        ]);
-    }
+    argv.extend(drop_privileges());
     let p = |path: &Path| path.display().to_string();
     argv.extend(
         [
-            "bwrap",
+            BWRAP,
             "--die-with-parent",
+            // Its own session: no TIOCSTI into a terminal the node was started from.
+            "--new-session",
             "--unshare-all",
             "--ro-bind",
             "/",
@@ -387,6 +593,8 @@ fn spawn_game(
             "/proc",
             "--tmpfs",
             "/tmp",
+            // The game's environment is set inside the sandbox only, never on the helpers.
+            "--clearenv",
         ]
         .map(String::from),
     );
@@ -399,44 +607,59 @@ fn spawn_game(
     }
     argv.extend(["--tmpfs".into(), p(&config.session_root)]);
     argv.extend(["--ro-bind".into(), p(&game.dir), p(&game.dir)]);
-    argv.extend(["--bind".into(), p(dir), p(dir)]);
+    // Only the game's own home and runtime directories: the session directory around them
+    // (its log, pids, sound server) is the node's.
+    for sub in ["home", "run"] {
+        argv.extend(["--bind".into(), p(&dir.join(sub)), p(&dir.join(sub))]);
+    }
     let socket = display.socket_path();
     argv.extend(["--bind".into(), p(&socket), p(&socket)]);
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "PATH".into(),
+            "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games".into(),
+        ),
+        ("HOME".into(), p(&dir.join("home"))),
+        ("XDG_RUNTIME_DIR".into(), p(&dir.join("run"))),
+        ("DISPLAY".into(), display.name()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ];
+    if let Some(socket) = pulse_socket {
+        argv.extend(["--bind".into(), p(socket), p(socket)]);
+        env.push(("PULSE_SERVER".into(), format!("unix:{}", socket.display())));
+    }
+    // Which Vulkan driver to load is the node's choice (CI pins lavapipe).
+    for (k, v) in std::env::vars() {
+        if k == "VK_ICD_FILENAMES" || k.starts_with("__GLX_") || k.starts_with("NVIDIA_") {
+            env.push((k, v));
+        }
+    }
+    env.extend(m.run.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (k, v) in env {
+        argv.extend(["--setenv".into(), k, v]);
+    }
     argv.extend(["--chdir".into(), p(&game.working_dir())]);
     argv.push("--".into());
     argv.push(p(&game.executable()));
     argv.extend(m.run.args_for(mode));
 
+    // The log lives in the node's part of the session directory, out of the game's reach.
     let log = std::fs::File::create(dir.join("game.log")).map_err(|e| Error::io(dir, e))?;
     let log2 = log.try_clone().map_err(|e| Error::io(dir, e))?;
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
+    Command::new(&argv[0])
+        .args(&argv[1..])
         .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games",
-        )
-        .env("HOME", dir.join("home"))
-        .env("XDG_RUNTIME_DIR", dir.join("run"))
-        .env("DISPLAY", display.name())
-        .env("LANG", "C.UTF-8")
-        .envs(&m.run.env)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))
-        .process_group(0);
-    // Which Vulkan driver to load is the node's choice (CI pins lavapipe).
-    for (k, v) in std::env::vars() {
-        if k == "VK_ICD_FILENAMES" || k.starts_with("__GLX_") || k.starts_with("NVIDIA_") {
-            cmd.env(k, v);
-        }
-    }
-    cmd.spawn().map_err(|e| {
-        Error::Unavailable(format!(
-            "cannot start {} through {} ({e}); install bubblewrap (deploy/install-deps.sh)",
-            m.name, argv[0]
-        ))
-    })
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot start {} through {} ({e}); install bubblewrap (deploy/install-deps.sh)",
+                m.name, argv[0]
+            ))
+        })
 }
 
 fn gpu_devices() -> Vec<PathBuf> {

@@ -92,7 +92,9 @@ impl GameStore {
         let entries = std::fs::read_dir(&self.root).map_err(io(&self.root))?;
         for entry in entries.flatten() {
             let dir = entry.path();
-            if !dir.join("install.json").is_file() {
+            if entry.file_name().to_string_lossy().starts_with('.')
+                || !dir.join("install.json").is_file()
+            {
                 continue;
             }
             match Self::load(&dir) {
@@ -174,6 +176,7 @@ impl GameStore {
                 unpack(source, &bytes, &package)?;
             }
         }
+        links_stay_inside(&package, source)?;
         let manifest = read_manifest(&package)?;
         let game = InstalledGame {
             record: InstallRecord {
@@ -214,15 +217,26 @@ fn tempfile_dir(root: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Largest manifest read.
+const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+
 /// Reads and checks `dir/pixelgrid-game.toml`; errors name the file, the field and what is allowed.
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let not_there = |why: String| {
         package_error(
             &dir.display().to_string(),
-            format!("no readable {MANIFEST_FILE} at its top ({e}); is this a game package?"),
+            format!("no readable {MANIFEST_FILE} at its top ({why}); is this a game package?"),
         )
-    })?;
+    };
+    // A plain file of sane size: never a link to a secret, a device or a pipe.
+    let meta = std::fs::symlink_metadata(&path).map_err(|e| not_there(e.to_string()))?;
+    if !meta.is_file() || meta.len() > MAX_MANIFEST_BYTES {
+        return Err(not_there(format!(
+            "it must be a regular file of at most {MAX_MANIFEST_BYTES} bytes"
+        )));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| not_there(e.to_string()))?;
     Manifest::parse(&text)
         .map_err(|e| Error::invalid("manifest", format!("{}: {e}", path.display())))
 }
@@ -392,6 +406,32 @@ fn unpack(source: &str, bytes: &[u8], dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Every link in the installed package, resolved, lands inside it (the lexical check on the
+/// way in cannot see links through other links).
+fn links_stay_inside(package: &Path, source: &str) -> Result<()> {
+    let root = std::fs::canonicalize(package).map_err(io(package))?;
+    fn walk(root: &Path, dir: &Path, source: &str) -> Result<()> {
+        for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+            let path = e.path();
+            let kind = e.file_type().map_err(io(&path))?;
+            if kind.is_symlink() {
+                let inside = std::fs::canonicalize(&path).is_ok_and(|t| t.starts_with(root));
+                if !inside {
+                    let rel = path.strip_prefix(root).unwrap_or(&path);
+                    return Err(package_error(
+                        source,
+                        format!("link {} points outside the package", rel.display()),
+                    ));
+                }
+            } else if kind.is_dir() {
+                walk(root, &path, source)?;
+            }
+        }
+        Ok(())
+    }
+    walk(&root, &root, source)
+}
+
 fn copy_tree(from: &Path, to: &Path, source: &str) -> Result<()> {
     fn walk(root: &Path, rel: &Path, to: &Path, source: &str) -> Result<()> {
         let dir = root.join(rel);
@@ -418,7 +458,15 @@ fn copy_tree(from: &Path, to: &Path, source: &str) -> Result<()> {
                 std::fs::create_dir_all(&dst).map_err(io(&dst))?;
                 walk(root, &rel, to, source)?;
             } else if kind.is_file() {
+                use std::os::unix::fs::PermissionsExt;
                 std::fs::copy(&src, &dst).map_err(io(&src))?;
+                // No set-user-id or set-group-id files out of a studio's package.
+                let mode = std::fs::metadata(&dst)
+                    .map_err(io(&dst))?
+                    .permissions()
+                    .mode();
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode & 0o777))
+                    .map_err(io(&dst))?;
             }
         }
         Ok(())
@@ -607,6 +655,22 @@ modes = ["640x480@30"]
             .add(src.path().to_str().expect("utf8"), None)
             .expect_err("no exe");
         assert!(e.to_string().contains("run.executable"), "{e}");
+    }
+
+    #[test]
+    fn links_through_links_cannot_leave_the_package() {
+        let src = tempfile::tempdir().expect("tmp");
+        package(src.path());
+        // d -> . and d/d/d/x -> ../../../.. : lexically inside, really outside.
+        std::os::unix::fs::symlink(".", src.path().join("d")).expect("link");
+        std::os::unix::fs::symlink("../../../..", src.path().join("x")).expect("link");
+        let games = tempfile::tempdir().expect("tmp");
+        let store = GameStore::open(games.path()).expect("store");
+        let e = store
+            .add(src.path().to_str().expect("utf8"), None)
+            .expect_err("escapes");
+        assert!(e.to_string().contains("outside the package"), "{e}");
+        assert!(store.list().expect("list").is_empty());
     }
 
     #[test]

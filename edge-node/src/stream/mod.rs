@@ -87,6 +87,7 @@ pub struct RejectCounters {
 }
 
 type FrameSinks = Arc<Mutex<Vec<(String, mpsc::Sender<Arc<SessionFrame>>)>>>;
+type AudioSinks = Arc<Mutex<Vec<(String, mpsc::Sender<Arc<crate::audio::AudioPacket>>)>>>;
 
 struct LiveSession {
     session: Arc<Session>,
@@ -94,9 +95,12 @@ struct LiveSession {
     codec: Codec,
     encoder: String,
     rtp_epoch: u32,
+    // RTP timestamp of session time 0 on the audio track (48 kHz), when the session has sound.
+    audio_rtp_epoch: Option<u32>,
     epoch_unix_ms: f64,
     viewers: HashMap<String, Viewer>,
     sinks: FrameSinks,
+    audio_sinks: AudioSinks,
     counters: Arc<StreamCounters>,
     expiry: tokio::task::JoinHandle<()>,
 }
@@ -351,6 +355,7 @@ impl StreamNode {
                 height: claims.height,
                 fps: claims.fps,
                 rtp_epoch: live.rtp_epoch,
+                audio_rtp_epoch: live.audio_rtp_epoch,
                 epoch_unix_ms: live.epoch_unix_ms,
                 counters: Arc::clone(&live.counters),
                 gone: self.gone.clone(),
@@ -383,6 +388,12 @@ impl StreamNode {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((viewer_id.clone(), viewer.frames.clone()));
+        if let Some(audio) = &viewer.audio {
+            live.audio_sinks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((viewer_id.clone(), audio.clone()));
+        }
         live.viewers.insert(viewer_id.clone(), viewer);
         tracing::info!(session = %claims.sid, viewer = %viewer_id, "viewer joined");
         Ok((viewer_id, answer))
@@ -414,15 +425,28 @@ impl StreamNode {
                 }
             }
         };
+        let audio_sinks: AudioSinks = Arc::default();
+        let packet_sinks = Arc::clone(&audio_sinks);
+        let on_audio = move |packet: crate::audio::AudioPacket| {
+            let packet = Arc::new(packet);
+            for (_, tx) in packet_sinks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                let _ = tx.try_send(Arc::clone(&packet));
+            }
+        };
         let host = Arc::clone(&self.host);
         let encoder = host.encoder_for(codec)?.candidate.element.to_owned();
-        let epoch_unix_ms = unix_ms();
-        let session = tokio::task::spawn_blocking(move || host.start_session(&config, on_frame))
-            .await
-            .map_err(|e| Error::Session {
-                id: claims.sid.clone(),
-                reason: e.to_string(),
-            })??;
+        let session = tokio::task::spawn_blocking(move || {
+            host.start_session_with_audio(&config, on_frame, Some(Box::new(on_audio)))
+        })
+        .await
+        .map_err(|e| Error::Session {
+            id: claims.sid.clone(),
+            reason: e.to_string(),
+        })??;
         let expires = parse_rfc3339(&claims.exp).unwrap_or(0);
         let weak = Arc::downgrade(self);
         let sid = claims.sid.clone();
@@ -434,14 +458,16 @@ impl StreamNode {
         });
         tracing::info!(session = %claims.sid, game = %claims.game, %codec, %encoder, "session started");
         Ok(LiveSession {
+            audio_rtp_epoch: session.has_audio().then(random_u32),
+            epoch_unix_ms: session.epoch_unix_ms(),
             session: Arc::new(session),
             claims: claims.clone(),
             codec,
             encoder,
             rtp_epoch: random_u32(),
-            epoch_unix_ms,
             viewers: HashMap::new(),
             sinks,
+            audio_sinks,
             counters,
             expiry,
         })
@@ -493,6 +519,10 @@ impl StreamNode {
             return false;
         };
         live.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _)| id != viewer_id);
+        live.audio_sinks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(id, _)| id != viewer_id);
@@ -726,6 +756,10 @@ impl StreamNode {
 async fn close_session(live: LiveSession, reason: &str) {
     live.expiry.abort();
     live.sinks.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    live.audio_sinks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
     for (_, v) in live.viewers {
         let _ = v.pc.close().await;
     }

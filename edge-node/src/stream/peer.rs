@@ -18,7 +18,7 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_VP8, MediaEngine,
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -49,6 +49,8 @@ const RTP_PAYLOAD_MTU: usize = 1100;
 const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
 /// Frames queued for one viewer before newer ones are dropped for it.
 pub(crate) const VIEWER_QUEUE: usize = 4;
+/// Opus packets queued for one viewer (100 ms) before newer ones are dropped for it.
+const AUDIO_QUEUE: usize = 5;
 
 /// How the node's WebRTC side is set up.
 #[derive(Debug, Clone)]
@@ -70,6 +72,34 @@ pub struct IceServer {
     pub username: String,
     /// TURN credential (empty for STUN).
     pub credential: String,
+}
+
+/// Does the offer ask for sound we can send (an audio section with Opus)? A player that wants
+/// none leaves the audio m-line out.
+pub(crate) fn offer_wants_opus(sdp: &str) -> bool {
+    let mut in_audio = false;
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            in_audio = l.starts_with("m=audio") && !l.starts_with("m=audio 0 ");
+        } else if in_audio
+            && l.starts_with("a=rtpmap:")
+            && l.to_ascii_lowercase().contains("opus/48000")
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The Opus track's codec: stereo, in-band FEC, 10 ms minimum packet time.
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: crate::audio::SAMPLE_RATE,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1;stereo=1;sprop-stereo=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
 }
 
 /// Does the browser's offer carry a codec we can send? H.264 first, VP8 else.
@@ -158,6 +188,14 @@ fn media_engine(codec: Codec) -> Result<MediaEngine> {
         }
         Codec::Vp8 => register(&mut m, track_codec(Codec::Vp8), 96)?,
     }
+    m.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: opus_codec(),
+            payload_type: 111,
+        },
+        RtpCodecKind::Audio,
+    )
+    .map_err(|e| Error::Webrtc(format!("registering Opus: {e}")))?;
     m.register_header_extension(
         RTCRtpHeaderExtensionCapability {
             uri: PLAYOUT_DELAY_URI.into(),
@@ -231,6 +269,8 @@ pub(crate) struct ViewerContext {
     pub height: u32,
     pub fps: u32,
     pub rtp_epoch: u32,
+    /// Set when the session has sound.
+    pub audio_rtp_epoch: Option<u32>,
     pub epoch_unix_ms: f64,
     pub counters: Arc<StreamCounters>,
     /// Told (session id, viewer id) when the viewer's connection fails or closes.
@@ -361,7 +401,13 @@ fn hello(ctx: &ViewerContext) -> NodeMessage {
         fps: ctx.fps,
         rtp_epoch: ctx.rtp_epoch,
         epoch_unix_ms: ctx.epoch_unix_ms,
+        audio_rtp_epoch: ctx.audio_rtp_epoch,
     }
+}
+
+/// RTP timestamp (48 kHz) of a sound made `pts` after session time 0.
+pub(crate) fn audio_rtp_timestamp(epoch: u32, pts: Duration) -> u32 {
+    epoch.wrapping_add((pts.as_micros() * 48 / 1000) as u32)
 }
 
 /// RTP timestamp (90 kHz) of a frame captured `pts` after session time 0.
@@ -373,6 +419,8 @@ pub(crate) fn rtp_timestamp(epoch: u32, pts: Duration) -> u32 {
 pub(crate) struct Viewer {
     pub pc: Arc<dyn PeerConnection>,
     pub frames: mpsc::Sender<Arc<SessionFrame>>,
+    /// The viewer's Opus packets, when it takes the session's sound.
+    pub audio: Option<mpsc::Sender<Arc<crate::audio::AudioPacket>>>,
     /// The player's `input` channel, once open.
     pub channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
 }
@@ -406,6 +454,7 @@ pub(crate) async fn open(
 ) -> Result<(String, Viewer)> {
     let bad_sdp = |e: webrtc::error::Error| Error::invalid("sdp", e.to_string());
     tracing::debug!(%offer, "WHEP offer");
+    let audio_epoch = ctx.audio_rtp_epoch.filter(|_| offer_wants_opus(&offer));
     let offer =
         RTCSessionDescription::offer(offer).map_err(|e| Error::invalid("sdp", e.to_string()))?;
     let mut engine = media_engine(ctx.codec)?;
@@ -478,6 +527,31 @@ pub(crate) async fn open(
         .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
         .await
         .map_err(bad_sdp)?;
+    let audio_ssrc = rand_u32();
+    let audio_track = match audio_epoch {
+        Some(_) => {
+            let t = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                format!("pixelgrid-{}", ctx.session_id),
+                "audio".to_owned(),
+                "game-audio".to_owned(),
+                RtpCodecKind::Audio,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(audio_ssrc),
+                        ..Default::default()
+                    },
+                    codec: opus_codec(),
+                    ..Default::default()
+                }],
+            )));
+            let s = pc
+                .add_track(Arc::clone(&t) as Arc<dyn TrackLocal>)
+                .await
+                .map_err(bad_sdp)?;
+            Some((t, s))
+        }
+        None => None,
+    };
     pc.set_remote_description(offer).await.map_err(bad_sdp)?;
     let answer = pc.create_answer(None).await.map_err(bad_sdp)?;
     pc.set_local_description(answer).await.map_err(bad_sdp)?;
@@ -506,6 +580,29 @@ pub(crate) async fn open(
         .find(|e| e.uri == PLAYOUT_DELAY_URI)
         .map(|e| e.id as u8);
 
+    let mut audio_tx = None;
+    if let (Some((audio_track, audio_sender)), Some(epoch)) = (audio_track, audio_epoch) {
+        let audio_pt = audio_sender
+            .get_parameters()
+            .await
+            .map_err(bad_sdp)?
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|c| c.payload_type);
+        if let Some(payload_type) = audio_pt {
+            let (tx, rx) = mpsc::channel(AUDIO_QUEUE);
+            tokio::spawn(send_audio(AudioLoop {
+                track: audio_track,
+                packets: rx,
+                ssrc: audio_ssrc,
+                payload_type,
+                epoch,
+                connected: Arc::clone(&connected),
+            }));
+            audio_tx = Some(tx);
+        }
+    }
     let (frames_tx, frames_rx) = mpsc::channel(VIEWER_QUEUE);
     tokio::spawn(forward_keyframe_requests(
         Arc::clone(&track),
@@ -527,6 +624,7 @@ pub(crate) async fn open(
         Viewer {
             pc,
             frames: frames_tx,
+            audio: audio_tx,
             channel,
         },
     ))
@@ -557,6 +655,42 @@ struct SendLoop {
     channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
     connected: Arc<tokio::sync::Notify>,
     ctx: ViewerContext,
+}
+
+struct AudioLoop {
+    track: Arc<TrackLocalStaticRTP>,
+    packets: mpsc::Receiver<Arc<crate::audio::AudioPacket>>,
+    ssrc: u32,
+    payload_type: u8,
+    epoch: u32,
+    connected: Arc<tokio::sync::Notify>,
+}
+
+/// One Opus packet per RTP packet (RFC 7587), stamped on the session clock at 48 kHz.
+async fn send_audio(mut s: AudioLoop) {
+    s.connected.notified().await;
+    let mut sequence = rand_u32() as u16;
+    let mut first = true;
+    while let Some(p) = s.packets.recv().await {
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                // The marker starts a talkspurt: the first packet of the stream.
+                marker: std::mem::take(&mut first),
+                payload_type: s.payload_type,
+                sequence_number: sequence,
+                timestamp: audio_rtp_timestamp(s.epoch, p.pts),
+                ssrc: s.ssrc,
+                ..Default::default()
+            },
+            payload: Bytes::from(p.data.clone()),
+        };
+        sequence = sequence.wrapping_add(1);
+        if let Err(e) = s.track.write_rtp(packet).await {
+            tracing::debug!(error = %e, "audio RTP write failed; viewer gone");
+            return;
+        }
+    }
 }
 
 async fn send_frames(mut s: SendLoop) {
@@ -642,6 +776,17 @@ mod tests {
             rtp_timestamp(u32::MAX, Duration::from_micros(1000 / 90 + 1)),
             0
         );
+    }
+
+    #[test]
+    fn audio_is_sent_only_when_the_offer_has_an_opus_section() {
+        let with = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        let without = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
+        let rejected = "v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert!(offer_wants_opus(with));
+        assert!(!offer_wants_opus(without));
+        assert!(!offer_wants_opus(rejected));
+        assert_eq!(audio_rtp_timestamp(7, Duration::from_millis(20)), 7 + 960);
     }
 
     #[test]

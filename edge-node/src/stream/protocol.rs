@@ -240,6 +240,10 @@ pub enum NodeMessage {
         rtp_epoch: u32,
         /// Wall-clock time of session time 0 on the node, Unix ms.
         epoch_unix_ms: f64,
+        /// RTP timestamp of session time 0 on the audio track; a sound made `ms` after it has
+        /// RTP timestamp `audio_rtp_epoch + ms * 48` (mod 2^32), 48 kHz. Absent without sound.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        audio_rtp_epoch: Option<u32>,
     },
     /// One encoded frame went out.
     Frame {
