@@ -8,6 +8,9 @@
 #   PIXELGRID_HOST=ip      address browsers reach this machine at (default: its first address;
 #                          browsers do not pair WebRTC with 127.0.0.1 unless told to)
 #   PIXELGRID_STATE=dir    node identities, token key, etcd data, indexer ledger (default: out/grid)
+#   PIXELGRID_GAMES=dir    packaged games the nodes host besides arena: deploy/games/* (SuperTux,
+#                          vkcube) are installed there (default: /var/tmp/pixelgrid-games, a
+#                          directory the unprivileged game user can reach)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh
@@ -18,6 +21,11 @@ host="${PIXELGRID_HOST:-$(hostname -I 2>/dev/null | awk '{print $1}')}"
 host="${host:-127.0.0.1}"
 state="${PIXELGRID_STATE:-out/grid}"
 mkdir -p "$state"
+games="${PIXELGRID_GAMES:-/var/tmp/pixelgrid-games}"
+mkdir -p -m 755 "$games"
+for g in deploy/games/*/; do
+  $bin/edge-node games --dir "$games" add "$g" >/dev/null
+done
 
 pids=()
 stop() {
@@ -46,15 +54,17 @@ pids+=($!)
 sleep 1
 for i in 1 2; do
   $bin/edge-node serve --orchestrator http://127.0.0.1:50051 --listen "$host:808$i" \
-    --identity "$state/node-$i.key" --max-sessions 4 --drain-timeout-s 5 \
+    --identity "$state/node-$i.key" --max-sessions 4 --drain-timeout-s 5 --games-dir "$games" \
     --indexer http://127.0.0.1:50061 --report-interval-ms 5000 &
   pids+=($!)
 done
 sleep 3
 $bin/pixelgrid --orchestrator http://127.0.0.1:50051 nodes || true
 echo
+$bin/pixelgrid --orchestrator http://127.0.0.1:50051 games || true
+echo
 echo "Play: open http://$host:8000/ in Chrome or Firefox and click Play (arrows/WASD, mouse, gamepad)."
-echo "Play headless: $bin/pixelgrid play --duration-s 10"
+echo "Play headless: $bin/pixelgrid play --duration-s 10   (--game supertux for a packaged game)"
 echo "Operate: $bin/pixelgrid sessions   (nodes, drain NODE, epochs, payouts EPOCH, payouts proof EPOCH NODE)"
 echo "Ctrl-C stops the grid."
 wait

@@ -23,6 +23,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl libvulkan1 mesa-vulkan-drivers \
       gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
       gstreamer1.0-plugins-ugly gstreamer1.0-libav libunwind8 libdw1 \
+      xvfb bubblewrap pulseaudio \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 pixelgrid \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/pixelgrid --create-home pixelgrid

@@ -74,6 +74,31 @@ impl RuntimeConfig {
     }
 }
 
+/// Checks that the unprivileged game user can reach `dir` (every directory above it searchable
+/// by others), when games run as that user.
+pub fn check_reachable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !running_as_root() {
+        return Ok(());
+    }
+    let abs = std::path::absolute(dir).map_err(|e| Error::io(dir, e))?;
+    for a in abs.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(a) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o001 == 0 && meta.uid() != UNPRIVILEGED.0 {
+            return Err(Error::Unavailable(format!(
+                "{} is not reachable by the unprivileged game user (uid {}): {} is not searchable by others; run `chmod o+x {}` or keep games and sessions elsewhere (e.g. /var/lib/pixelgrid)",
+                abs.display(),
+                UNPRIVILEGED.0,
+                a.display(),
+                a.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn sweep_session_dir(dir: &Path) {
     if let Ok(text) = std::fs::read_to_string(dir.join("pids")) {
         for line in text.lines() {

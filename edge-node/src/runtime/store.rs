@@ -77,6 +77,8 @@ impl GameStore {
     /// A store rooted at `root` (created when missing).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
+        // Absolute: the sandbox binds these paths as they are.
+        let root = std::path::absolute(&root).map_err(io(&root))?;
         std::fs::create_dir_all(&root).map_err(io(&root))?;
         Ok(Self { root })
     }

@@ -2,7 +2,9 @@
 //! store, two edge nodes, loopback):
 //! - time to first frame: the `launch` call → first decoded frame, over N launches;
 //! - glass-to-glass at 1280x720@60: capture on the node → decoded by the SDK;
-//! - reconnect: the serving node is killed → first frame decoded from the other node.
+//! - reconnect: the serving node is killed → first frame decoded from the other node;
+//! - sound: launch → first decoded audio, and the A/V offset at the player;
+//! - packaged games (deploy/games): launch → first frame for SuperTux and vkcube beside arena.
 //!
 //! `cargo run --release -p pixelgrid-tests --bin bench-sdk`
 
@@ -23,6 +25,66 @@ struct Args {
     /// Seconds of 1280x720@60 play for glass-to-glass.
     #[arg(long, default_value_t = 10)]
     play_s: u64,
+    /// Ask for no sound (compares glass-to-glass with and without the audio track).
+    #[arg(long)]
+    no_audio: bool,
+    /// Launches of each packaged game in deploy/games (0 to skip them).
+    #[arg(long, default_value_t = 3)]
+    packaged_launches: usize,
+}
+
+/// Launch → first frame for each game in deploy/games, on a third node hosting them.
+fn packaged_launches(
+    grid: &mut TestGrid,
+    rt: &tokio::runtime::Runtime,
+    launches: usize,
+) -> Vec<(String, f64, f64)> {
+    use std::os::unix::fs::PermissionsExt;
+    if launches == 0 {
+        return Vec::new();
+    }
+    let games_dir = tempfile::tempdir().unwrap();
+    let sessions = tempfile::tempdir().unwrap();
+    for (d, mode) in [(games_dir.path(), 0o755), (sessions.path(), 0o711)] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let store = edge_node::runtime::store::GameStore::open(games_dir.path()).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(repo.join("deploy/games"))
+        .unwrap()
+        .flatten()
+    {
+        let g = store.add(entry.path().to_str().unwrap(), None).unwrap();
+        ids.push(g.manifest.id);
+    }
+    ids.sort();
+    // Only this node has the packaged games: the launches land on it.
+    grid.add_node_hosting(9, 2, &store, sessions.path());
+    let client = rt
+        .block_on(Client::connect(&format!("http://{}", grid.orchestrator)))
+        .unwrap();
+    let options = LaunchOptions {
+        width: 1280,
+        height: 720,
+        fps: 30,
+        ..LaunchOptions::default()
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        let mut times = Vec::new();
+        for _ in 0..launches {
+            rt.block_on(async {
+                let started = Instant::now();
+                let mut s = client.launch(&id, options.clone()).await.unwrap();
+                s.next_frame().await.unwrap();
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+                s.end().await;
+            });
+        }
+        out.push((id, quantile(&mut times, 0.5), quantile(&mut times, 0.95)));
+    }
+    out
 }
 
 fn quantile(v: &mut [f64], q: f64) -> f64 {
@@ -40,16 +102,21 @@ fn main() {
         width: 1280,
         height: 720,
         fps: 60,
+        audio: !args.no_audio,
         ..LaunchOptions::default()
     };
 
     let mut ttff = Vec::new();
+    let mut first_audio = Vec::new();
     for _ in 0..args.launches {
         rt.block_on(async {
             let started = Instant::now();
             let mut s = client.launch("arena", hd.clone()).await.unwrap();
             s.next_frame().await.unwrap();
             ttff.push(started.elapsed().as_secs_f64() * 1000.0);
+            if s.next_audio().await.is_some() {
+                first_audio.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
             s.end().await;
         });
     }
@@ -58,6 +125,7 @@ fn main() {
         let mut s = client.launch("arena", hd.clone()).await.unwrap();
         let end = Instant::now() + Duration::from_secs(args.play_s);
         let mut g2g = Vec::new();
+        let mut audio = Vec::new();
         let mut frames = 0u64;
         let started = Instant::now();
         while Instant::now() < end {
@@ -66,15 +134,25 @@ fn main() {
             if let Some(c) = f.capture_unix_ms {
                 g2g.push(f.decoded_unix_ms - c);
             }
+            while let Some(a) = s.try_next_audio() {
+                if let Some(c) = a.capture_unix_ms {
+                    audio.push(a.decoded_unix_ms - c);
+                }
+            }
         }
+        let audio_p50 = if audio.is_empty() {
+            f64::NAN
+        } else {
+            quantile(&mut audio, 0.5)
+        };
         let fps = frames as f64 / started.elapsed().as_secs_f64();
         let node = s.node_id();
         // Left playing for the reconnect measurement.
         let p50 = quantile(&mut g2g, 0.5);
         let p99 = quantile(&mut g2g, 0.99);
-        (p50, p99, fps, (node, s))
+        (p50, p99, fps, (node, s, audio_p50))
     });
-    let (serving, mut s) = node;
+    let (serving, mut s, audio_p50) = node;
     let killed = Instant::now();
     grid.kill_node(&serving);
     let reconnect_ms = rt.block_on(async {
@@ -87,7 +165,18 @@ fn main() {
     });
     rt.block_on(s.end());
 
+    let packaged = packaged_launches(&mut grid, &rt, args.packaged_launches);
+
     let ttff_p50 = quantile(&mut ttff, 0.5);
+    let (audio1_p50, audio1_p95) = if first_audio.is_empty() {
+        (f64::NAN, f64::NAN)
+    } else {
+        (
+            quantile(&mut first_audio, 0.5),
+            quantile(&mut first_audio, 0.95),
+        )
+    };
+    let av_offset = audio_p50 - g2g_p50;
     let ttff_p95 = quantile(&mut ttff, 0.95);
     println!("| figure | measured | goal |");
     println!("| --- | --- | --- |");
@@ -102,8 +191,23 @@ fn main() {
         "| serving node killed → first frame from the other node | {reconnect_ms:.0} ms | ≤ 5000 ms |"
     );
     println!(
+        "| launch → first decoded sound (arena's soundtrack) | p50 {audio1_p50:.0} ms, p95 {audio1_p95:.0} ms | |"
+    );
+    println!(
+        "| A/V offset at the player: sound made → decoded ({audio_p50:.1} ms) minus glass-to-glass | {av_offset:+.1} ms | \\|offset\\| ≤ 40 ms |"
+    );
+    for (game, p50, p95) in &packaged {
+        println!(
+            "| launch → first decoded frame, {game} at 1280x720@30 ({} launches) | p50 {p50:.0} ms, p95 {p95:.0} ms | |",
+            args.packaged_launches
+        );
+    }
+    println!(
         "{}",
         serde_json::json!({
+            "first_audio_p50_ms": audio1_p50, "first_audio_p95_ms": audio1_p95,
+            "audio_latency_p50_ms": audio_p50, "av_offset_ms": av_offset,
+            "packaged": packaged.iter().map(|(g, p50, p95)| serde_json::json!({"game": g, "ttff_p50_ms": p50, "ttff_p95_ms": p95})).collect::<Vec<_>>(),
             "launches": ttff.len(), "ttff_p50_ms": ttff_p50, "ttff_p95_ms": ttff_p95,
             "g2g_p50_ms": g2g_p50, "g2g_p99_ms": g2g_p99, "fps": fps,
             "reconnect_ms": reconnect_ms,
