@@ -3,8 +3,8 @@
 //! `launch` asks the orchestrator for candidates (`CreateSession`), measures the round trip to
 //! each node's `/probe` concurrently, lets the orchestrator place the session with those
 //! measurements (`ChooseNode`: a slot reserved atomically, a signed token), then connects to the
-//! chosen node over WHEP. A supervisor task watches the video: when none has arrived for
-//! `node_lost_after`, the node is taken as lost, the session is launched again (excluding that
+//! chosen node over WHEP. A supervisor task watches the node: when neither video nor a message
+//! on the data channel has arrived for `node_lost_after`, the node is taken as lost, the session is launched again (excluding that
 //! node) and frames resume on the same [`Session`], with [`Event::NodeLost`] and
 //! [`Event::Reconnected`] saying so.
 
@@ -119,7 +119,9 @@ pub struct LaunchOptions {
     pub audio: bool,
     /// Re-launch on another node when the node is lost.
     pub reconnect: bool,
-    /// No video for this long means the node is lost.
+    /// Nothing from the node (no video, no message on the data channel) for this long means the
+    /// node is lost. A node that still answers while its game holds the pictures back (a
+    /// packaged game loading its data) is slow, not lost: [`Event::Degraded`] says so.
     pub node_lost_after: Duration,
 }
 
@@ -542,7 +544,7 @@ async fn supervise(mut s: Supervisor) {
             let old_session = s.connection.session_id.clone();
             let _ = s.events.send(Event::NodeLost {
                 node_id: lost.clone(),
-                reason: format!("no video for {silent_ms} ms"),
+                reason: format!("nothing from the node for {silent_ms} ms"),
             });
             tracing::warn!(node = %lost, silent_ms, "node lost");
             let lost_at = Instant::now();

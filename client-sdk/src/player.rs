@@ -281,6 +281,7 @@ impl Connection {
             origin,
             Arc::clone(&sinks.meter),
             Arc::clone(&ended),
+            Arc::clone(&last_packet_ms),
         ))];
         Ok(Self {
             node_id: node_id.to_owned(),
@@ -323,6 +324,7 @@ async fn run_channel(
     origin: Arc<Mutex<Option<Origin>>>,
     meter: Arc<Mutex<StatsMeter>>,
     ended: Arc<Mutex<Option<String>>>,
+    heard: Arc<AtomicU64>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut is_open = false;
@@ -334,6 +336,9 @@ async fn run_channel(
                     *open.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&dc));
                 }
                 Some(DataChannelEvent::OnMessage(msg)) => {
+                    // A node that still talks is alive, even while its game keeps the pictures
+                    // back (a game loading its data can starve them for seconds).
+                    heard.store(unix_ms() as u64, Ordering::Relaxed);
                     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&msg.data) else { continue };
                     match v.get("type").and_then(|t| t.as_str()) {
                         Some("hello") => {

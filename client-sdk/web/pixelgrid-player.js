@@ -111,6 +111,8 @@ export class PixelGridPlayer {
   }
 
   onNodeMessage(m) {
+    // A node that still talks is alive, even while its game holds the pictures back.
+    this.lastHeardAt = performance.now();
     switch (m.type) {
       case "hello": this.hello = m; break;
       case "pong": {
@@ -124,6 +126,12 @@ export class PixelGridPlayer {
         if (this.nodeFrames.size > 600) this.nodeFrames.delete(this.nodeFrames.keys().next().value);
         break;
       case "stats": this.lastNodeStats = m; break;
+      // The node ended the session itself (the game exited): say why, and do not re-launch.
+      case "ended":
+        this.timers.forEach(clearInterval);
+        this.timers = [];
+        if (this.onEvent) this.onEvent({ type: "ended", reason: `the node ended the session: ${m.reason}` });
+        break;
     }
   }
 
@@ -204,8 +212,8 @@ export class PixelGridPlayer {
 
   watchdog(limitMs) {
     if (this.reconnecting || !this.pc) return;
-    const silent = performance.now() - (this.lastFrameAt || 0);
-    if (silent > limitMs || this.pc.connectionState === "failed") this.reconnect(`no video for ${Math.round(silent)} ms`);
+    const silent = performance.now() - Math.max(this.lastFrameAt || 0, this.lastHeardAt || 0);
+    if (silent > limitMs || this.pc.connectionState === "failed") this.reconnect(`nothing from the node for ${Math.round(silent)} ms`);
   }
 
   async reconnect(reason) {

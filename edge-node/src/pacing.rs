@@ -45,6 +45,19 @@ impl FramePacer {
         self.interval_us
     }
 
+    /// The player's input arrived at `now_us`: the next frame is due now instead of at its tick,
+    /// so the input shows a frame sooner, and the frames after it follow one interval apart.
+    /// Refused (false) when it would put two frames closer than half an interval, so the frame
+    /// rate never goes above its setting by more than that.
+    pub fn hurry(&mut self, now_us: u64) -> bool {
+        let previous_due = self.next_due_us.saturating_sub(self.interval_us);
+        if now_us >= self.next_due_us || now_us < previous_due + self.interval_us / 2 {
+            return false;
+        }
+        self.next_due_us = now_us;
+        true
+    }
+
     /// Decides what to do at `now_us`.
     pub fn poll(&mut self, now_us: u64) -> Pace {
         if now_us < self.next_due_us {
@@ -67,6 +80,28 @@ impl FramePacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_brings_the_next_frame_forward_but_never_doubles_the_rate() {
+        let mut p = FramePacer::new(50); // 20 ms
+        assert!(matches!(p.poll(0), Pace::Render { tick: 0, .. }));
+        // 5 ms after a frame: too soon, the frame stays at 20 ms.
+        assert!(!p.hurry(5_000));
+        assert_eq!(p.poll(5_000), Pace::SleepUntil(20_000));
+        // 12 ms after it: rendered at once, and the next one 20 ms later.
+        assert!(p.hurry(12_000));
+        assert!(matches!(
+            p.poll(12_000),
+            Pace::Render {
+                tick: 1,
+                skipped: 0,
+                ..
+            }
+        ));
+        assert_eq!(p.poll(12_001), Pace::SleepUntil(32_000));
+        // A frame already due is not hurried.
+        assert!(!p.hurry(40_000));
+    }
 
     #[test]
     fn on_time_session_renders_every_tick() {

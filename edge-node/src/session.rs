@@ -598,8 +598,13 @@ impl Worker {
                     .recv_timeout(Duration::from_micros(due - now_us))
                 {
                     Ok(c) => {
+                        // Input is shown on a frame made now, not at the next tick.
+                        let input = matches!(c, Control::Input(_));
                         if !self.handle(c)? {
                             return Ok(());
+                        }
+                        if input {
+                            self.pacer.hurry(epoch.elapsed().as_micros() as u64);
                         }
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}

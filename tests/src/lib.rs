@@ -640,6 +640,28 @@ pub fn player_centroid(rgba: &[u8], width: usize, tolerance: i32) -> Option<(f64
     (n > 50).then(|| (sx / n as f64, sy / n as f64))
 }
 
+/// Mean absolute difference of two RGBA pictures `width` wide over the rectangle
+/// `(x0, y0, x1, y1)`, per colour value (0 = the same, 255 = opposite).
+pub fn region_diff(a: &[u8], b: &[u8], width: usize, rect: (usize, usize, usize, usize)) -> f64 {
+    let (x0, y0, x1, y1) = rect;
+    let mut sum = 0u64;
+    let mut n = 0u64;
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let i = (y * width + x) * 4;
+            for c in 0..3 {
+                sum += u64::from(a[i + c].abs_diff(b[i + c]));
+                n += 1;
+            }
+        }
+    }
+    sum as f64 / n.max(1) as f64
+}
+
+/// Where SuperTux 0.6.3 draws the first two rows of its title menu at 1280x720: only input
+/// moves what is there (the level behind the menu animates by itself).
+pub const SUPERTUX_MENU_720P: (usize, usize, usize, usize) = (560, 308, 720, 358);
+
 /// Sends SIGTERM, as systemd, Docker and Kubernetes do to stop a daemon.
 pub fn sigterm(child: &std::process::Child) {
     let sent = Command::new("kill")

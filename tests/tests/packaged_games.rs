@@ -8,7 +8,7 @@
 use orchestrator::store::EmbeddedStore;
 use pixelgrid_client::{Client, Event, LaunchOptions};
 use pixelgrid_proto::orchestrator::v1 as pb;
-use pixelgrid_tests::{TestGrid, eventually};
+use pixelgrid_tests::{SUPERTUX_MENU_720P, TestGrid, eventually, region_diff as diff};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,8 +98,8 @@ fn options(width: u32, height: u32, fps: u32) -> LaunchOptions {
         width,
         height,
         fps,
+        // The default loss detector: a game loading its data must not look like a lost node.
         reconnect: false,
-        node_lost_after: Duration::from_secs(20),
         ..LaunchOptions::default()
     }
 }
@@ -119,23 +119,6 @@ async fn frame_after(
     tokio::time::sleep(settle).await;
     while s.try_next_frame().is_some() {}
     next_frame(s).await
-}
-
-/// Mean absolute difference of two RGBA frames over a rectangle, per channel value.
-fn diff(a: &[u8], b: &[u8], width: usize, rect: (usize, usize, usize, usize)) -> f64 {
-    let (x0, y0, x1, y1) = rect;
-    let mut sum = 0u64;
-    let mut n = 0u64;
-    for y in y0..y1 {
-        for x in x0..x1 {
-            let i = (y * width + x) * 4;
-            for c in 0..3 {
-                sum += u64::from(a[i + c].abs_diff(b[i + c]));
-                n += 1;
-            }
-        }
-    }
-    sum as f64 / n as f64
 }
 
 /// Spread of the picture's values: 0 for a blank picture.
@@ -291,7 +274,7 @@ fn real_games_run_in_private_worlds_through_the_grid() {
         let mut tux = client.launch("supertux", options(1280, 720, 30)).await.unwrap();
         next_frame(&mut tux).await;
         // Loading the data takes seconds on llvmpipe after the first picture.
-        let menu = (560, 308, 720, 358);
+        let menu = SUPERTUX_MENU_720P;
         let mut settled = frame_after(&mut tux, Duration::from_secs(3)).await;
         for _ in 0..30 {
             let next = frame_after(&mut tux, Duration::from_millis(700)).await;

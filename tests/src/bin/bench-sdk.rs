@@ -4,7 +4,9 @@
 //! - glass-to-glass at 1280x720@60: capture on the node → decoded by the SDK;
 //! - reconnect: the serving node is killed → first frame decoded from the other node;
 //! - sound: launch → first decoded audio, and the A/V offset at the player;
-//! - packaged games (deploy/games): launch → first frame for SuperTux and vkcube beside arena.
+//! - packaged games (deploy/games): launch → first frame for SuperTux and vkcube beside arena;
+//! - click-to-photon: a key press sent → the first decoded picture that shows it, for `arena`
+//!   (the player square moves) and SuperTux (its menu selection moves).
 //!
 //! `cargo run --release -p pixelgrid-tests --bin bench-sdk`
 
@@ -33,15 +35,67 @@ struct Args {
     packaged_launches: usize,
 }
 
-/// Launch → first frame for each game in deploy/games, on a third node hosting them.
+/// One key press → the first decoded frame `changed` says shows it, ms (`None`: not within 3 s).
+async fn click_to_photon(
+    s: &mut pixelgrid_client::Session,
+    key: &str,
+    hold: Duration,
+    changed: &dyn Fn(&pixelgrid_client::Frame, &pixelgrid_client::Frame) -> bool,
+) -> Option<f64> {
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    while s.try_next_frame().is_some() {}
+    let before = s.next_frame().await?;
+    let sent = pixelgrid_proto::clock::unix_ms_f64();
+    s.input().key(key, true).await.ok()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut seen = None;
+    while let Ok(Some(f)) = tokio::time::timeout_at(deadline, s.next_frame()).await {
+        if changed(&before, &f) {
+            seen = Some(f.decoded_unix_ms - sent);
+            break;
+        }
+    }
+    let held =
+        Duration::from_secs_f64(((pixelgrid_proto::clock::unix_ms_f64() - sent) / 1e3).max(0.0));
+    tokio::time::sleep(hold.saturating_sub(held)).await;
+    s.input().key(key, false).await.ok()?;
+    seen
+}
+
+/// Click-to-photon over `trials` presses alternating `keys`: (p50, p95, session's g2g p50, RTT).
+async fn reactions(
+    s: &mut pixelgrid_client::Session,
+    keys: [&str; 2],
+    hold: Duration,
+    trials: usize,
+    changed: &dyn Fn(&pixelgrid_client::Frame, &pixelgrid_client::Frame) -> bool,
+) -> (f64, f64, f64, f64) {
+    let mut times = Vec::new();
+    for i in 0..trials {
+        if let Some(t) = click_to_photon(s, keys[i % 2], hold, changed).await {
+            times.push(t);
+        }
+    }
+    assert!(!times.is_empty(), "no key press ever showed");
+    let stats = s.stats();
+    (
+        quantile(&mut times, 0.5),
+        quantile(&mut times, 0.95),
+        stats.glass_to_glass_p50_ms.unwrap_or(f64::NAN),
+        stats.rtt_ms.unwrap_or(f64::NAN),
+    )
+}
+
+/// Launch → first frame for each game in deploy/games on a third node hosting them, then
+/// click-to-photon for SuperTux.
 fn packaged_launches(
     grid: &mut TestGrid,
     rt: &tokio::runtime::Runtime,
     launches: usize,
-) -> Vec<(String, f64, f64)> {
+) -> (Vec<(String, f64, f64)>, Option<(f64, f64, f64, f64)>) {
     use std::os::unix::fs::PermissionsExt;
     if launches == 0 {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let games_dir = tempfile::tempdir().unwrap();
     let sessions = tempfile::tempdir().unwrap();
@@ -84,7 +138,31 @@ fn packaged_launches(
         }
         out.push((id, quantile(&mut times, 0.5), quantile(&mut times, 0.95)));
     }
-    out
+    // SuperTux reads its keys once per frame of its own: hold each press long enough.
+    let tux = rt.block_on(async {
+        let mut s = client.launch("supertux", options.clone()).await.ok()?;
+        s.next_frame().await?;
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let menu_moved = |a: &pixelgrid_client::Frame, b: &pixelgrid_client::Frame| {
+            pixelgrid_tests::region_diff(
+                &a.data,
+                &b.data,
+                1280,
+                pixelgrid_tests::SUPERTUX_MENU_720P,
+            ) > 4.0
+        };
+        let r = reactions(
+            &mut s,
+            ["ArrowDown", "ArrowUp"],
+            Duration::from_millis(150),
+            10,
+            &menu_moved,
+        )
+        .await;
+        s.end().await;
+        Some(r)
+    });
+    (out, tux)
 }
 
 fn quantile(v: &mut [f64], q: f64) -> f64 {
@@ -146,13 +224,27 @@ fn main() {
             quantile(&mut audio, 0.5)
         };
         let fps = frames as f64 / started.elapsed().as_secs_f64();
+        let square_moved = |a: &pixelgrid_client::Frame, b: &pixelgrid_client::Frame| {
+            let at = |f: &pixelgrid_client::Frame| {
+                pixelgrid_tests::player_centroid(&f.data, f.width as usize, 40)
+            };
+            matches!((at(a), at(b)), (Some(p), Some(q)) if (p.0 - q.0).abs() >= 2.0)
+        };
+        let arena_c2p = reactions(
+            &mut s,
+            ["ArrowRight", "ArrowLeft"],
+            Duration::from_millis(100),
+            20,
+            &square_moved,
+        )
+        .await;
         let node = s.node_id();
         // Left playing for the reconnect measurement.
         let p50 = quantile(&mut g2g, 0.5);
         let p99 = quantile(&mut g2g, 0.99);
-        (p50, p99, fps, (node, s, audio_p50))
+        (p50, p99, fps, (node, s, audio_p50, arena_c2p))
     });
-    let (serving, mut s, audio_p50) = node;
+    let (serving, mut s, audio_p50, arena_c2p) = node;
     let killed = Instant::now();
     grid.kill_node(&serving);
     let reconnect_ms = rt.block_on(async {
@@ -165,7 +257,7 @@ fn main() {
     });
     rt.block_on(s.end());
 
-    let packaged = packaged_launches(&mut grid, &rt, args.packaged_launches);
+    let (packaged, tux_c2p) = packaged_launches(&mut grid, &rt, args.packaged_launches);
 
     let ttff_p50 = quantile(&mut ttff, 0.5);
     let (audio1_p50, audio1_p95) = if first_audio.is_empty() {
@@ -202,9 +294,23 @@ fn main() {
             args.packaged_launches
         );
     }
+    let c2p_row = |what: &str, (p50, p95, g2g, rtt): (f64, f64, f64, f64), goal: &str| {
+        // What is left after the picture's way back and the key's way there is the game's.
+        let game = p50 - g2g - rtt / 2.0;
+        println!(
+            "| key press → picture showing it, {what} | p50 {p50:.1} ms, p95 {p95:.1} ms (of it the game ≈ {game:.1} ms: p50 − glass-to-glass {g2g:.1} − RTT/2 {:.1}) | {goal} |",
+            rtt / 2.0
+        );
+    };
+    c2p_row("`arena` 1280x720@60", arena_c2p, "p50 ≤ 25, p95 ≤ 35 ms");
+    if let Some(t) = tux_c2p {
+        c2p_row("SuperTux 1280x720@30 (menu)", t, "");
+    }
     println!(
         "{}",
         serde_json::json!({
+            "arena_click_to_photon_p50_ms": arena_c2p.0, "arena_click_to_photon_p95_ms": arena_c2p.1,
+            "supertux_click_to_photon_p50_ms": tux_c2p.map(|t| t.0), "supertux_click_to_photon_p95_ms": tux_c2p.map(|t| t.1),
             "first_audio_p50_ms": audio1_p50, "first_audio_p95_ms": audio1_p95,
             "audio_latency_p50_ms": audio_p50, "av_offset_ms": av_offset,
             "packaged": packaged.iter().map(|(g, p50, p95)| serde_json::json!({"game": g, "ttff_p50_ms": p50, "ttff_p95_ms": p95})).collect::<Vec<_>>(),
