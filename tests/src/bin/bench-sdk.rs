@@ -35,6 +35,11 @@ struct Args {
     packaged_launches: usize,
 }
 
+/// Click-to-photon: (p50, p95, the session's glass-to-glass p50, RTT), ms.
+type Reaction = (f64, f64, f64, f64);
+/// Launch → first frame per packaged game: (game, p50, p95), ms.
+type Launches = Vec<(String, f64, f64)>;
+
 /// One key press → the first decoded frame `changed` says shows it, ms (`None`: not within 3 s).
 async fn click_to_photon(
     s: &mut pixelgrid_client::Session,
@@ -69,7 +74,7 @@ async fn reactions(
     hold: Duration,
     trials: usize,
     changed: &dyn Fn(&pixelgrid_client::Frame, &pixelgrid_client::Frame) -> bool,
-) -> (f64, f64, f64, f64) {
+) -> Reaction {
     let mut times = Vec::new();
     for i in 0..trials {
         if let Some(t) = click_to_photon(s, keys[i % 2], hold, changed).await {
@@ -92,7 +97,7 @@ fn packaged_launches(
     grid: &mut TestGrid,
     rt: &tokio::runtime::Runtime,
     launches: usize,
-) -> (Vec<(String, f64, f64)>, Option<(f64, f64, f64, f64)>) {
+) -> (Launches, Option<Reaction>) {
     use std::os::unix::fs::PermissionsExt;
     if launches == 0 {
         return (Vec::new(), None);
@@ -294,7 +299,7 @@ fn main() {
             args.packaged_launches
         );
     }
-    let c2p_row = |what: &str, (p50, p95, g2g, rtt): (f64, f64, f64, f64), goal: &str| {
+    let c2p_row = |what: &str, (p50, p95, g2g, rtt): Reaction, goal: &str| {
         // What is left after the picture's way back and the key's way there is the game's.
         let game = p50 - g2g - rtt / 2.0;
         println!(
