@@ -30,7 +30,7 @@ use pixelgrid_proto::input::InputEvent;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::InstalledGame;
 
@@ -129,34 +129,57 @@ fn sweep_session_dir(dir: &Path) {
 }
 
 /// The player's input path into a packaged game: mapped to X11 and typed through XTest at once
-/// (not on the next frame), with held keys remembered so they can be let go.
+/// (not on the next frame) by a thread of the session's own, so a display that answers slowly
+/// (a game hogging its X server) never holds up the node's network tasks. Held keys are
+/// remembered so they can be let go.
 #[derive(Debug)]
 pub struct GameInput {
-    display: Arc<Display>,
-    mapper: Mutex<XInputMapper>,
-    mode: VideoMode,
+    tx: std::sync::mpsc::SyncSender<Option<InputEvent>>,
 }
 
+/// Player events waiting for the display; more are dropped rather than queued without end.
+const INPUT_QUEUE: usize = 256;
+
 impl GameInput {
-    /// Types one event into the game.
+    fn start(display: Arc<Display>, mode: VideoMode) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<InputEvent>>(INPUT_QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("game-input".into())
+            .spawn(move || {
+                let mut mapper = XInputMapper::default();
+                // `None` lets go of everything held; the thread ends with the session.
+                while let Ok(event) = rx.recv() {
+                    let inputs = match event {
+                        Some(e) => match mapper.map(&e, mode.width, mode.height) {
+                            Ok(i) => i,
+                            Err(why) => {
+                                tracing::debug!(%why, "input not delivered");
+                                continue;
+                            }
+                        },
+                        None => mapper.release_all(),
+                    };
+                    if display.inject(&inputs).is_err() {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no input thread; this session takes no input");
+        }
+        Self { tx }
+    }
+
+    /// Types one event into the game; refused when the game is not keeping up.
     pub fn send(&self, event: &InputEvent) -> Result<()> {
-        let inputs = self
-            .mapper
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(event, self.mode.width, self.mode.height)
-            .map_err(|e| Error::invalid("input", e.to_string()))?;
-        self.display.inject(&inputs)
+        self.tx
+            .try_send(Some(event.clone()))
+            .map_err(|_| Error::Unavailable("the game is not taking input fast enough".into()))
     }
 
     /// Lets go of every key and button still held.
     pub fn release_all(&self) {
-        let inputs = self
-            .mapper
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .release_all();
-        let _ = self.display.inject(&inputs);
+        let _ = self.tx.try_send(None);
     }
 }
 
@@ -309,11 +332,7 @@ impl World {
             }
         };
         record_pid(&dir, "game", game_child.id(), "");
-        let input = Arc::new(GameInput {
-            display: Arc::clone(&display),
-            mapper: Mutex::default(),
-            mode,
-        });
+        let input = Arc::new(GameInput::start(Arc::clone(&display), mode));
         let watchdog = Watchdog::start(
             Arc::clone(&display),
             game_child.id(),
