@@ -8,8 +8,7 @@ use gstreamer_app as gst_app;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-/// Samples per second of decoded sound.
-pub const SAMPLE_RATE: u32 = 48_000;
+use pixelgrid_proto::audio::SAMPLE_RATE;
 
 /// 20 ms (or so) of decoded sound.
 #[derive(Debug, Clone)]
@@ -26,17 +25,7 @@ pub struct AudioChunk {
     pub decoded_unix_ms: f64,
 }
 
-/// Root-mean-square level of 16-bit samples, 0.0..=1.0.
-pub fn level(samples: &[i16]) -> f32 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    let sum: f64 = samples
-        .iter()
-        .map(|&s| (f64::from(s) / f64::from(i16::MAX)).powi(2))
-        .sum();
-    (sum / samples.len() as f64).sqrt() as f32
-}
+pub use pixelgrid_proto::audio::level;
 
 /// An Opus decoder fed packet by packet.
 pub(crate) struct AudioDecoder {
@@ -140,21 +129,5 @@ impl AudioDecoder {
 impl Drop for AudioDecoder {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn level_is_zero_for_silence_and_grows_with_loudness() {
-        assert_eq!(level(&[]), 0.0);
-        assert_eq!(level(&[0; 100]), 0.0);
-        let quiet: Vec<i16> = (0..100)
-            .map(|i| if i % 2 == 0 { 1000 } else { -1000 })
-            .collect();
-        let loud: Vec<i16> = quiet.iter().map(|s| s * 10).collect();
-        assert!(level(&loud) > 9.0 * level(&quiet));
     }
 }

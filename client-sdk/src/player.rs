@@ -273,6 +273,9 @@ impl Connection {
             gathered,
         )
         .await?;
+        // The node's silence counts from its answer: the offer waited while a packaged game
+        // started (seconds for some), and that wait is not a lost node.
+        last_packet_ms.fetch_max(unix_ms() as u64, Ordering::Relaxed);
         let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
         let ended: Arc<Mutex<Option<String>>> = Arc::default();
         let tasks = vec![tokio::spawn(run_channel(

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![allow(missing_debug_implementations, clippy::doc_markdown)]
 
+pub mod audio;
 pub mod clock;
 pub mod http;
 pub mod identity;

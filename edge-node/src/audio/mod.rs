@@ -25,12 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Samples per second.
-pub const SAMPLE_RATE: u32 = 48_000;
-/// Channels.
-pub const CHANNELS: u32 = 2;
-/// Milliseconds of sound per packet.
-pub const FRAME_MS: u32 = 20;
+pub use pixelgrid_proto::audio::{CHANNELS, FRAME_MS, SAMPLE_RATE};
 /// Opus bitrate, bits/s.
 const BITRATE: i32 = 96_000;
 

@@ -74,21 +74,10 @@ impl Soundtrack {
     }
 }
 
-/// Root-mean-square level of 16-bit samples, 0.0..=1.0.
-pub fn rms(samples: &[i16]) -> f32 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    let sum: f64 = samples
-        .iter()
-        .map(|&s| (f64::from(s) / f64::from(i16::MAX)).powi(2))
-        .sum();
-    (sum / samples.len() as f64).sqrt() as f32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pixelgrid_proto::audio::level as rms;
 
     fn second(track: &mut Soundtrack) -> Vec<i16> {
         let mut out = vec![0i16; (SAMPLE_RATE * CHANNELS) as usize];
