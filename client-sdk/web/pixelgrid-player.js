@@ -179,6 +179,12 @@ export class PixelGridPlayer {
         this.prevBytes = { bytes: r.bytesReceived, at: now };
         s.codecId = r.codecId;
       }
+      if (r.type === "inbound-rtp" && r.kind === "audio") {
+        s.audioPackets = r.packetsReceived;
+        s.audioLost = r.packetsLost;
+        s.audioLevel = r.audioLevel;
+        s.audioJitterBufferMs = r.jitterBufferEmittedCount ? 1000 * r.jitterBufferDelay / r.jitterBufferEmittedCount : null;
+      }
       if (r.type === "candidate-pair" && r.nominated && r.currentRoundTripTime !== undefined) s.iceRttMs = 1000 * r.currentRoundTripTime;
     });
     if (s.codecId) { const c = report.get(s.codecId); s.codec = c && c.mimeType; }
@@ -292,6 +298,7 @@ export class PixelGridPlayer {
       `bitrate ${f(s.bitrateKbps)} kbps`,
       `rtt ${f(s.rttMs, 1)} ms  jitter buffer ${f(s.jitterBufferMs, 1)} ms`,
       `glass-to-glass p50 ${f(s.g2g.p50, 1)}  p99 ${f(s.g2g.p99, 1)} ms`,
+      `audio packets ${f(s.audioPackets)}  lost ${f(s.audioLost)}  level ${f(s.audioLevel, 3)}  buffer ${f(s.audioJitterBufferMs, 1)} ms`,
       `first frame ${f(s.ttffMs)} ms after offer`,
     ].join("\n");
   }

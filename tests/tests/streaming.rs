@@ -29,6 +29,8 @@ fn chromium_plays_the_stream_at_the_requested_size() {
     assert_eq!(r["frameWidth"], 1280, "{r}");
     assert_eq!(r["frameHeight"], 720, "{r}");
     assert_eq!(r["codec"], "video/H264", "{r}");
+    // The game's sound reaches the browser too (Opus on the same stream).
+    assert!(r["audioPackets"].as_u64().unwrap_or(0) >= 50, "{r}");
     assert!(
         r["ttffMs"].as_f64().is_some(),
         "first frame time measured: {r}"

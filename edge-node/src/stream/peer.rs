@@ -281,7 +281,7 @@ struct Handler {
     viewer_id: String,
     ctx: ViewerContext,
     gathered: mpsc::Sender<()>,
-    connected: Arc<tokio::sync::Notify>,
+    connected: tokio::sync::watch::Sender<bool>,
     channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
     limits: InputLimits,
 }
@@ -303,8 +303,8 @@ impl PeerConnectionEventHandler for Handler {
                     .player_connected
                     .store(true, Ordering::Relaxed);
                 self.ctx.session.request_keyframe();
-                self.connected.notify_waiters();
-                self.connected.notify_one();
+                // Every sender (video, sound) waits for this, whenever it started waiting.
+                self.connected.send_replace(true);
             }
             // Disconnected may recover on its own; Failed and Closed do not.
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
@@ -481,13 +481,13 @@ pub(crate) async fn open(
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
         .build();
     let (gathered_tx, mut gathered) = mpsc::channel(1);
-    let connected = Arc::new(tokio::sync::Notify::new());
+    let (connected, connected_rx) = tokio::sync::watch::channel(false);
     let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
     let handler = Arc::new(Handler {
         viewer_id: viewer_id.clone(),
         ctx: ctx.clone(),
         gathered: gathered_tx,
-        connected: Arc::clone(&connected),
+        connected,
         channel: Arc::clone(&channel),
         limits: settings.input_limits,
     });
@@ -598,7 +598,7 @@ pub(crate) async fn open(
                 ssrc: audio_ssrc,
                 payload_type,
                 epoch,
-                connected: Arc::clone(&connected),
+                connected: connected_rx.clone(),
             }));
             audio_tx = Some(tx);
         }
@@ -616,7 +616,7 @@ pub(crate) async fn open(
         payload_type,
         playout_delay_id,
         channel: Arc::clone(&channel),
-        connected,
+        connected: connected_rx,
         ctx,
     }));
     Ok((
@@ -653,7 +653,7 @@ struct SendLoop {
     payload_type: u8,
     playout_delay_id: Option<u8>,
     channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
-    connected: Arc<tokio::sync::Notify>,
+    connected: tokio::sync::watch::Receiver<bool>,
     ctx: ViewerContext,
 }
 
@@ -663,12 +663,14 @@ struct AudioLoop {
     ssrc: u32,
     payload_type: u8,
     epoch: u32,
-    connected: Arc<tokio::sync::Notify>,
+    connected: tokio::sync::watch::Receiver<bool>,
 }
 
 /// One Opus packet per RTP packet (RFC 7587), stamped on the session clock at 48 kHz.
 async fn send_audio(mut s: AudioLoop) {
-    s.connected.notified().await;
+    if s.connected.wait_for(|up| *up).await.is_err() {
+        return;
+    }
     let mut sequence = rand_u32() as u16;
     let mut first = true;
     while let Some(p) = s.packets.recv().await {
@@ -699,7 +701,9 @@ async fn send_frames(mut s: SendLoop) {
         return;
     };
     // Nothing is sent before the connection is up; then the stream starts at a keyframe.
-    s.connected.notified().await;
+    if s.connected.wait_for(|up| *up).await.is_err() {
+        return;
+    }
     let mut started = false;
     let mut sequence = rand_u32() as u16;
     // playout-delay min 0, max 0 (12 bits each, 10 ms units): render each frame at once.
