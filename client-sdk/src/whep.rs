@@ -155,20 +155,15 @@ pub async fn connect(
         .await
         .map_err(fail)?;
     let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-    pc.add_transceiver_from_kind(
-        RtpCodecKind::Video,
-        Some(RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Recvonly,
-            streams: vec![],
-            send_encodings: vec![],
-        }),
-    )
-    .await
-    .map_err(fail)?;
     // A player that wants no sound leaves the audio m-line out of its offer.
-    if audio {
+    let kinds: &[RtpCodecKind] = if audio {
+        &[RtpCodecKind::Video, RtpCodecKind::Audio]
+    } else {
+        &[RtpCodecKind::Video]
+    };
+    for kind in kinds {
         pc.add_transceiver_from_kind(
-            RtpCodecKind::Audio,
+            *kind,
             Some(RTCRtpTransceiverInit {
                 direction: RTCRtpTransceiverDirection::Recvonly,
                 streams: vec![],
