@@ -45,8 +45,12 @@ if [ "${1:-}" = "--etcd" ]; then
   sleep 2
 fi
 
+# Nodes trust only the token key they are given here (never one told over the network).
+token_public_key=$($bin/orchestrator --token-key "$state/token.key" public-key)
+# The page on this local grid hands anonymous players grants of the "demo" studio.
 $bin/orchestrator --listen 127.0.0.1:50051 --http-listen "$host:8000" \
-  --token-key "$state/token.key" "${etcd_args[@]}" &
+  --token-key "$state/token.key" --operator-key-file "$state/operator.key" \
+  --demo-studio demo "${etcd_args[@]}" &
 pids+=($!)
 $bin/indexer serve --listen 127.0.0.1:50061 --orchestrator http://127.0.0.1:50051 \
   --ledger "$state/indexer.db" --epoch-ms 60000 --slot-ms 5000 --max-report-delay-ms 10000 &
@@ -54,17 +58,26 @@ pids+=($!)
 sleep 1
 for i in 1 2; do
   $bin/edge-node serve --orchestrator http://127.0.0.1:50051 --listen "$host:808$i" \
+    --orchestrator-key "$token_public_key" \
     --identity "$state/node-$i.key" --max-sessions 4 --drain-timeout-s 5 --games-dir "$games" \
     --indexer http://127.0.0.1:50061 --report-interval-ms 5000 &
   pids+=($!)
 done
 sleep 3
+export PIXELGRID_OPERATOR_KEY_FILE="$state/operator.key"
+# A studio for headless play and the SDK examples; its API key stays on this machine.
+api_key_of() { sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p'; }
+api_key=$($bin/pixelgrid --json studios create local --name "Local studio" 2>/dev/null | api_key_of || true)
+[ -n "$api_key" ] || api_key=$($bin/pixelgrid --json studios keys add local | api_key_of)
+(umask 077; echo "$api_key" > "$state/studio-local.key")
 $bin/pixelgrid --orchestrator http://127.0.0.1:50051 nodes || true
 echo
 $bin/pixelgrid --orchestrator http://127.0.0.1:50051 games || true
 echo
 echo "Play: open http://$host:8000/ in Chrome or Firefox and click Play (arrows/WASD, mouse, gamepad)."
-echo "Play headless: $bin/pixelgrid play --duration-s 10   (--game supertux for a packaged game)"
-echo "Operate: $bin/pixelgrid sessions   (nodes, drain NODE, epochs, payouts EPOCH, payouts proof EPOCH NODE)"
+echo "Play headless: PIXELGRID_API_KEY=\$(cat $state/studio-local.key) $bin/pixelgrid play --duration-s 10"
+echo "               (--game supertux for a packaged game)"
+echo "Operate: PIXELGRID_OPERATOR_KEY_FILE=$state/operator.key $bin/pixelgrid sessions"
+echo "         (nodes, drain NODE, undrain NODE, studios list, usage --studio local, epochs, payouts EPOCH)"
 echo "Ctrl-C stops the grid."
 wait

@@ -1,7 +1,7 @@
 //! Launch a game on the grid and save a few decoded frames as PNG.
 //!
 //! Run against a local grid (`deploy/run.sh`):
-//! `cargo run -p pixelgrid-client --example launch_and_save -- http://127.0.0.1:50051 out/frames`
+//! `PIXELGRID_API_KEY=$(cat out/grid/studio-local.key) cargo run -p pixelgrid-client --example launch_and_save -- http://127.0.0.1:50051 out/frames`
 
 #![allow(clippy::print_stdout)]
 
@@ -16,7 +16,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| "frames".into()));
     std::fs::create_dir_all(&dir)?;
 
-    let client = Client::connect(&orchestrator).await?;
+    // A studio's tool runs with its API key (deploy/run.sh writes out/grid/studio-local.key).
+    let api_key = std::env::var("PIXELGRID_API_KEY").map_err(|_| "set PIXELGRID_API_KEY")?;
+    let client = Client::connect(&orchestrator)
+        .await?
+        .with_api_key(&api_key, "example-player");
     let mut session = client.launch("arena", LaunchOptions::default()).await?;
     println!("playing on node {}", session.node_id());
     for i in 0..5 {

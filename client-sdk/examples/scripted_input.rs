@@ -1,6 +1,6 @@
 //! Play with scripted input: hold ArrowRight for a second, then W, and watch the events.
 //!
-//! `cargo run -p pixelgrid-client --example scripted_input -- http://127.0.0.1:50051`
+//! `PIXELGRID_API_KEY=$(cat out/grid/studio-local.key) cargo run -p pixelgrid-client --example scripted_input -- http://127.0.0.1:50051`
 
 #![allow(clippy::print_stdout)]
 
@@ -12,7 +12,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let orchestrator = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "http://127.0.0.1:50051".into());
-    let client = Client::connect(&orchestrator).await?;
+    // A studio's tool runs with its API key (deploy/run.sh writes out/grid/studio-local.key).
+    let api_key = std::env::var("PIXELGRID_API_KEY").map_err(|_| "set PIXELGRID_API_KEY")?;
+    let client = Client::connect(&orchestrator)
+        .await?
+        .with_api_key(&api_key, "example-player");
     let options = LaunchOptions {
         width: 640,
         height: 360,

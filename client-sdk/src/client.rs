@@ -161,11 +161,55 @@ pub struct GameInfo {
     pub free_slots: u32,
 }
 
+/// A fresh launch grant from a studio's backend, asked for once per launch (and re-launch).
+pub type GrantSource = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What the client launches with.
+#[derive(Clone, Default)]
+enum Credentials {
+    /// Nothing: the catalogue only.
+    #[default]
+    None,
+    /// A studio's API key: the client mints its own grants. For a studio's servers and the
+    /// operator's tools, never for a player's machine.
+    ApiKey { key: String, player: String },
+    /// Grants from the studio's backend.
+    Grants(GrantSource),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credentials::None => "None",
+            Credentials::ApiKey { .. } => "ApiKey(…)",
+            Credentials::Grants(_) => "Grants(…)",
+        })
+    }
+}
+
 /// A connection to the grid's orchestrator.
 #[derive(Debug, Clone)]
 pub struct Client {
     url: String,
     grpc: OrchestratorClient<tonic::transport::Channel>,
+    credentials: Credentials,
+}
+
+/// `request` with `authorization: Bearer <credential>`.
+fn authorised<T>(request: T, credential: &str) -> Result<tonic::Request<T>> {
+    let mut r = tonic::Request::new(request);
+    let value = format!("Bearer {credential}")
+        .parse()
+        .map_err(|_| Error::InvalidArgument {
+            field: "credential",
+            reason: "not valid in a header".into(),
+        })?;
+    r.metadata_mut().insert("authorization", value);
+    Ok(r)
 }
 
 type ChannelSlot = Arc<Mutex<Option<Arc<dyn DataChannel>>>>;
@@ -282,7 +326,63 @@ impl Client {
         Ok(Self {
             url: orchestrator_url.to_owned(),
             grpc,
+            credentials: Credentials::None,
         })
+    }
+
+    /// Launches with a studio's API key, minting a grant for `player` (the studio's id for
+    /// them) per launch. For a studio's own servers, bots and tools: an API key never belongs
+    /// on a player's machine — there, use [`Client::with_grant_source`].
+    pub fn with_api_key(mut self, api_key: &str, player: &str) -> Self {
+        self.credentials = Credentials::ApiKey {
+            key: api_key.trim().to_owned(),
+            player: player.to_owned(),
+        };
+        self
+    }
+
+    /// Launches with grants from `source` (typically a call to the studio's backend, which
+    /// holds the API key and calls `CreateLaunchGrant`); it is called once per launch and per
+    /// re-launch, since a grant starts one launch, once.
+    pub fn with_grant_source(mut self, source: GrantSource) -> Self {
+        self.credentials = Credentials::Grants(source);
+        self
+    }
+
+    /// Mints a launch grant with this client's API key (what a studio's backend does).
+    pub async fn create_grant(&self, player: &str, game: &str) -> Result<String> {
+        let Credentials::ApiKey { key, .. } = &self.credentials else {
+            return Err(Error::InvalidArgument {
+                field: "credentials",
+                reason: "minting a grant needs the studio's API key (Client::with_api_key)".into(),
+            });
+        };
+        let r = self
+            .grpc
+            .clone()
+            .create_launch_grant(authorised(
+                pb::CreateLaunchGrantRequest {
+                    player_id: player.to_owned(),
+                    game: game.to_owned(),
+                    ttl_s: 0,
+                },
+                key,
+            )?)
+            .await
+            .map_err(|s| Error::Orchestrator(format!("{}: {}", self.url, s.message())))?;
+        Ok(r.into_inner().grant)
+    }
+
+    /// A grant for one launch of `game`.
+    async fn grant(&self, game: &str) -> Result<String> {
+        match &self.credentials {
+            Credentials::None => Err(Error::InvalidArgument {
+                field: "credentials",
+                reason: "launching needs a grant: Client::with_grant_source (players) or Client::with_api_key (a studio's servers)".into(),
+            }),
+            Credentials::ApiKey { player, .. } => self.create_grant(player, game).await,
+            Credentials::Grants(source) => source().await,
+        }
     }
 
     /// The grid's catalogue: each game and version some node has, with its modes and how many
@@ -394,25 +494,29 @@ impl Client {
                 s.message()
             ))
         };
+        let grant = self.grant(game).await?;
         let launch = grpc
-            .create_session(pb::CreateSessionRequest {
-                game: game.to_owned(),
-                player_region: Some(types::Region {
-                    code: options.region.clone(),
-                }),
-                constraints: Some(pb::LaunchConstraints {
-                    mode: Some(types::VideoMode {
-                        width_px: options.width,
-                        height_px: options.height,
-                        fps: options.fps,
+            .create_session(authorised(
+                pb::CreateSessionRequest {
+                    game: game.to_owned(),
+                    player_region: Some(types::Region {
+                        code: options.region.clone(),
                     }),
-                    codecs: options.codecs.iter().map(|c| codec_of(*c) as i32).collect(),
-                    max_latency_ms: options.max_latency_ms,
-                    max_micro_credits_per_minute: 0,
-                }),
-                max_candidates: 0,
-                game_version: options.version.clone().unwrap_or_default(),
-            })
+                    constraints: Some(pb::LaunchConstraints {
+                        mode: Some(types::VideoMode {
+                            width_px: options.width,
+                            height_px: options.height,
+                            fps: options.fps,
+                        }),
+                        codecs: options.codecs.iter().map(|c| codec_of(*c) as i32).collect(),
+                        max_latency_ms: options.max_latency_ms,
+                        max_micro_credits_per_minute: 0,
+                    }),
+                    max_candidates: 0,
+                    game_version: options.version.clone().unwrap_or_default(),
+                },
+                &grant,
+            )?)
             .await
             .map_err(status)?
             .into_inner();
@@ -450,10 +554,13 @@ impl Client {
                 .map_or(0, |l| l.rtt_ms)
         };
         let chosen = grpc
-            .choose_node(pb::ChooseNodeRequest {
-                launch_id: launch.launch_id,
-                latencies: latencies.clone(),
-            })
+            .choose_node(authorised(
+                pb::ChooseNodeRequest {
+                    launch_id: launch.launch_id,
+                    latencies: latencies.clone(),
+                },
+                &grant,
+            )?)
             .await
             .map_err(status)?
             .into_inner();
@@ -481,13 +588,20 @@ impl Client {
         })
     }
 
-    async fn end_session(&self, session_id: &str, reason: &str) {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            self.grpc.clone().end_session(pb::EndSessionRequest {
+    /// Tells the orchestrator the session ended, with its session token as the credential.
+    async fn end_session(&self, session_id: &str, token: &str, reason: &str) {
+        let Ok(request) = authorised(
+            pb::EndSessionRequest {
                 session_id: session_id.to_owned(),
                 reason: reason.to_owned(),
-            }),
+            },
+            token,
+        ) else {
+            return;
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.grpc.clone().end_session(request),
         )
         .await;
     }
@@ -514,8 +628,9 @@ async fn supervise(mut s: Supervisor) {
             // `end()`, or the Session dropped (the sender goes with it): leave either way.
             _ = &mut s.stop => {
                 let session = s.connection.session_id.clone();
+                let token = s.connection.token.clone();
                 s.connection.close().await;
-                s.client.end_session(&session, "ended by the player").await;
+                s.client.end_session(&session, &token, "ended by the player").await;
                 let _ = s.events.send(Event::Ended { reason: "ended by the player".into() });
                 return;
             }
@@ -542,6 +657,7 @@ async fn supervise(mut s: Supervisor) {
         if silent_ms >= s.options.node_lost_after.as_millis() as u64 {
             let lost = s.connection.node_id.clone();
             let old_session = s.connection.session_id.clone();
+            let old_token = s.connection.token.clone();
             let _ = s.events.send(Event::NodeLost {
                 node_id: lost.clone(),
                 reason: format!("nothing from the node for {silent_ms} ms"),
@@ -549,7 +665,11 @@ async fn supervise(mut s: Supervisor) {
             tracing::warn!(node = %lost, silent_ms, "node lost");
             let lost_at = Instant::now();
             let client = s.client.clone();
-            tokio::spawn(async move { client.end_session(&old_session, "node lost").await });
+            tokio::spawn(async move {
+                client
+                    .end_session(&old_session, &old_token, "node lost")
+                    .await
+            });
             if !s.options.reconnect {
                 let _ = s.events.send(Event::Ended {
                     reason: format!("node {lost} lost"),

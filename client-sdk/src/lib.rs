@@ -3,13 +3,17 @@
 //! ```no_run
 //! # async fn demo() -> pixelgrid_client::Result<()> {
 //! use pixelgrid_client::{Client, LaunchOptions};
-//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! // On a player's machine, grants come from the studio's backend (which holds the API key):
+//! let client = Client::connect("http://127.0.0.1:50051").await?.with_grant_source(
+//!     std::sync::Arc::new(|| Box::pin(async { Ok(my_backend_grant().await) })),
+//! );
 //! let mut session = client.launch("arena", LaunchOptions::default()).await?;
 //! let frame = session.next_frame().await.expect("a frame");        // RGBA, with its capture time
 //! session.input().key("ArrowRight", true).await?;                   // input to the game
 //! println!("{:?}", session.stats());                                // fps, bitrate, RTT, g2g p50/p99
 //! session.end().await;
 //! # let _ = frame; Ok(()) }
+//! # async fn my_backend_grant() -> String { String::new() }
 //! ```
 //!
 //! - [`Client`] / [`Session`] ([`client`]): placement by measured RTT, WHEP over WebRTC, decoded
@@ -31,7 +35,9 @@ pub mod stats;
 pub mod whep;
 
 pub use audio::AudioChunk;
-pub use client::{AccessUnit, Client, Event, Frame, GameInfo, InputSender, LaunchOptions, Session};
+pub use client::{
+    AccessUnit, Client, Event, Frame, GameInfo, GrantSource, InputSender, LaunchOptions, Session,
+};
 pub use decoder::{Codec, FrameFormat};
 pub use error::{Error, Result};
 pub use pixelgrid_proto::input::InputEvent;
@@ -372,5 +378,218 @@ mod tests {
             ],
         );
         assert_eq!(t, "A    LONG\nxyz  1\nq    22");
+    }
+}
+
+/// A studio as the CLI shows it (never a key, only key ids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StudioRow {
+    /// Studio id.
+    pub studio: String,
+    /// Display name.
+    pub name: String,
+    /// Games it may launch; empty means all.
+    pub games: Vec<String>,
+    /// Concurrent sessions allowed (0 = no limit).
+    pub max_sessions: u32,
+    /// Minutes per UTC day (0 = no limit).
+    pub max_minutes_per_day: u32,
+    /// Highest mode, `WxH@F` with `any` for no limit.
+    pub max_mode: String,
+    /// Keys that work.
+    pub keys: Vec<String>,
+    /// Revoked keys.
+    pub revoked_keys: Vec<String>,
+}
+
+impl From<&pb::Studio> for StudioRow {
+    fn from(s: &pb::Studio) -> Self {
+        let l = s.limits.unwrap_or_default();
+        let m = l.max_mode.unwrap_or_default();
+        let any = |v: u32| {
+            if v == 0 {
+                "any".to_owned()
+            } else {
+                v.to_string()
+            }
+        };
+        Self {
+            studio: s.studio_id.clone(),
+            name: s.name.clone(),
+            games: s.games.clone(),
+            max_sessions: l.max_concurrent_sessions,
+            max_minutes_per_day: l.max_minutes_per_day,
+            max_mode: format!("{}x{}@{}", any(m.width_px), any(m.height_px), any(m.fps)),
+            keys: s
+                .keys
+                .iter()
+                .filter(|k| k.revoked_unix_ms == 0)
+                .map(|k| k.key_id.clone())
+                .collect(),
+            revoked_keys: s
+                .keys
+                .iter()
+                .filter(|k| k.revoked_unix_ms != 0)
+                .map(|k| k.key_id.clone())
+                .collect(),
+        }
+    }
+}
+
+impl Row for StudioRow {
+    const HEADER: &'static [&'static str] = &[
+        "STUDIO", "NAME", "GAMES", "SESSIONS", "MIN/DAY", "MAX MODE", "KEYS", "REVOKED",
+    ];
+    fn cells(&self) -> Vec<String> {
+        let or_all = |v: &[String]| {
+            if v.is_empty() {
+                "all".to_owned()
+            } else {
+                v.join(",")
+            }
+        };
+        let limit = |v: u32| {
+            if v == 0 {
+                "-".to_owned()
+            } else {
+                v.to_string()
+            }
+        };
+        vec![
+            self.studio.clone(),
+            self.name.clone(),
+            or_all(&self.games),
+            limit(self.max_sessions),
+            limit(self.max_minutes_per_day),
+            self.max_mode.clone(),
+            self.keys.join(","),
+            self.revoked_keys.join(","),
+        ]
+    }
+}
+
+/// One metered session as the CLI shows and exports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageRow {
+    /// Session id.
+    pub session: String,
+    /// Studio.
+    pub studio: String,
+    /// The studio's player id.
+    pub player: String,
+    /// Game.
+    pub game: String,
+    /// Serving node.
+    pub node: String,
+    /// WIDTHxHEIGHT@FPS.
+    pub mode: String,
+    /// Connected, Unix ms (0 if never).
+    pub started_unix_ms: u64,
+    /// Ended, Unix ms.
+    pub ended_unix_ms: u64,
+    /// Minutes played, to the millisecond.
+    pub minutes: f64,
+    /// How it ended.
+    pub state: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl From<&pb::UsageRecord> for UsageRow {
+    fn from(u: &pb::UsageRecord) -> Self {
+        let m = u.mode.unwrap_or_default();
+        Self {
+            session: u.session_id.clone(),
+            studio: u.studio_id.clone(),
+            player: u.player_id.clone(),
+            game: u.game.clone(),
+            node: u
+                .node_id
+                .as_ref()
+                .map(|n| n.hex.clone())
+                .unwrap_or_default(),
+            mode: format!("{}x{}@{}", m.width_px, m.height_px, m.fps),
+            started_unix_ms: u.started_unix_ms,
+            ended_unix_ms: u.ended_unix_ms,
+            minutes: u.played_ms as f64 / 60_000.0,
+            state: state_name(u.final_state),
+            reason: u.end_reason.clone(),
+        }
+    }
+}
+
+impl Row for UsageRow {
+    const HEADER: &'static [&'static str] = &[
+        "SESSION", "STUDIO", "PLAYER", "GAME", "NODE", "MODE", "STARTED", "ENDED", "MINUTES",
+        "STATE", "REASON",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.session.clone(),
+            self.studio.clone(),
+            self.player.clone(),
+            self.game.clone(),
+            short(&self.node),
+            self.mode.clone(),
+            self.started_unix_ms.to_string(),
+            self.ended_unix_ms.to_string(),
+            format!("{:.3}", self.minutes),
+            self.state.clone(),
+            self.reason.clone(),
+        ]
+    }
+}
+
+/// Rows as CSV (RFC 4180: fields with a comma, quote or line break are quoted), full ids.
+pub fn render_csv(rows: &[UsageRow]) -> String {
+    let field = |f: &str| {
+        if f.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", f.replace('"', "\"\""))
+        } else {
+            f.to_owned()
+        }
+    };
+    let mut out = UsageRow::HEADER
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(",");
+    out.push('\n');
+    for r in rows {
+        let mut cells = r.cells();
+        cells[4] = r.node.clone();
+        out.push_str(&cells.iter().map(|c| field(c)).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_what_needs_quoting_and_keeps_full_node_ids() {
+        let row = UsageRow {
+            session: "s1".into(),
+            studio: "acme".into(),
+            player: "p,1".into(),
+            game: "arena".into(),
+            node: "ab".repeat(32),
+            mode: "640x360@30".into(),
+            started_unix_ms: 1,
+            ended_unix_ms: 60_001,
+            minutes: 1.0,
+            state: "ENDED".into(),
+            reason: "said \"bye\"".into(),
+        };
+        let csv = render_csv(&[row]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            "session,studio,player,game,node,mode,started,ended,minutes,state,reason"
+        );
+        assert!(lines[1].contains("\"p,1\"") && lines[1].contains("\"said \"\"bye\"\"\""));
+        assert!(lines[1].contains(&"ab".repeat(32)));
     }
 }

@@ -52,6 +52,9 @@ pub(crate) struct Sinks {
 pub(crate) struct Connection {
     pub node_id: String,
     pub session_id: String,
+    /// The session token: the node's WHEP bearer, and the player's credential for ending the
+    /// session at the orchestrator.
+    pub token: String,
     whep: WhepConnection,
     channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
     /// Unix ms of the latest RTP packet.
@@ -289,6 +292,7 @@ impl Connection {
         Ok(Self {
             node_id: node_id.to_owned(),
             session_id: session_id.to_owned(),
+            token: token.to_owned(),
             whep,
             channel,
             last_packet_ms,

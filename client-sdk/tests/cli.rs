@@ -6,13 +6,37 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Runs `pixelgrid` as the grid's operator (and with the test studio's API key).
 fn pixelgrid(grid: &TestGrid, args: &[&str]) -> (i32, String, String) {
+    let operator_file = std::env::temp_dir().join(format!(
+        "pixelgrid-cli-test-{}-{}.key",
+        std::process::id(),
+        grid.orchestrator.port()
+    ));
+    std::fs::write(&operator_file, &grid.operator).unwrap();
+    pixelgrid_as(
+        grid,
+        args,
+        &[
+            (
+                "PIXELGRID_OPERATOR_KEY_FILE",
+                operator_file.to_str().unwrap(),
+            ),
+            ("PIXELGRID_API_KEY", &grid.api_key),
+        ],
+    )
+}
+
+fn pixelgrid_as(grid: &TestGrid, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_pixelgrid"))
         .args(args)
         .env(
             "PIXELGRID_ORCHESTRATOR",
             format!("http://{}", grid.orchestrator),
         )
+        .env_remove("PIXELGRID_OPERATOR_KEY_FILE")
+        .env_remove("PIXELGRID_API_KEY")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -73,6 +97,89 @@ fn operators_list_nodes_and_sessions_and_drain_a_node() {
     let (code, _, err) = pixelgrid(&grid, &["drain", "no-such-node"]);
     assert_eq!(code, 1);
     assert!(err.contains("NotFound"), "{err}");
+    // Without the operator credential, or with a studio's key: refused, saying why.
+    let (code, _, err) = pixelgrid_as(&grid, &["undrain", &node_id], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Unauthenticated"), "{err}");
+    let (code, _, err) = pixelgrid_as(
+        &grid,
+        &["undrain", &node_id],
+        &[("PIXELGRID_API_KEY", &grid.api_key)],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("PermissionDenied"), "{err}");
+    let (code, out, err) = pixelgrid(&grid, &["undrain", &node_id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("takes sessions again"), "{out}");
+    assert!(
+        eventually(Duration::from_secs(5), || !node.is_draining()),
+        "an undrained node takes sessions again"
+    );
+}
+
+/// Studio administration and usage from the command line.
+#[test]
+fn operators_administer_studios_and_export_usage() {
+    let grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 0, 1);
+    let (code, out, err) = pixelgrid(
+        &grid,
+        &[
+            "studios",
+            "create",
+            "acme",
+            "--games",
+            "arena",
+            "--max-sessions",
+            "2",
+            "--max-mode",
+            "1280x720@60",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("pgk_acme_"), "{out}");
+    let (code, out, _) = pixelgrid(&grid, &["studios", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("acme") && out.contains("1280x720@60") && !out.contains(&key),
+        "the list shows key ids, never keys: {out}"
+    );
+    let (code, out, err) = pixelgrid(&grid, &["studios", "keys", "add", "acme", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let added: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let (code, out, err) = pixelgrid(
+        &grid,
+        &[
+            "studios",
+            "keys",
+            "revoke",
+            "acme",
+            added["key_id"].as_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(added["key_id"].as_str().unwrap()), "{out}");
+    // A studio reads its own usage (none yet) as CSV; the header names the columns.
+    let (code, out, err) = pixelgrid_as(
+        &grid,
+        &["usage", "--format", "csv"],
+        &[("PIXELGRID_API_KEY", &key)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("session,studio,player,game,node,mode"),
+        "{out}"
+    );
+    // A studio's key cannot create studios.
+    let (code, _, err) = pixelgrid_as(
+        &grid,
+        &["studios", "create", "mine"],
+        &[("PIXELGRID_API_KEY", &key)],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("PermissionDenied"), "{err}");
 }
 
 #[test]

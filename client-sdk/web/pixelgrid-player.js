@@ -11,6 +11,11 @@
 //
 // Lower level: `PixelGridPlayer.launch(api, opts)` places a session; `p.connect(whepUrl, token)`
 // plays any WHEP session (a lone node in dev mode, a third-party WHEP server).
+// `opts.grant` is the player's launch grant from the studio's backend (which holds the API key
+// and calls the orchestrator's CreateLaunchGrant / `POST /api/grants`): a function returning a
+// fresh grant (called once per launch and per re-launch; a grant starts one launch, once), or a
+// string (no re-launch then). Without it the SDK asks `POST ${api}/demo-grant`, which only a
+// local grid's orchestrator (`--demo-studio`) answers. The API key never belongs in a browser.
 // `opts.version` (optional, empty = any) pins the game's version; a launch the grid cannot serve
 // (no ready node has the game, no capacity, …) rejects with an Error whose message is the
 // orchestrator's reason and whose `status` is the HTTP status (404 for an unknown game).
@@ -248,9 +253,11 @@ export class PixelGridPlayer {
   // Two-step launch through the orchestrator's JSON gateway at `api`: get candidates, measure
   // the round trip to each node's probe (best of three), let the orchestrator place the session.
   // `version` is sent only when given (empty = any version the grid offers).
-  static async launch(api, { game = "arena", version = "", width = 1280, height = 720, fps = 60, region = "" } = {}) {
+  static async launch(api, { game = "arena", version = "", width = 1280, height = 720, fps = 60, region = "", grant } = {}) {
+    const credential = await PixelGridPlayer.grantFor(api, grant);
     const post = async (url, body) => {
-      const res = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      const res = await fetch(url, { method: "POST", body: JSON.stringify(body),
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${credential}` } });
       if (!res.ok) throw await httpError(res);
       return res.json();
     };
@@ -269,6 +276,15 @@ export class PixelGridPlayer {
     }));
     const chosen = await post(`${api}/sessions/${launch.launch_id}/choose`, { rtt_ms: rtt });
     return { ...chosen, rtt_ms: rtt };
+  }
+
+  // A launch grant: from the studio's function, as given, or the local grid's demo grant.
+  static async grantFor(api, grant) {
+    if (typeof grant === "function") return String(await grant());
+    if (typeof grant === "string" && grant) return grant;
+    const res = await fetch(`${api}/demo-grant`, { method: "POST" });
+    if (!res.ok) throw await httpError(res);
+    return (await res.json()).grant;
   }
 
   // The grid's game catalogue from the orchestrator's gateway at `api` (`GET ${api}/games`):

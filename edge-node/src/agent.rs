@@ -93,6 +93,9 @@ pub struct Agent {
     client: OrchestratorClient<tonic::transport::Channel>,
     /// What the orchestrator answered at registration.
     pub registration: pb::RegisterNodeResponse,
+    /// True while this node drains because the orchestrator asked it to (so an undrain may
+    /// lift it).
+    drained_by_orchestrator: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -115,6 +118,7 @@ impl Agent {
             key,
             client,
             registration: Default::default(),
+            drained_by_orchestrator: Default::default(),
         };
         agent.registration = agent.send_registration().await?;
         Ok(agent)
@@ -273,6 +277,15 @@ impl Agent {
                         if r.drain && !node.is_draining() {
                             tracing::info!("orchestrator asked this node to drain");
                             node.set_draining(true);
+                            self.drained_by_orchestrator.store(true, std::sync::atomic::Ordering::Relaxed);
+                        } else if !r.drain
+                            && node.is_draining()
+                            && self.drained_by_orchestrator.swap(false, std::sync::atomic::Ordering::Relaxed)
+                        {
+                            // Undrained by an operator (a drain of the node's own, on SIGTERM,
+                            // is never lifted from outside).
+                            tracing::info!("orchestrator took this node back");
+                            node.set_draining(false);
                         }
                         for sid in r.end_session_ids {
                             node.end_session(&sid, "ended by the orchestrator").await;

@@ -166,10 +166,12 @@ struct ServeArgs {
     /// On SIGTERM: take no new sessions and let running ones finish for up to this long.
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
-    /// Hex ed25519 public key of the orchestrator whose session tokens this node accepts
-    /// (without --orchestrator; with it, the key comes from registration).
-    #[arg(long, env = "PIXELGRID_ORCHESTRATOR_KEY")]
-    orchestrator_key: Option<String>,
+    /// Hex ed25519 public key(s) of the orchestrator whose session tokens this node accepts
+    /// (comma-separated: old and new during a key rotation), given at onboarding
+    /// (`orchestrator public-key` prints it). Required: a node never takes the key it trusts
+    /// from the network.
+    #[arg(long, env = "PIXELGRID_ORCHESTRATOR_KEY", value_delimiter = ',')]
+    orchestrator_key: Vec<String>,
     /// This node's id, as the orchestrator names it in tokens.
     #[arg(long, env = "PIXELGRID_NODE_ID")]
     node_id: Option<String>,
@@ -478,10 +480,17 @@ fn probe(json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A verifier trusting the `--orchestrator-key` values.
+fn pinned_verifier(keys: &[String]) -> anyhow::Result<pixelgrid_proto::token::TokenVerifier> {
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    pixelgrid_proto::token::TokenVerifier::from_hex_keys(&keys)
+        .context("invalid --orchestrator-key")
+}
+
 #[allow(clippy::print_stdout)]
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use edge_node::stream::{IceServer, PeerSettings, StreamNode, StreamSettings};
-    use pixelgrid_proto::token::{TokenSigner, TokenVerifier};
+    use pixelgrid_proto::token::TokenSigner;
 
     let (verifier, dev_signer, node_id) = if args.insecure_dev {
         tracing::warn!(
@@ -489,32 +498,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         let signer = TokenSigner::generate()
             .map_err(|e| anyhow::anyhow!("no randomness for a dev key: {e}"))?;
-        let verifier = match &args.orchestrator_key {
-            Some(k) => TokenVerifier::from_hex(k)?,
-            None => signer.verifier(),
+        let verifier = if args.orchestrator_key.is_empty() {
+            signer.verifier()
+        } else {
+            pinned_verifier(&args.orchestrator_key)?
         };
         (
             Some(verifier),
             Some(signer),
             args.node_id.clone().unwrap_or_else(|| "dev-node".into()),
         )
-    } else if args.orchestrator.is_some() {
-        // Verifier and node id come from the identity key and the registration below.
-        (None, None, String::new())
     } else {
-        let key = args
-            .orchestrator_key
-            .as_deref()
-            .context("--orchestrator (or --orchestrator-key) is required; use --insecure-dev to try a node alone")?;
-        let node_id = args
-            .node_id
-            .clone()
-            .context("--node-id (or PIXELGRID_NODE_ID) is required")?;
-        (
-            Some(TokenVerifier::from_hex(key).context("invalid --orchestrator-key")?),
-            None,
-            node_id,
-        )
+        anyhow::ensure!(
+            !args.orchestrator_key.is_empty(),
+            "--orchestrator-key is required: the orchestrator's token public key, from `orchestrator public-key --token-key FILE` (a node never takes the key it trusts from the network); use --insecure-dev to try a node alone"
+        );
+        let verifier = pinned_verifier(&args.orchestrator_key)?;
+        if args.orchestrator.is_some() {
+            // The node id comes from the identity key, at registration below.
+            (Some(verifier), None, String::new())
+        } else {
+            let node_id = args
+                .node_id
+                .clone()
+                .context("--node-id (or PIXELGRID_NODE_ID) is required")?;
+            (Some(verifier), None, node_id)
+        }
     };
     let ice_ips = if args.ice_ip.is_empty() {
         if args.listen.ip().is_unspecified() {
@@ -606,8 +615,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let agent =
                     Agent::register(agent_config(&host, url, &public, addr, &args.listing)?, key)
                         .await?;
-                let verifier = TokenVerifier::from_hex(&agent.registration.token_public_key_hex)
-                    .context("orchestrator's token key")?;
+                let verifier = verifier.context("no orchestrator key to trust")?;
+                let signs_with = &agent.registration.token_public_key_hex;
+                anyhow::ensure!(
+                    verifier.trusts(signs_with),
+                    "the orchestrator at {url} signs tokens with key {signs_with}, which this node was not told to trust (--orchestrator-key); refusing to serve"
+                );
                 settings.node_id = agent.node_id();
                 (verifier, Some(agent))
             }

@@ -175,6 +175,7 @@ pub async fn run(
                     &format!("s-{i:07}"),
                     &request(i),
                     &Policy::default(),
+                    None,
                     |_| Vec::new(),
                 )
                 .await

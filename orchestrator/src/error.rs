@@ -21,12 +21,19 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A node request whose signature does not verify.
+    /// A node request whose signature does not verify, or a call without a valid credential;
+    /// says which and what to send instead.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
     /// No ready node has the game (at the version) asked for; names what the grid offers.
     #[error("{0}")]
     GameUnavailable(String),
+    /// A valid credential asking for what is not its own.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A studio over one of its limits, or a caller over its rate; names the limit.
+    #[error("limit reached: {0}")]
+    LimitReached(String),
     /// No such node, session or launch.
     #[error("{0} not found")]
     NotFound(String),

@@ -3,20 +3,29 @@
 //!
 //! | method | path | what |
 //! | --- | --- | --- |
-//! | GET | `/api/info` | `{"mode":"grid"}` — tells the page it is on a grid |
-//! | GET | `/api/games` | `{games:[{id,version,name,modes,ready_nodes,free_slots}]}` — the grid's catalogue |
-//! | POST | `/api/sessions` | `{game,version?,width,height,fps,region}` → `{launch_id, candidates:[{node_id, probe_url}]}`; `404` when no ready node has the game |
-//! | POST | `/api/sessions/{launch_id}/choose` | `{rtt_ms:{node_id:ms}}` → `{session_id, node_id, token, whep_url, rejected}` |
-//! | DELETE | `/api/sessions/{session_id}` | end it |
+//! Credentials travel as `Authorization: Bearer …`, with the same rules as the gRPC API (see
+//! `orchestrator.proto`): `401` without a valid one, `403` for what is not the caller's, `429`
+//! over a studio's limit or rate, `413` for bodies over 16 KiB.
+//!
+//! | method | path | who | what |
+//! | --- | --- | --- | --- |
+//! | GET | `/api/info` | anyone | `{"mode":"grid","demo_grants":bool}` — tells the page it is on a grid |
+//! | GET | `/api/games` | anyone | `{games:[{id,version,name,modes,ready_nodes,free_slots}]}` — the grid's catalogue |
+//! | POST | `/api/grants` | studio API key | `{player_id,game?,ttl_s?}` → `{grant, expires_unix_ms}` — for a studio's backend |
+//! | POST | `/api/demo-grant` | anyone, only with `--demo-studio` | `{grant, expires_unix_ms}` for the demo studio (a local grid) |
+//! | POST | `/api/sessions` | launch grant | `{game,version?,width,height,fps,region}` → `{launch_id, candidates:[{node_id, probe_url}]}`; `404` when no ready node has the game |
+//! | POST | `/api/sessions/{launch_id}/choose` | the same grant | `{rtt_ms:{node_id:ms}}` → `{session_id, node_id, token, whep_url, rejected}` |
+//! | DELETE | `/api/sessions/{session_id}` | session token, its studio, operator | end it |
 //! | GET | `/`, `/player.js` | the player page and browser SDK |
 //! | GET | `/healthz`, `/readyz` | liveness; ready when the store answers (`503` with the reason otherwise) |
 //! | GET | `/metrics` | Prometheus text: nodes, placements by outcome, placement latency, registrations, heartbeats, store errors |
 
 use crate::Error;
+use crate::auth::Caller;
 use crate::grid::Grid;
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use pixelgrid_proto::orchestrator::v1 as pb;
@@ -37,6 +46,8 @@ impl IntoResponse for ApiError {
             Error::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound(_) | Error::GameUnavailable(_) => StatusCode::NOT_FOUND,
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            Error::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::NoCapacity(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -89,6 +100,42 @@ struct ChooseBody {
     rtt_ms: BTreeMap<String, u32>,
 }
 
+#[derive(Debug, Deserialize)]
+struct GrantBody {
+    player_id: String,
+    #[serde(default)]
+    game: String,
+    #[serde(default)]
+    ttl_s: u32,
+}
+
+/// Largest JSON body the gateway reads.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+async fn caller(grid: &Grid, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let value = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError(Error::Unauthenticated(
+                "the Authorization header is not text".into(),
+            ))
+        })?),
+    };
+    let credential = match value {
+        None => None,
+        Some(v) => Some(crate::auth::bearer(Some(v)).ok_or_else(|| {
+            ApiError(Error::Unauthenticated(
+                "Authorization must be `Bearer <credential>`".into(),
+            ))
+        })?),
+    };
+    Ok(grid.authenticate(credential).await?)
+}
+
+fn grant_json(r: &pb::CreateLaunchGrantResponse) -> Json<serde_json::Value> {
+    Json(json!({ "grant": r.grant, "expires_unix_ms": r.expires_unix_ms }))
+}
+
 /// The gateway's routes.
 pub fn router(grid: Arc<Grid>) -> axum::Router {
     axum::Router::new()
@@ -99,7 +146,9 @@ pub fn router(grid: Arc<Grid>) -> axum::Router {
         )
         .route(
             "/api/info",
-            get(|| async { Json(json!({ "mode": "grid" })) }),
+            get(|State(grid): State<Arc<Grid>>| async move {
+                Json(json!({ "mode": "grid", "demo_grants": grid.demo_studio().is_some() }))
+            }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -121,9 +170,12 @@ pub fn router(grid: Arc<Grid>) -> axum::Router {
             }),
         )
         .route("/api/games", get(games))
+        .route("/api/grants", post(grant))
+        .route("/api/demo-grant", post(demo_grant))
         .route("/api/sessions", post(launch))
         .route("/api/sessions/{id}/choose", post(choose))
         .route("/api/sessions/{id}", delete(end))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(grid)
 }
 
@@ -142,25 +194,53 @@ async fn games(State(grid): State<Arc<Grid>>) -> Result<Json<serde_json::Value>,
     Ok(Json(json!({ "games": games })))
 }
 
+async fn grant(
+    State(grid): State<Arc<Grid>>,
+    headers: HeaderMap,
+    Json(b): Json<GrantBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = caller(&grid, &headers).await?;
+    let r = grid
+        .create_launch_grant(
+            &caller,
+            pb::CreateLaunchGrantRequest {
+                player_id: b.player_id,
+                game: b.game,
+                ttl_s: b.ttl_s,
+            },
+        )
+        .await?;
+    Ok(grant_json(&r))
+}
+
+async fn demo_grant(State(grid): State<Arc<Grid>>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(grant_json(&grid.create_demo_grant().await?))
+}
+
 async fn launch(
     State(grid): State<Arc<Grid>>,
+    headers: HeaderMap,
     Json(b): Json<LaunchBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = caller(&grid, &headers).await?;
     let r = grid
-        .create_session(pb::CreateSessionRequest {
-            game: b.game,
-            player_region: Some(types::Region { code: b.region }),
-            constraints: Some(pb::LaunchConstraints {
-                mode: Some(types::VideoMode {
-                    width_px: b.width,
-                    height_px: b.height,
-                    fps: b.fps,
+        .create_session(
+            &caller,
+            pb::CreateSessionRequest {
+                game: b.game,
+                player_region: Some(types::Region { code: b.region }),
+                constraints: Some(pb::LaunchConstraints {
+                    mode: Some(types::VideoMode {
+                        width_px: b.width,
+                        height_px: b.height,
+                        fps: b.fps,
+                    }),
+                    ..Default::default()
                 }),
-                ..Default::default()
-            }),
-            max_candidates: 0,
-            game_version: b.version,
-        })
+                max_candidates: 0,
+                game_version: b.version,
+            },
+        )
         .await?;
     let candidates: Vec<_> = r
         .candidates
@@ -175,8 +255,10 @@ async fn launch(
 async fn choose(
     State(grid): State<Arc<Grid>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(b): Json<ChooseBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = caller(&grid, &headers).await?;
     let latencies = b
         .rtt_ms
         .into_iter()
@@ -186,10 +268,13 @@ async fn choose(
         })
         .collect();
     let r = grid
-        .choose_node(pb::ChooseNodeRequest {
-            launch_id: id,
-            latencies,
-        })
+        .choose_node(
+            &caller,
+            pb::ChooseNodeRequest {
+                launch_id: id,
+                latencies,
+            },
+        )
         .await?;
     let session = r.session.unwrap_or_default();
     Ok(Json(json!({
@@ -204,7 +289,9 @@ async fn choose(
 async fn end(
     State(grid): State<Arc<Grid>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    grid.end_session(&id, "ended by the player").await?;
+    let caller = caller(&grid, &headers).await?;
+    grid.end_session(&caller, &id, "").await?;
     Ok(StatusCode::OK)
 }

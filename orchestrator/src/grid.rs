@@ -2,6 +2,7 @@
 //! node registration and heartbeats on leases, the two-step launch, the session lifecycle, and
 //! the sweeps the leader runs. The gRPC service ([`crate::service`]) is a thin shell over this.
 
+use crate::auth::Caller;
 use crate::lifecycle::{self, SessionEvent, SessionState};
 use crate::placement::{self, NodeView, Policy, Request};
 use crate::slots::{self, NodeRecord, ROOT, SlotReservation};
@@ -9,7 +10,7 @@ use crate::store::{Compare, Op, Store};
 use crate::{Error, Result};
 use pixelgrid_proto::identity::SignedRequest;
 use pixelgrid_proto::orchestrator::v1 as pb;
-use pixelgrid_proto::token::{SessionClaims, TokenSigner, format_rfc3339};
+use pixelgrid_proto::token::{SessionClaims, TokenSigner, TokenVerifier, format_rfc3339};
 use pixelgrid_proto::types::v1 as types;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -31,6 +32,12 @@ pub struct GridConfig {
     pub session_max: Duration,
     /// Clock skew allowed on signed node requests.
     pub max_clock_skew: Duration,
+    /// Longest lifetime a launch grant may ask for.
+    pub grant_ttl_max: Duration,
+    /// Launches (CreateSession) a studio may start at once…
+    pub launch_burst: u32,
+    /// …and per minute after that.
+    pub launches_per_minute: u32,
 }
 
 impl Default for GridConfig {
@@ -42,6 +49,9 @@ impl Default for GridConfig {
             reservation_ttl: Duration::from_secs(30),
             session_max: Duration::from_secs(4 * 3600),
             max_clock_skew: Duration::from_secs(60),
+            grant_ttl_max: Duration::from_secs(300),
+            launch_burst: 200,
+            launches_per_minute: 6000,
         }
     }
 }
@@ -62,6 +72,12 @@ struct LaunchRecord {
     max_price: u64,
     candidates: Vec<String>,
     created_ms: u64,
+    #[serde(default)]
+    studio: String,
+    #[serde(default)]
+    player: String,
+    #[serde(default)]
+    grant_jti: String,
 }
 
 /// A session, as stored.
@@ -94,6 +110,83 @@ pub struct SessionRecord {
     /// Why it ended.
     #[serde(default)]
     pub reason: String,
+    /// The studio whose grant launched it.
+    #[serde(default)]
+    pub studio: String,
+    /// The studio's id for its player.
+    #[serde(default)]
+    pub player: String,
+    /// The studio seat it holds (when the studio has a concurrent-session limit).
+    #[serde(default)]
+    pub seat: Option<u32>,
+    /// When the player connected, Unix ms; 0 until then.
+    #[serde(default)]
+    pub connected_ms: u64,
+}
+
+/// One ended session as metered, under `/pixelgrid/v1/usage/{studio}/{day}/…`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// Record format version.
+    pub v: u32,
+    /// The session.
+    pub session: String,
+    /// Its studio.
+    pub studio: String,
+    /// Its player.
+    pub player: String,
+    /// Its game.
+    pub game: String,
+    /// The node that served it.
+    pub node: String,
+    /// Mode.
+    pub width: u32,
+    /// Mode.
+    pub height: u32,
+    /// Mode.
+    pub fps: u32,
+    /// When the player connected (0 if never), Unix ms.
+    pub started_ms: u64,
+    /// When it ended, Unix ms.
+    pub ended_ms: u64,
+    /// Milliseconds played.
+    pub played_ms: u64,
+    /// How it ended.
+    pub state: SessionState,
+    /// Why.
+    pub reason: String,
+}
+
+impl SessionRecord {
+    /// What it has been played for at `now_ms`.
+    pub fn played_ms(&self, now_ms: u64) -> u64 {
+        if self.connected_ms == 0 {
+            0
+        } else {
+            now_ms.saturating_sub(self.connected_ms)
+        }
+    }
+}
+
+/// Key of a studio.
+pub fn studio_key(id: &str) -> String {
+    format!("{ROOT}/studios/{id}")
+}
+
+pub(crate) fn seat_prefix(studio: &str) -> String {
+    format!("{ROOT}/seats/{studio}/")
+}
+
+pub(crate) fn usage_studio_prefix(studio: &str) -> String {
+    format!("{ROOT}/usage/{studio}/")
+}
+
+pub(crate) fn usage_day_prefix(studio: &str, day: u64) -> String {
+    format!("{}{day:06}/", usage_studio_prefix(studio))
+}
+
+fn grant_used_key(jti: &str) -> String {
+    format!("{ROOT}/grants-used/{jti}")
 }
 
 /// What a node's latest heartbeat said, kept under the node's lease.
@@ -115,7 +208,7 @@ pub fn status_key(node: &str) -> String {
     format!("{ROOT}/status/{node}")
 }
 
-fn session_key(id: &str) -> String {
+pub(crate) fn session_key(id: &str) -> String {
     format!("{ROOT}/sessions/{id}")
 }
 
@@ -126,13 +219,13 @@ fn launch_key(id: &str) -> String {
 /// Unix ms now.
 pub use pixelgrid_proto::clock::unix_ms as now_ms;
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut b = [0u8; 12];
     let _ = getrandom::fill(&mut b);
     pixelgrid_proto::token::hex(&b)
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
     Error::InvalidArgument {
         field,
         reason: reason.into(),
@@ -153,12 +246,21 @@ pub struct SweepReport {
 /// The control plane; see the module docs.
 #[derive(Debug)]
 pub struct Grid {
-    store: Arc<dyn Store>,
-    signer: TokenSigner,
-    policy: Policy,
-    config: GridConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) signer: TokenSigner,
+    pub(crate) policy: Policy,
+    pub(crate) config: GridConfig,
     heartbeat_seq: Mutex<HashMap<String, u64>>,
-    cache: Option<Arc<crate::cache::RegistryCache>>,
+    pub(crate) cache: Option<Arc<crate::cache::RegistryCache>>,
+    /// Keys whose tokens and grants this grid accepts: the signer's, plus a previous one
+    /// during a rotation.
+    pub(crate) verifier: TokenVerifier,
+    /// SHA-256 of the operator credential; `None` refuses every operator call.
+    pub(crate) operator_sha256: Option<String>,
+    /// The studio anonymous players of the demo page launch as (`--demo-studio`); `None` in
+    /// production.
+    pub(crate) demo_studio: Option<String>,
+    pub(crate) launch_budgets: Mutex<HashMap<String, crate::studios::RateBudget>>,
     /// What the control plane has done, for `/metrics`.
     pub metrics: GridMetrics,
 }
@@ -178,6 +280,14 @@ pub struct GridMetrics {
     pub store_errors: std::sync::atomic::AtomicU64,
     /// ChooseNode duration, seconds.
     pub placement_seconds: pixelgrid_proto::metrics::Histogram,
+    /// Calls refused for a missing or invalid credential.
+    pub unauthenticated: std::sync::atomic::AtomicU64,
+    /// Calls refused because the caller may not do that.
+    pub denied: std::sync::atomic::AtomicU64,
+    /// Launches refused by a studio limit or rate.
+    pub limited: std::sync::atomic::AtomicU64,
+    /// Launch grants minted.
+    pub grants: std::sync::atomic::AtomicU64,
 }
 
 impl Default for GridMetrics {
@@ -189,6 +299,10 @@ impl Default for GridMetrics {
             heartbeats: Default::default(),
             store_errors: Default::default(),
             placement_seconds: pixelgrid_proto::metrics::Histogram::latency_seconds(),
+            unauthenticated: Default::default(),
+            denied: Default::default(),
+            limited: Default::default(),
+            grants: Default::default(),
         }
     }
 }
@@ -200,7 +314,21 @@ impl GridMetrics {
         match r {
             Ok(_) => ok.fetch_add(1, Relaxed),
             Err(Error::Unavailable(_) | Error::Store(_)) => self.store_errors.fetch_add(1, Relaxed),
-            Err(_) => 0,
+            Err(e) => {
+                self.count_refusal(e);
+                0
+            }
+        };
+    }
+
+    /// Counts an authorisation or limit refusal.
+    pub fn count_refusal(&self, e: &Error) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match e {
+            Error::Unauthenticated(_) => self.unauthenticated.fetch_add(1, Relaxed),
+            Error::PermissionDenied(_) => self.denied.fetch_add(1, Relaxed),
+            Error::LimitReached(_) => self.limited.fetch_add(1, Relaxed),
+            _ => 0,
         };
     }
 }
@@ -215,13 +343,44 @@ impl Grid {
     ) -> Self {
         Self {
             store,
-            signer,
             policy,
             config,
             heartbeat_seq: Mutex::new(HashMap::new()),
             cache: None,
+            verifier: signer.verifier(),
+            signer,
+            operator_sha256: None,
+            demo_studio: None,
+            launch_budgets: Mutex::new(HashMap::new()),
             metrics: GridMetrics::default(),
         }
+    }
+
+    /// Accepts `credential` (`pgo_…`) as the operator's.
+    pub fn with_operator(mut self, credential: &str) -> Self {
+        self.operator_sha256 = Some(crate::studios::sha256_hex(credential.trim()));
+        self
+    }
+
+    /// Also accepts tokens and grants signed by these (previous) keys, during a rotation.
+    pub fn with_previous_keys(mut self, public_keys_hex: &[String]) -> Result<Self> {
+        let mut keys = vec![self.signer.public_key_hex()];
+        keys.extend(public_keys_hex.iter().cloned());
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.verifier = TokenVerifier::from_hex_keys(&refs)
+            .map_err(|e| invalid("previous token key", e.to_string()))?;
+        Ok(self)
+    }
+
+    /// Lets anonymous players of the demo page launch as `studio` (a local grid only).
+    pub fn with_demo_studio(mut self, studio: &str) -> Self {
+        self.demo_studio = Some(studio.to_owned());
+        self
+    }
+
+    /// The studio of the demo page, when there is one.
+    pub fn demo_studio(&self) -> Option<&str> {
+        self.demo_studio.as_deref()
     }
 
     /// Places from a watch-maintained registry cache: one store transaction per placement.
@@ -345,7 +504,7 @@ impl Grid {
         })
     }
 
-    async fn node_record(&self, id: &str) -> Result<Option<(NodeRecord, i64)>> {
+    pub(crate) async fn node_record(&self, id: &str) -> Result<Option<(NodeRecord, i64)>> {
         Ok(self.store.get(&slots::node_key(id)).await?.and_then(|kv| {
             serde_json::from_slice::<NodeRecord>(&kv.value)
                 .ok()
@@ -496,6 +655,9 @@ impl Grid {
             };
             rec.state = next;
             rec.updated_ms = now_ms();
+            if next == SessionState::Active && rec.connected_ms == 0 {
+                rec.connected_ms = rec.updated_ms;
+            }
             if next.is_final() {
                 rec.reason = reason.to_owned();
             }
@@ -508,6 +670,15 @@ impl Grid {
                 ops.push(Op::Delete {
                     key: slots::slot_key(&rec.node, rec.slot),
                 });
+                if let Some(seat) = rec.seat {
+                    ops.push(Op::Delete {
+                        key: format!("{}{seat}", seat_prefix(&rec.studio)),
+                    });
+                }
+                // Metering is written with the final state, so no ended session goes unbilled.
+                if !rec.studio.is_empty() {
+                    ops.push(usage_op(&rec));
+                }
             }
             if self
                 .store
@@ -530,11 +701,39 @@ impl Grid {
     /// Launch step one: candidates for the player to measure.
     pub async fn create_session(
         &self,
+        caller: &Caller,
         req: pb::CreateSessionRequest,
     ) -> Result<pb::CreateSessionResponse> {
+        let r = self.create_session_inner(caller, req).await;
+        if let Err(e) = &r {
+            self.metrics.count_refusal(e);
+        }
+        r
+    }
+
+    async fn create_session_inner(
+        &self,
+        caller: &Caller,
+        req: pb::CreateSessionRequest,
+    ) -> Result<pb::CreateSessionResponse> {
+        let grant = caller.require_grant("CreateSession")?.clone();
         if req.game.is_empty() || req.game.len() > 64 {
             return Err(invalid("game", "must name a game (1–64 characters)"));
         }
+        if !grant.game.is_empty() && grant.game != req.game {
+            return Err(Error::PermissionDenied(format!(
+                "this launch grant is for game {:?} only",
+                grant.game
+            )));
+        }
+        if req
+            .player_region
+            .as_ref()
+            .is_some_and(|r| r.code.len() > 32)
+        {
+            return Err(invalid("player_region.code", "at most 32 characters"));
+        }
+        let studio = self.studio_of_grant(&grant).await?;
         let c = req.constraints.clone().unwrap_or_default();
         let mode = c.mode.unwrap_or(types::VideoMode {
             width_px: 1280,
@@ -564,6 +763,11 @@ impl Grid {
         if req.game_version.len() > 32 {
             return Err(invalid("game_version", "at most 32 characters"));
         }
+        if c.codecs.len() > 8 {
+            return Err(invalid("constraints.codecs", "at most 8"));
+        }
+        self.check_studio_may_launch(&studio, &req.game, &mode)
+            .await?;
         let version = (!req.game_version.is_empty()).then(|| req.game_version.clone());
         let mode_text = format!("{}x{}@{}", mode.width_px, mode.height_px, mode.fps);
         let region = req.player_region.map(|r| r.code).unwrap_or_default();
@@ -629,15 +833,43 @@ impl Grid {
             max_price: c.max_micro_credits_per_minute,
             candidates: picked.ranked.clone(),
             created_ms: now_ms(),
+            studio: studio.id.clone(),
+            player: grant.player.clone(),
+            grant_jti: grant.jti.clone(),
         };
-        let lease = self.store.grant_lease(self.config.launch_ttl).await?;
-        self.store
-            .put(
-                &launch_key(&launch_id),
-                serde_json::to_vec(&launch).expect("serialisable"),
-                lease,
+        // The grant is spent in the same transaction that records the launch; its marker lives
+        // as long as the grant could still verify, so a replay finds it.
+        let grant_left_ms = pixelgrid_proto::token::parse_rfc3339(&grant.exp)
+            .map_or(0, |exp| (exp * 1000).saturating_sub(launch.created_ms));
+        let ttl = self
+            .config
+            .launch_ttl
+            .max(Duration::from_millis(grant_left_ms + 1000));
+        let lease = self.store.grant_lease(ttl).await?;
+        let spent = self
+            .store
+            .txn(
+                vec![Compare::ModRevision(grant_used_key(&grant.jti), 0)],
+                vec![
+                    Op::Put {
+                        key: launch_key(&launch_id),
+                        value: serde_json::to_vec(&launch).expect("serialisable"),
+                        lease,
+                    },
+                    Op::Put {
+                        key: grant_used_key(&grant.jti),
+                        value: launch_id.clone().into_bytes(),
+                        lease,
+                    },
+                ],
             )
             .await?;
+        if !spent.succeeded {
+            let _ = self.store.revoke(lease).await;
+            return Err(Error::Unauthenticated(
+                "this launch grant was already used; ask the studio's backend for a new one".into(),
+            ));
+        }
         let candidates = picked
             .ranked
             .iter()
@@ -671,9 +903,13 @@ impl Grid {
 
     /// Launch step two: place with the measured round trips, reserve a slot atomically, sign the
     /// session token.
-    pub async fn choose_node(&self, req: pb::ChooseNodeRequest) -> Result<pb::ChooseNodeResponse> {
+    pub async fn choose_node(
+        &self,
+        caller: &Caller,
+        req: pb::ChooseNodeRequest,
+    ) -> Result<pb::ChooseNodeResponse> {
         let started = std::time::Instant::now();
-        let r = self.choose_node_inner(req).await;
+        let r = self.choose_node_inner(caller, req).await;
         self.metrics
             .placement_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -727,6 +963,20 @@ impl Grid {
                 &[(vec![], n(&m.heartbeats))],
             )
             .counter(
+                "pixelgrid_orchestrator_refusals_total",
+                "Calls refused: no or an invalid credential, not the caller's, over a studio's limit or rate.",
+                &[
+                    (vec![("reason", "unauthenticated".into())], n(&m.unauthenticated)),
+                    (vec![("reason", "permission_denied".into())], n(&m.denied)),
+                    (vec![("reason", "limit".into())], n(&m.limited)),
+                ],
+            )
+            .counter(
+                "pixelgrid_orchestrator_grants_total",
+                "Launch grants minted.",
+                &[(vec![], n(&m.grants))],
+            )
+            .counter(
                 "pixelgrid_orchestrator_store_errors_total",
                 "Operations that failed because the store (etcd) failed.",
                 &[(vec![], n(&m.store_errors))],
@@ -750,8 +1000,16 @@ impl Grid {
 
     async fn choose_node_inner(
         &self,
+        caller: &Caller,
         req: pb::ChooseNodeRequest,
     ) -> Result<pb::ChooseNodeResponse> {
+        let grant = caller.require_grant("ChooseNode")?;
+        if req.launch_id.len() > 64 || req.latencies.len() > 64 {
+            return Err(invalid(
+                "launch_id/latencies",
+                "a launch id of at most 64 characters and at most 64 samples",
+            ));
+        }
         let kv = self
             .store
             .get(&launch_key(&req.launch_id))
@@ -764,6 +1022,19 @@ impl Grid {
             })?;
         let launch: LaunchRecord =
             serde_json::from_slice(&kv.value).map_err(|e| Error::Store(e.to_string()))?;
+        if launch.grant_jti != grant.jti {
+            return Err(Error::PermissionDenied(format!(
+                "launch {} was started with another launch grant",
+                req.launch_id
+            )));
+        }
+        if now_ms().saturating_sub(launch.created_ms) > self.config.launch_ttl.as_millis() as u64 {
+            return Err(Error::NotFound(format!(
+                "launch {} (it expired; call CreateSession again)",
+                req.launch_id
+            )));
+        }
+        let seats = self.seat_pool(&launch.studio).await?;
         let mut rtt = std::collections::BTreeMap::new();
         for s in &req.latencies {
             let id = s
@@ -807,6 +1078,10 @@ impl Grid {
             created_ms: now,
             updated_ms: now,
             reason: String::new(),
+            studio: launch.studio.clone(),
+            player: launch.player.clone(),
+            seat: r.seat,
+            connected_ms: 0,
         };
         let (reservation, placement) = slots::reserve_with(
             self.store.as_ref(),
@@ -814,6 +1089,7 @@ impl Grid {
             &session_id,
             &preq,
             &self.policy,
+            seats.as_ref(),
             |r| {
                 vec![
                     Op::Put {
@@ -844,6 +1120,8 @@ impl Grid {
             fps: launch.fps,
             iat: format_rfc3339(now_s),
             exp: format_rfc3339(now_s + self.config.session_max.as_secs()),
+            aud: reservation.node.clone(),
+            nbf: format_rfc3339(now_s),
         });
         tracing::info!(session = %session_id, node = %reservation.node, slot = reservation.slot, "session placed");
         Ok(pb::ChooseNodeResponse {
@@ -858,13 +1136,20 @@ impl Grid {
         })
     }
 
-    /// Ends a session now and frees its slot.
-    pub async fn end_session(&self, id: &str, reason: &str) -> Result<SessionRecord> {
-        let reason = if reason.is_empty() {
-            "ended by request"
+    /// Ends a session now and frees its slot, when `caller` may.
+    pub async fn end_session(
+        &self,
+        caller: &Caller,
+        id: &str,
+        reason: &str,
+    ) -> Result<SessionRecord> {
+        self.session_for(caller, id, "EndSession").await?;
+        let reason: String = if reason.is_empty() {
+            format!("ended by {}", caller.describe())
         } else {
-            reason
+            reason.chars().take(200).collect()
         };
+        let reason = reason.as_str();
         self.transition(id, None, SessionEvent::End, reason)
             .await?
             .ok_or_else(|| Error::NotFound(format!("session {id}")))
@@ -910,14 +1195,15 @@ impl Grid {
         })
     }
 
-    /// Stops placing sessions on a node (its heartbeat answer tells it to drain).
-    pub async fn drain(&self, id: &str) -> Result<NodeRecord> {
+    /// Stops placing sessions on a node (its heartbeat answer tells it to drain), or with
+    /// `ready`, takes it back.
+    pub async fn set_ready(&self, id: &str, ready: bool) -> Result<NodeRecord> {
         for _ in 0..8 {
             let (mut record, revision) = self
                 .node_record(id)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("node {id}")))?;
-            record.view.ready = false;
+            record.view.ready = ready;
             let put = Op::Put {
                 key: slots::node_key(id),
                 value: serde_json::to_vec(&record).expect("serialisable"),
@@ -932,13 +1218,56 @@ impl Grid {
                 .await?
                 .succeeded
             {
-                tracing::info!(node = %id, "node draining");
+                tracing::info!(node = %id, ready, "node placement state");
                 return Ok(record);
             }
         }
         Err(Error::Unavailable(format!(
             "node {id} kept changing under us; try again"
         )))
+    }
+
+    /// A session's record, when `caller` may see it (`what` names the call in refusals).
+    pub async fn session_for(
+        &self,
+        caller: &Caller,
+        id: &str,
+        what: &str,
+    ) -> Result<SessionRecord> {
+        if matches!(caller, Caller::Anonymous) {
+            // Say nothing about whether the session exists.
+            return Err(Error::Unauthenticated(format!(
+                "{what} needs the session token, the studio's API key or the operator credential; send it as `authorization: Bearer …`"
+            )));
+        }
+        if id.is_empty() || id.len() > 64 {
+            return Err(invalid("session_id", "1–64 characters"));
+        }
+        let rec = self
+            .session(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("session {id}")))?;
+        caller
+            .may_touch(&rec, what)
+            .inspect_err(|e| self.metrics.count_refusal(e))?;
+        Ok(rec)
+    }
+
+    /// The session records `caller` may list (optionally one node's, one state's).
+    pub async fn sessions_for(
+        &self,
+        caller: &Caller,
+        node: &str,
+        state: Option<SessionState>,
+    ) -> Result<Vec<SessionRecord>> {
+        let scope = caller
+            .studio_scope("ListSessions")
+            .inspect_err(|e| self.metrics.count_refusal(e))?;
+        let mut all = self.sessions(node, state).await?;
+        if let Some(studio) = scope {
+            all.retain(|s| s.studio == studio);
+        }
+        Ok(all)
     }
 
     /// Every session record (optionally one node's, one state's).
@@ -1035,15 +1364,71 @@ impl Grid {
     }
 }
 
-/// A session record in the contract's form.
-pub fn to_proto(s: &SessionRecord) -> pb::Session {
-    let state = match s.state {
+fn usage_op(rec: &SessionRecord) -> Op {
+    let usage = UsageRecord {
+        v: 1,
+        session: rec.id.clone(),
+        studio: rec.studio.clone(),
+        player: rec.player.clone(),
+        game: rec.game.clone(),
+        node: rec.node.clone(),
+        width: rec.width,
+        height: rec.height,
+        fps: rec.fps,
+        started_ms: rec.connected_ms,
+        ended_ms: rec.updated_ms,
+        played_ms: rec.played_ms(rec.updated_ms),
+        state: rec.state,
+        reason: rec.reason.clone(),
+    };
+    Op::Put {
+        key: format!(
+            "{}{:013}-{}",
+            usage_day_prefix(&rec.studio, rec.updated_ms / 86_400_000),
+            rec.updated_ms,
+            rec.id
+        ),
+        value: serde_json::to_vec(&usage).expect("serialisable"),
+        lease: 0,
+    }
+}
+
+/// A usage record in the contract's form.
+pub fn usage_to_proto(u: &UsageRecord) -> pb::UsageRecord {
+    pb::UsageRecord {
+        session_id: u.session.clone(),
+        studio_id: u.studio.clone(),
+        player_id: u.player.clone(),
+        game: u.game.clone(),
+        node_id: Some(types::NodeId {
+            hex: u.node.clone(),
+        }),
+        mode: Some(types::VideoMode {
+            width_px: u.width,
+            height_px: u.height,
+            fps: u.fps,
+        }),
+        started_unix_ms: u.started_ms,
+        ended_unix_ms: u.ended_ms,
+        played_ms: u.played_ms,
+        final_state: state_to_proto(u.state) as i32,
+        end_reason: u.reason.clone(),
+    }
+}
+
+fn state_to_proto(s: SessionState) -> pb::SessionState {
+    match s {
         SessionState::Pending => pb::SessionState::Pending,
         SessionState::Active => pb::SessionState::Active,
         SessionState::Ended => pb::SessionState::Ended,
         SessionState::Failed => pb::SessionState::Failed,
         SessionState::Expired => pb::SessionState::Expired,
-    };
+    }
+}
+
+/// A session record in the contract's form.
+pub fn to_proto(s: &SessionRecord) -> pb::Session {
+    let state = state_to_proto(s.state);
     pb::Session {
         session_id: s.id.clone(),
         game: s.game.clone(),
@@ -1060,6 +1445,8 @@ pub fn to_proto(s: &SessionRecord) -> pb::Session {
         created_unix_ms: s.created_ms,
         updated_unix_ms: s.updated_ms,
         end_reason: s.reason.clone(),
+        studio_id: s.studio.clone(),
+        player_id: s.player.clone(),
     }
 }
 

@@ -6,7 +6,10 @@
 //! - [`lifecycle`]: a session's state machine, clock-free.
 //! - [`grid`]: the control plane's operations; [`service`]: its gRPC face; [`leader`]: which
 //!   replica runs the sweeps.
+//! - [`studios`]: tenants' keys and limits, clock-free; [`auth`]: who may call what;
+//!   [`tenancy`]: the studio operations over the store (grants, limits at launch, usage).
 
+pub mod auth;
 pub mod bench;
 pub mod cache;
 mod error;
@@ -18,6 +21,8 @@ pub mod placement;
 pub mod service;
 pub mod slots;
 pub mod store;
+pub mod studios;
+pub mod tenancy;
 
 pub use error::{Error, Result};
 

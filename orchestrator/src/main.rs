@@ -36,6 +36,22 @@ struct Cli {
         default_value = "orchestrator-token.key"
     )]
     token_key: std::path::PathBuf,
+    /// Public keys (hex) of earlier token signing keys still trusted for grants and tokens
+    /// (during a rotation: see the README's "Rotating the token key").
+    #[arg(long, env = "PIXELGRID_PREVIOUS_TOKEN_KEYS", value_delimiter = ',')]
+    previous_token_key: Vec<String>,
+    /// File holding the operator credential (`pgo_…`; created 0600 when missing). Every
+    /// replica of one grid must use the same file.
+    #[arg(
+        long,
+        env = "PIXELGRID_OPERATOR_KEY_FILE",
+        default_value = "orchestrator-operator.key"
+    )]
+    operator_key_file: std::path::PathBuf,
+    /// Hand anonymous players of the player page launch grants of this studio (created when
+    /// missing, without limits). For a local grid only: anyone who reaches the page plays.
+    #[arg(long, env = "PIXELGRID_DEMO_STUDIO")]
+    demo_studio: Option<String>,
     /// This replica's name in leader election.
     #[arg(long, env = "PIXELGRID_REPLICA_ID")]
     replica_id: Option<String>,
@@ -55,6 +71,9 @@ struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
+    /// Print the public half of the --token-key (creating the key when missing): what every
+    /// edge node is given as --orchestrator-key at onboarding.
+    PublicKey,
     /// Measure placements/s, placement latency, heartbeats/s and double bookings.
     Bench {
         /// Nodes to register (4 slots each).
@@ -92,6 +111,12 @@ fn main() -> anyhow::Result<()> {
 
 #[allow(clippy::print_stdout)]
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::PublicKey) = &cli.command {
+        let (seed, _) = pixelgrid_proto::identity::load_or_create_seed(&cli.token_key)
+            .with_context(|| format!("token key {}", cli.token_key.display()))?;
+        println!("{}", TokenSigner::from_seed(&seed).public_key_hex());
+        return Ok(());
+    }
     if let Some(Command::Bench {
         nodes,
         concurrency,
@@ -128,9 +153,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         reservation_ttl: Duration::from_secs(cli.reservation_ttl_s),
         ..GridConfig::default()
     };
+    let operator = load_or_create_operator(&cli.operator_key_file)?;
     let cache = orchestrator::cache::RegistryCache::start(Arc::clone(&store)).await?;
-    let grid =
-        Arc::new(Grid::new(store, signer.clone(), Policy::default(), config).with_cache(cache));
+    let mut grid = Grid::new(store, signer.clone(), Policy::default(), config)
+        .with_cache(cache)
+        .with_operator(&operator)
+        .with_previous_keys(&cli.previous_token_key)?;
+    if let Some(studio) = &cli.demo_studio {
+        tracing::warn!(%studio, "demo grants on: anyone who reaches the player page launches as this studio");
+        grid = grid.with_demo_studio(studio);
+        let created = grid
+            .create_studio(
+                &orchestrator::auth::Caller::Operator,
+                pixelgrid_proto::orchestrator::v1::CreateStudioRequest {
+                    studio_id: studio.clone(),
+                    name: format!("{studio} (demo)"),
+                    ..Default::default()
+                },
+            )
+            .await;
+        match created {
+            Ok(_) => tracing::info!(%studio, "demo studio created"),
+            Err(orchestrator::Error::InvalidArgument { reason, .. })
+                if reason.contains("already exists") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let grid = Arc::new(grid);
     let replica = cli
         .replica_id
         .clone()
@@ -154,6 +203,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         signer.public_key_hex()
     );
     println!("orchestrator: play at http://{}/", http.local_addr()?);
+    println!(
+        "orchestrator: operator credential in {}",
+        cli.operator_key_file.display()
+    );
     let stop = pixelgrid_proto::shutdown::on_signal();
     tokio::spawn(orchestrator::serve_gateway(
         http,
@@ -162,6 +215,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     orchestrator::serve(listener, grid, pixelgrid_proto::shutdown::wait(stop)).await?;
     Ok(())
+}
+
+/// The operator credential from `path`, made (0600) when the file does not exist.
+fn load_or_create_operator(path: &std::path::Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let credential = text.trim().to_owned();
+            anyhow::ensure!(
+                credential.starts_with(orchestrator::auth::OPERATOR_PREFIX)
+                    && credential.len() >= 36,
+                "{} does not hold an operator credential (pgo_…); delete it to make a new one",
+                path.display()
+            );
+            Ok(credential)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut random = [0u8; 32];
+            getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let credential = orchestrator::auth::new_operator_credential(&random);
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            writeln!(f, "{credential}")?;
+            tracing::warn!(path = %path.display(), "created a new operator credential");
+            Ok(credential)
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
 }
 
 #[allow(clippy::print_stdout)]

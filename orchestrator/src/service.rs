@@ -1,7 +1,9 @@
 //! The gRPC face of [`Grid`]: `pixelgrid.orchestrator.v1.Orchestrator`.
 
-use crate::grid::{Grid, to_proto};
+use crate::auth::Caller;
+use crate::grid::{Grid, to_proto, usage_to_proto};
 use crate::lifecycle::SessionState;
+use crate::tenancy::studio_to_proto;
 use crate::{Error, slots};
 use pixelgrid_proto::orchestrator::v1 as pb;
 use pixelgrid_proto::orchestrator::v1::orchestrator_server::Orchestrator;
@@ -19,6 +21,8 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } => Status::invalid_argument(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
             Error::Unauthenticated(_) => Status::unauthenticated(msg),
+            Error::PermissionDenied(_) => Status::permission_denied(msg),
+            Error::LimitReached(_) => Status::resource_exhausted(msg),
             Error::NotFound(_) | Error::GameUnavailable(_) => Status::not_found(msg),
             _ => Status::internal(msg),
         }
@@ -40,6 +44,26 @@ impl OrchestratorService {
 
 fn node_id(n: &Option<types::NodeId>) -> String {
     n.as_ref().map(|n| n.hex.clone()).unwrap_or_default()
+}
+
+impl OrchestratorService {
+    /// The caller behind a request's `authorization` metadata.
+    async fn caller<T>(&self, r: &Request<T>) -> Result<Caller, Status> {
+        let value =
+            match r.metadata().get("authorization") {
+                None => None,
+                Some(v) => Some(v.to_str().map_err(|_| {
+                    Status::unauthenticated("the authorization metadata is not text")
+                })?),
+            };
+        let credential = match value {
+            None => None,
+            Some(v) => Some(crate::auth::bearer(Some(v)).ok_or_else(|| {
+                Status::unauthenticated("authorization must be `Bearer <credential>`")
+            })?),
+        };
+        Ok(self.grid.authenticate(credential).await?)
+    }
 }
 
 #[tonic::async_trait]
@@ -79,8 +103,9 @@ impl Orchestrator for OrchestratorService {
         &self,
         r: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let caller = self.caller(&r).await?;
         Ok(Response::new(
-            self.grid.create_session(r.into_inner()).await?,
+            self.grid.create_session(&caller, r.into_inner()).await?,
         ))
     }
 
@@ -88,19 +113,19 @@ impl Orchestrator for OrchestratorService {
         &self,
         r: Request<pb::ChooseNodeRequest>,
     ) -> Result<Response<pb::ChooseNodeResponse>, Status> {
-        Ok(Response::new(self.grid.choose_node(r.into_inner()).await?))
+        let caller = self.caller(&r).await?;
+        Ok(Response::new(
+            self.grid.choose_node(&caller, r.into_inner()).await?,
+        ))
     }
 
     async fn get_session(
         &self,
         r: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
+        let caller = self.caller(&r).await?;
         let id = r.into_inner().session_id;
-        let s = self
-            .grid
-            .session(&id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("session {id} not found")))?;
+        let s = self.grid.session_for(&caller, &id, "GetSession").await?;
         Ok(Response::new(to_proto(&s)))
     }
 
@@ -108,8 +133,12 @@ impl Orchestrator for OrchestratorService {
         &self,
         r: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
+        let caller = self.caller(&r).await?;
         let r = r.into_inner();
-        let s = self.grid.end_session(&r.session_id, &r.reason).await?;
+        let s = self
+            .grid
+            .end_session(&caller, &r.session_id, &r.reason)
+            .await?;
         Ok(Response::new(pb::EndSessionResponse {
             session: Some(to_proto(&s)),
         }))
@@ -119,7 +148,13 @@ impl Orchestrator for OrchestratorService {
         &self,
         r: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let full_view = self.caller(&r).await? == Caller::Operator;
         let region = r.into_inner().region_code;
+        if region.len() > 32 {
+            return Err(Status::invalid_argument(
+                "invalid region_code: at most 32 characters",
+            ));
+        }
         let records = slots::node_records(self.grid.store().as_ref())
             .await
             .map_err(Status::from)?;
@@ -128,7 +163,11 @@ impl Orchestrator for OrchestratorService {
             .into_iter()
             .filter(|(r, _)| region.is_empty() || r.view.region == region)
         {
-            let status = self.grid.status(&r.view.id).await?.unwrap_or_default();
+            let status = if full_view {
+                self.grid.status(&r.view.id).await?.unwrap_or_default()
+            } else {
+                Default::default()
+            };
             nodes.push(pb::NodeSummary {
                 node_id: Some(types::NodeId {
                     hex: r.view.id.clone(),
@@ -156,7 +195,11 @@ impl Orchestrator for OrchestratorService {
                         .collect(),
                     ..Default::default()
                 }),
-                whep_base_url: r.whep_base_url,
+                whep_base_url: if full_view {
+                    r.whep_base_url
+                } else {
+                    String::new()
+                },
                 probe_address: r.probe_address,
                 price: Some(types::Price {
                     micro_credits_per_minute: r.view.price,
@@ -184,6 +227,7 @@ impl Orchestrator for OrchestratorService {
         &self,
         r: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = self.caller(&r).await?;
         let r = r.into_inner();
         let state =
             match pb::SessionState::try_from(r.state).unwrap_or(pb::SessionState::Unspecified) {
@@ -196,7 +240,7 @@ impl Orchestrator for OrchestratorService {
             };
         let sessions = self
             .grid
-            .sessions(&r.node_id_hex, state)
+            .sessions_for(&caller, &r.node_id_hex, state)
             .await?
             .iter()
             .map(to_proto)
@@ -208,11 +252,15 @@ impl Orchestrator for OrchestratorService {
         &self,
         r: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        self.caller(&r)
+            .await?
+            .require_operator("DrainNode")
+            .inspect_err(|e| self.grid.metrics.count_refusal(e))?;
         let id = node_id(&r.into_inner().node_id);
         if id.is_empty() {
             return Err(Status::invalid_argument("invalid node_id: required"));
         }
-        let rec = self.grid.drain(&id).await?;
+        let rec = self.grid.set_ready(&id, false).await?;
         Ok(Response::new(pb::DrainNodeResponse {
             node: Some(pb::NodeSummary {
                 node_id: Some(types::NodeId { hex: rec.view.id }),
@@ -227,5 +275,108 @@ impl Orchestrator for OrchestratorService {
         r: Request<pb::DeregisterNodeRequest>,
     ) -> Result<Response<pb::DeregisterNodeResponse>, Status> {
         Ok(Response::new(self.grid.deregister(r.into_inner()).await?))
+    }
+
+    async fn undrain_node(
+        &self,
+        r: Request<pb::UndrainNodeRequest>,
+    ) -> Result<Response<pb::UndrainNodeResponse>, Status> {
+        self.caller(&r)
+            .await?
+            .require_operator("UndrainNode")
+            .inspect_err(|e| self.grid.metrics.count_refusal(e))?;
+        let id = node_id(&r.into_inner().node_id);
+        if id.is_empty() {
+            return Err(Status::invalid_argument("invalid node_id: required"));
+        }
+        let rec = self.grid.set_ready(&id, true).await?;
+        Ok(Response::new(pb::UndrainNodeResponse {
+            node: Some(pb::NodeSummary {
+                node_id: Some(types::NodeId { hex: rec.view.id }),
+                state: pb::NodeState::Ready as i32,
+                ..Default::default()
+            }),
+        }))
+    }
+
+    async fn create_studio(
+        &self,
+        r: Request<pb::CreateStudioRequest>,
+    ) -> Result<Response<pb::CreateStudioResponse>, Status> {
+        let caller = self.caller(&r).await?;
+        Ok(Response::new(
+            self.grid.create_studio(&caller, r.into_inner()).await?,
+        ))
+    }
+
+    async fn list_studios(
+        &self,
+        r: Request<pb::ListStudiosRequest>,
+    ) -> Result<Response<pb::ListStudiosResponse>, Status> {
+        let caller = self.caller(&r).await?;
+        let studios = self.grid.list_studios(&caller).await?;
+        Ok(Response::new(pb::ListStudiosResponse {
+            studios: studios.iter().map(studio_to_proto).collect(),
+        }))
+    }
+
+    async fn add_studio_key(
+        &self,
+        r: Request<pb::AddStudioKeyRequest>,
+    ) -> Result<Response<pb::AddStudioKeyResponse>, Status> {
+        let caller = self.caller(&r).await?;
+        let studio = r.into_inner().studio_id;
+        Ok(Response::new(
+            self.grid.add_studio_key(&caller, &studio).await?,
+        ))
+    }
+
+    async fn revoke_studio_key(
+        &self,
+        r: Request<pb::RevokeStudioKeyRequest>,
+    ) -> Result<Response<pb::Studio>, Status> {
+        let caller = self.caller(&r).await?;
+        let r = r.into_inner();
+        let s = self
+            .grid
+            .revoke_studio_key(&caller, &r.studio_id, &r.key_id)
+            .await?;
+        Ok(Response::new(studio_to_proto(&s)))
+    }
+
+    async fn set_studio_limits(
+        &self,
+        r: Request<pb::SetStudioLimitsRequest>,
+    ) -> Result<Response<pb::Studio>, Status> {
+        let caller = self.caller(&r).await?;
+        let s = self.grid.set_studio_limits(&caller, r.into_inner()).await?;
+        Ok(Response::new(studio_to_proto(&s)))
+    }
+
+    async fn create_launch_grant(
+        &self,
+        r: Request<pb::CreateLaunchGrantRequest>,
+    ) -> Result<Response<pb::CreateLaunchGrantResponse>, Status> {
+        let caller = self.caller(&r).await?;
+        Ok(Response::new(
+            self.grid
+                .create_launch_grant(&caller, r.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn list_usage(
+        &self,
+        r: Request<pb::ListUsageRequest>,
+    ) -> Result<Response<pb::ListUsageResponse>, Status> {
+        let caller = self.caller(&r).await?;
+        let r = r.into_inner();
+        let records = self
+            .grid
+            .usage(&caller, &r.studio_id, r.from_unix_ms, r.to_unix_ms)
+            .await?;
+        Ok(Response::new(pb::ListUsageResponse {
+            records: records.iter().map(usage_to_proto).collect(),
+        }))
     }
 }

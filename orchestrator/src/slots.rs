@@ -54,6 +54,8 @@ pub struct SlotReservation {
     pub slot: u32,
     /// Session holding it.
     pub session: String,
+    /// The tenant seat it also holds, when its studio has a concurrent-session limit.
+    pub seat: Option<u32>,
 }
 
 /// How many reservation attempts one launch makes before reporting contention as no capacity.
@@ -112,22 +114,50 @@ pub async fn reserve(
     req: &Request,
     policy: &Policy,
 ) -> Result<SlotReservation> {
-    reserve_with(store, None, session, req, policy, |_| Vec::new())
+    reserve_with(store, None, session, req, policy, None, |_| Vec::new())
         .await
         .map(|(r, _)| r)
 }
 
-/// Like [`reserve`], also applying `extra(&reservation)` in the same transaction (the session
-/// record, say), and returning the placement with its reasons for the nodes left out.
+/// A tenant's concurrent-session limit as numbered seats under `prefix` (`{prefix}{n}` for
+/// `n < limit`): a launch takes a free seat in the same transaction as its slot, so no number
+/// of concurrent launches can take more seats than there are.
+#[derive(Debug, Clone)]
+pub struct SeatPool {
+    /// Key prefix of the seats, ending in '/'.
+    pub prefix: String,
+    /// How many seats there are.
+    pub limit: u32,
+    /// The refusal when every seat is taken.
+    pub full: String,
+}
+
+/// Like [`reserve`], also taking a seat of `seats` and applying `extra(&reservation)` in the
+/// same transaction (the session record, say), and returning the placement with its reasons
+/// for the nodes left out.
 pub async fn reserve_with(
     store: &dyn Store,
     cache: Option<&RegistryCache>,
     session: &str,
     req: &Request,
     policy: &Policy,
+    seats: Option<&SeatPool>,
     extra: impl Fn(&SlotReservation) -> Vec<Op>,
 ) -> Result<(SlotReservation, Placement)> {
     for attempt in 0..MAX_ATTEMPTS {
+        let seat = match seats {
+            Some(pool) => {
+                let taken: Vec<u32> = store
+                    .range(&pool.prefix)
+                    .await?
+                    .iter()
+                    .filter_map(|kv| kv.key.rsplit('/').next().and_then(|i| i.parse().ok()))
+                    .collect();
+                let free = (0..pool.limit).find(|i| !taken.contains(i));
+                Some(free.ok_or_else(|| Error::LimitReached(pool.full.clone()))?)
+            }
+            None => None,
+        };
         // Unmeasured nodes cannot win a placement, so only measured ones are read — from the
         // cache while it keeps proving current, from the store after it did not.
         let grid = if let Some(cache) = cache.filter(|_| attempt < 2) {
@@ -159,22 +189,28 @@ pub async fn reserve_with(
             node: view.id.clone(),
             slot,
             session: session.to_owned(),
+            seat,
         };
         let mut ops = vec![Op::Put {
             key: key.clone(),
             value: session.as_bytes().to_vec(),
             lease: 0,
         }];
+        let mut compares = vec![
+            Compare::ModRevision(key, 0),
+            Compare::ModRevision(node_key(&view.id), *revision),
+        ];
+        if let (Some(pool), Some(seat)) = (seats, seat) {
+            let seat_key = format!("{}{seat}", pool.prefix);
+            compares.push(Compare::ModRevision(seat_key.clone(), 0));
+            ops.push(Op::Put {
+                key: seat_key,
+                value: session.as_bytes().to_vec(),
+                lease: 0,
+            });
+        }
         ops.extend(extra(&reservation));
-        let outcome = store
-            .txn(
-                vec![
-                    Compare::ModRevision(key, 0),
-                    Compare::ModRevision(node_key(&view.id), *revision),
-                ],
-                ops,
-            )
-            .await?;
+        let outcome = store.txn(compares, ops).await?;
         if outcome.succeeded {
             if let Some(c) = cache {
                 c.note_taken(&reservation.node, reservation.slot);

@@ -106,6 +106,8 @@ impl TestNode {
             fps: 30,
             iat: format_rfc3339((now - 120) as u64),
             exp: format_rfc3339((now + expires_in_s) as u64),
+            aud: nid.into(),
+            nbf: format_rfc3339((now - 120) as u64),
         })
     }
 
@@ -320,6 +322,30 @@ pub struct TestGrid {
     /// Per node (same order as `nodes`): its server, agent and reporter tasks.
     node_tasks: Vec<Vec<tokio::task::JoinHandle<()>>>,
     pub runtime: tokio::runtime::Runtime,
+    /// The operator credential this orchestrator accepts.
+    pub operator: String,
+    /// The API key of [`TEST_STUDIO`], which has no limits.
+    pub api_key: String,
+    /// Token keys (hex) nodes added from now on pin (the grid's own by default).
+    pub trusted_token_keys: Vec<String>,
+}
+
+/// Seed of every [`TestGrid`]'s token signing key.
+pub const GRID_TOKEN_SEED: [u8; 32] = [9; 32];
+
+/// The studio every [`TestGrid`] creates.
+pub const TEST_STUDIO: &str = "test-studio";
+
+/// `request` with `authorization: Bearer <credential>`.
+pub fn bearer<T>(request: T, credential: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(request);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {credential}")
+            .parse()
+            .expect("header value"),
+    );
+    r
 }
 
 impl TestGrid {
@@ -347,15 +373,48 @@ impl TestGrid {
                 &store,
             )))
             .expect("registry cache");
+        let operator = orchestrator::auth::new_operator_credential(&[0x11; 32]);
         let grid = Arc::new(
             Grid::new(
                 store,
-                TokenSigner::from_seed(&[9; 32]),
+                TokenSigner::from_seed(&GRID_TOKEN_SEED),
                 orchestrator::placement::Policy::default(),
                 config,
             )
-            .with_cache(cache),
+            .with_cache(cache)
+            .with_operator(&operator)
+            // Loopback only: the player page gets grants of the test studio.
+            .with_demo_studio(TEST_STUDIO),
         );
+        let api_key = runtime
+            .block_on(grid.create_studio(
+                &orchestrator::auth::Caller::Operator,
+                pixelgrid_proto::orchestrator::v1::CreateStudioRequest {
+                    studio_id: TEST_STUDIO.into(),
+                    name: "Test studio".into(),
+                    ..Default::default()
+                },
+            ))
+            .or_else(|e| {
+                // A second grid on the same store (a replica) finds the studio there: a key of
+                // its own then.
+                if e.to_string().contains("already exists") {
+                    runtime
+                        .block_on(
+                            grid.add_studio_key(&orchestrator::auth::Caller::Operator, TEST_STUDIO),
+                        )
+                        .map(
+                            |k| pixelgrid_proto::orchestrator::v1::CreateStudioResponse {
+                                studio: None,
+                                api_key: k.api_key,
+                            },
+                        )
+                } else {
+                    Err(e)
+                }
+            })
+            .expect("test studio")
+            .api_key;
         let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (orchestrator, gateway) = runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -390,6 +449,9 @@ impl TestGrid {
             reporting: None,
             node_tasks: Vec::new(),
             runtime,
+            operator,
+            api_key,
+            trusted_token_keys: vec![TokenSigner::from_seed(&GRID_TOKEN_SEED).public_key_hex()],
         };
         for i in 0..nodes {
             me.add_node(i as u8, max_sessions);
@@ -447,6 +509,7 @@ impl TestGrid {
         let host = Arc::new(host);
         let orchestrator_url = format!("http://{}", self.orchestrator);
         let reporting = self.reporting.clone();
+        let trusted = self.trusted_token_keys.clone();
         let (addr, node, tasks) = self.runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -474,10 +537,10 @@ impl TestGrid {
             let agent = edge_node::agent::Agent::register(config, key.clone())
                 .await
                 .expect("registration");
-            let verifier = pixelgrid_proto::token::TokenVerifier::from_hex(
-                &agent.registration.token_public_key_hex,
-            )
-            .unwrap();
+            // Pinned, as a real node is at onboarding: the keys it was given.
+            let keys: Vec<&str> = trusted.iter().map(String::as_str).collect();
+            let verifier = pixelgrid_proto::token::TokenVerifier::from_hex_keys(&keys).unwrap();
+            assert!(verifier.trusts(&agent.registration.token_public_key_hex));
             let settings = StreamSettings {
                 node_id: agent.node_id(),
                 peer: PeerSettings {
@@ -527,6 +590,30 @@ impl TestGrid {
         }
         let node = Arc::clone(&self.nodes[i].1);
         self.runtime.block_on(node.close_all());
+    }
+
+    /// A fresh launch grant of [`TEST_STUDIO`] (what a studio's backend hands its player).
+    pub async fn grant(&self) -> String {
+        self.grid
+            .create_launch_grant(
+                &orchestrator::auth::Caller::Studio(TEST_STUDIO.into()),
+                pixelgrid_proto::orchestrator::v1::CreateLaunchGrantRequest {
+                    player_id: "test-player".into(),
+                    game: String::new(),
+                    ttl_s: 0,
+                },
+            )
+            .await
+            .expect("a grant")
+            .grant
+    }
+
+    /// An SDK client launching as a player of [`TEST_STUDIO`].
+    pub async fn player(&self) -> pixelgrid_client::Client {
+        pixelgrid_client::Client::connect(&format!("http://{}", self.orchestrator))
+            .await
+            .expect("connect to the orchestrator")
+            .with_api_key(&self.api_key, "test-player")
     }
 
     /// A gRPC client of the orchestrator.

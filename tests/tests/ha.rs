@@ -132,6 +132,10 @@ fn killing_the_leader_hands_the_sweeps_to_another_replica_within_the_lease() {
             created_ms: orchestrator::grid::now_ms(),
             updated_ms: 0,
             reason: String::new(),
+            studio: String::new(),
+            player: String::new(),
+            seat: None,
+            connected_ms: 0,
         };
         survivor
             .store()

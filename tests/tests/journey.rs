@@ -101,6 +101,7 @@ fn the_sdk_plays_its_input_moves_the_player_and_the_indexer_credits_the_play() {
     j.grid.add_node(1, 2);
     j.grid.add_node(2, 2);
     let url = j.orchestrator_url();
+    let api_key = j.grid.api_key.clone();
     let nodes: Vec<String> = j
         .grid
         .nodes
@@ -109,7 +110,10 @@ fn the_sdk_plays_its_input_moves_the_player_and_the_indexer_credits_the_play() {
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (serving, epoch) = rt.block_on(async {
-        let client = Client::connect(&url).await.unwrap();
+        let client = Client::connect(&url)
+            .await
+            .unwrap()
+            .with_api_key(&api_key, "journey-player");
         let mut s = client.launch("arena", options(640, 360, 30)).await.unwrap();
         let Some(Event::Connected { node_id, .. }) = s.next_event().await else {
             panic!("first event is Connected");
@@ -180,9 +184,13 @@ fn placement_picks_the_node_without_the_slow_link() {
     j.grid.add_node(4, 2);
     let fast = j.grid.nodes[1].1.node_id().to_owned();
     let url = j.orchestrator_url();
+    let api_key = j.grid.api_key.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let client = Client::connect(&url).await.unwrap();
+        let client = Client::connect(&url)
+            .await
+            .unwrap()
+            .with_api_key(&api_key, "journey-player");
         for _ in 0..3 {
             let mut s = client.launch("arena", options(640, 360, 30)).await.unwrap();
             match s.next_event().await {
@@ -207,9 +215,13 @@ fn killing_the_serving_node_moves_the_session_to_the_other_node() {
     j.grid.add_node(5, 1);
     j.grid.add_node(6, 1);
     let url = j.orchestrator_url();
+    let api_key = j.grid.api_key.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut s = rt.block_on(async {
-        let client = Client::connect(&url).await.unwrap();
+        let client = Client::connect(&url)
+            .await
+            .unwrap()
+            .with_api_key(&api_key, "journey-player");
         client.launch("arena", options(640, 360, 30)).await.unwrap()
     });
     let (first_node, first_session) = (s.node_id(), s.session_id());
@@ -257,9 +269,12 @@ fn killing_the_serving_node_moves_the_session_to_the_other_node() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let old = c
-                .get_session(pb::GetSessionRequest {
-                    session_id: first_session.clone(),
-                })
+                .get_session(pixelgrid_tests::bearer(
+                    pb::GetSessionRequest {
+                        session_id: first_session.clone(),
+                    },
+                    &grid.operator,
+                ))
                 .await
                 .unwrap()
                 .into_inner();
@@ -270,10 +285,13 @@ fn killing_the_serving_node_moves_the_session_to_the_other_node() {
                 .into_inner()
                 .nodes;
             let live = c
-                .list_sessions(pb::ListSessionsRequest {
-                    node_id_hex: String::new(),
-                    state: pb::SessionState::Active as i32,
-                })
+                .list_sessions(pixelgrid_tests::bearer(
+                    pb::ListSessionsRequest {
+                        node_id_hex: String::new(),
+                        state: pb::SessionState::Active as i32,
+                    },
+                    &grid.operator,
+                ))
                 .await
                 .unwrap()
                 .into_inner()

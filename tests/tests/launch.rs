@@ -6,7 +6,7 @@ use pixelgrid_proto::identity::{NodeKey, SignedRequest};
 use pixelgrid_proto::orchestrator::v1 as pb;
 use pixelgrid_proto::types::v1 as types;
 use pixelgrid_tests::viewer;
-use pixelgrid_tests::{Etcd, TestGrid};
+use pixelgrid_tests::{Etcd, TestGrid, bearer};
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,8 +54,9 @@ fn player_journey(store: Arc<dyn Store>) {
             .is_ok(),
             "both nodes registered"
         );
+        let grant = g.grant().await;
         let launch = c
-            .create_session(launch_request("arena"))
+            .create_session(bearer(launch_request("arena"), &grant))
             .await
             .expect("candidates")
             .into_inner();
@@ -73,10 +74,13 @@ fn player_journey(store: Arc<dyn Store>) {
             });
         }
         let chosen = c
-            .choose_node(pb::ChooseNodeRequest {
-                launch_id: launch.launch_id.clone(),
-                latencies,
-            })
+            .choose_node(bearer(
+                pb::ChooseNodeRequest {
+                    launch_id: launch.launch_id.clone(),
+                    latencies,
+                },
+                &grant,
+            ))
             .await
             .expect("placed")
             .into_inner();
@@ -102,6 +106,7 @@ fn player_journey(store: Arc<dyn Store>) {
         let sid = session.session_id.clone();
         let active = wait_for_state(
             &mut c,
+            &g.operator,
             &sid,
             pb::SessionState::Active,
             Duration::from_secs(5),
@@ -114,19 +119,26 @@ fn player_journey(store: Arc<dyn Store>) {
 
         // The launch id was used up.
         let again = c
-            .choose_node(pb::ChooseNodeRequest {
-                launch_id: launch.launch_id,
-                latencies: vec![],
-            })
+            .choose_node(bearer(
+                pb::ChooseNodeRequest {
+                    launch_id: launch.launch_id,
+                    latencies: vec![],
+                },
+                &grant,
+            ))
             .await;
         assert_eq!(again.unwrap_err().code(), tonic::Code::NotFound);
 
-        // Ending it through the orchestrator frees the slot and the node tears the session down.
+        // The player ends it through the orchestrator (its session token is its credential):
+        // the slot is freed and the node tears the session down.
         let ended = c
-            .end_session(pb::EndSessionRequest {
-                session_id: sid.clone(),
-                reason: "player quit".into(),
-            })
+            .end_session(bearer(
+                pb::EndSessionRequest {
+                    session_id: sid.clone(),
+                    reason: "player quit".into(),
+                },
+                &chosen.session_token,
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -187,11 +199,12 @@ fn a_node_that_stops_heartbeating_disappears_and_its_sessions_fail() {
         let key = NodeKey::from_seed(&[77; 32]);
         let register = pixelgrid_tests::signed_registration(&key, 4);
         let reply = c.register_node(register).await.unwrap().into_inner();
-        let sid = place_on(&mut c, &key.node_id()).await;
+        let sid = place_on(g, &mut c, &key.node_id()).await;
         // No heartbeats from here on.
         let ttl = Duration::from_millis(u64::from(reply.lease_ttl_ms));
         let (s, failed_after) = wait_for_state(
             &mut c,
+            &g.operator,
             &sid,
             pb::SessionState::Failed,
             ttl + Duration::from_secs(3),
@@ -234,8 +247,9 @@ fn bad_requests_get_precise_grpc_statuses() {
             })
             .await
         );
+        let grant = g.grant().await;
         let e = c
-            .create_session(launch_request("tetris"))
+            .create_session(bearer(launch_request("tetris"), &grant))
             .await
             .unwrap_err();
         // A game no ready node has is not a capacity problem: it is answered as such.
@@ -254,7 +268,7 @@ fn bad_requests_get_precise_grpc_statuses() {
             .as_mut()
             .unwrap()
             .width_px = 321;
-        let e = c.create_session(odd).await.unwrap_err();
+        let e = c.create_session(bearer(odd, &grant)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(
             e.message().contains("constraints.mode.width_px"),
@@ -262,10 +276,13 @@ fn bad_requests_get_precise_grpc_statuses() {
             e.message()
         );
         let e = c
-            .choose_node(pb::ChooseNodeRequest {
-                launch_id: "nope".into(),
-                latencies: vec![],
-            })
+            .choose_node(bearer(
+                pb::ChooseNodeRequest {
+                    launch_id: "nope".into(),
+                    latencies: vec![],
+                },
+                &grant,
+            ))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound);
@@ -283,7 +300,10 @@ fn bad_requests_get_precise_grpc_statuses() {
         // One slot: the second launch is refused, naming the constraint.
         let mut sessions = 0;
         for _ in 0..2 {
-            let launch = c.create_session(launch_request("arena")).await;
+            let grant = g.grant().await;
+            let launch = c
+                .create_session(bearer(launch_request("arena"), &grant))
+                .await;
             let Ok(launch) = launch else { break };
             let launch = launch.into_inner();
             let latencies = launch
@@ -295,10 +315,13 @@ fn bad_requests_get_precise_grpc_statuses() {
                 })
                 .collect();
             match c
-                .choose_node(pb::ChooseNodeRequest {
-                    launch_id: launch.launch_id,
-                    latencies,
-                })
+                .choose_node(bearer(
+                    pb::ChooseNodeRequest {
+                        launch_id: launch.launch_id,
+                        latencies,
+                    },
+                    &grant,
+                ))
                 .await
             {
                 Ok(_) => sessions += 1,
@@ -306,7 +329,10 @@ fn bad_requests_get_precise_grpc_statuses() {
             }
         }
         assert_eq!(sessions, 1);
-        let e = c.create_session(launch_request("arena")).await.unwrap_err();
+        let e = c
+            .create_session(bearer(launch_request("arena"), &g.grant().await))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
         assert!(e.message().contains("no free slot"), "{}", e.message());
     });
@@ -335,7 +361,7 @@ fn a_node_that_deregisters_leaves_at_once_and_its_sessions_fail() {
         let key = NodeKey::from_seed(&[88; 32]);
         let register = pixelgrid_tests::signed_registration(&key, 2);
         c.register_node(register).await.unwrap();
-        let sid = place_on(&mut c, &key.node_id()).await;
+        let sid = place_on(g, &mut c, &key.node_id()).await;
 
         let unsigned = pb::DeregisterNodeRequest {
             node_id: Some(types::NodeId { hex: key.node_id() }),
@@ -364,7 +390,10 @@ fn a_node_that_deregisters_leaves_at_once_and_its_sessions_fail() {
                 .is_empty()
         );
         let s = c
-            .get_session(pb::GetSessionRequest { session_id: sid })
+            .get_session(bearer(
+                pb::GetSessionRequest { session_id: sid },
+                &g.operator,
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -376,23 +405,28 @@ fn a_node_that_deregisters_leaves_at_once_and_its_sessions_fail() {
 /// Polls a session until it reaches `state`; returns it and how long that took.
 /// Launches `arena` and places it on `node` (the only round trip measured); the session id.
 async fn place_on(
+    g: &TestGrid,
     c: &mut pb::orchestrator_client::OrchestratorClient<tonic::transport::Channel>,
     node: &str,
 ) -> String {
+    let grant = g.grant().await;
     let launch = c
-        .create_session(launch_request("arena"))
+        .create_session(bearer(launch_request("arena"), &grant))
         .await
         .unwrap()
         .into_inner();
-    c.choose_node(pb::ChooseNodeRequest {
-        launch_id: launch.launch_id,
-        latencies: vec![pb::LatencySample {
-            node_id: Some(types::NodeId {
-                hex: node.to_owned(),
-            }),
-            rtt_ms: 3,
-        }],
-    })
+    c.choose_node(bearer(
+        pb::ChooseNodeRequest {
+            launch_id: launch.launch_id,
+            latencies: vec![pb::LatencySample {
+                node_id: Some(types::NodeId {
+                    hex: node.to_owned(),
+                }),
+                rtt_ms: 3,
+            }],
+        },
+        &grant,
+    ))
     .await
     .unwrap()
     .into_inner()
@@ -403,6 +437,7 @@ async fn place_on(
 
 async fn wait_for_state(
     c: &mut pb::orchestrator_client::OrchestratorClient<tonic::transport::Channel>,
+    credential: &str,
     sid: &str,
     state: pb::SessionState,
     timeout: Duration,
@@ -410,9 +445,12 @@ async fn wait_for_state(
     let start = Instant::now();
     while start.elapsed() < timeout {
         let s = c
-            .get_session(pb::GetSessionRequest {
-                session_id: sid.to_owned(),
-            })
+            .get_session(bearer(
+                pb::GetSessionRequest {
+                    session_id: sid.to_owned(),
+                },
+                credential,
+            ))
             .await
             .ok()?
             .into_inner();

@@ -83,7 +83,10 @@ fn every_daemon_serves_metrics_promtool_accepts_and_health_endpoints() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = format!("http://{}", grid.orchestrator);
     let mut session = rt.block_on(async {
-        let client = Client::connect(&url).await.unwrap();
+        let client = Client::connect(&url)
+            .await
+            .unwrap()
+            .with_api_key(&grid.api_key, "ops-player");
         let mut s = client
             .launch(
                 "arena",

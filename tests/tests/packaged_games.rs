@@ -6,7 +6,7 @@
 //! fails the test with the package to install.
 
 use orchestrator::store::EmbeddedStore;
-use pixelgrid_client::{Client, Event, LaunchOptions};
+use pixelgrid_client::{Event, LaunchOptions};
 use pixelgrid_proto::orchestrator::v1 as pb;
 use pixelgrid_tests::{SUPERTUX_MENU_720P, TestGrid, eventually, region_diff as diff};
 use std::os::unix::fs::PermissionsExt;
@@ -48,7 +48,6 @@ fn test_package(root: &Path, id: &str, executable: &str, args: &str, ready_s: u3
 
 struct Rig {
     grid: TestGrid,
-    url: String,
     sessions: tempfile::TempDir,
     _games: tempfile::TempDir,
     _sources: tempfile::TempDir,
@@ -83,10 +82,8 @@ fn rig() -> Rig {
     }
     let mut grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 0, 4);
     grid.add_node_hosting(1, 4, &store, sessions.path());
-    let url = format!("http://{}", grid.orchestrator);
     Rig {
         grid,
-        url,
         sessions,
         _games: games,
         _sources: sources,
@@ -182,7 +179,7 @@ fn real_games_run_in_private_worlds_through_the_grid() {
     );
     let node = Arc::clone(&rig.grid.nodes[0].1);
     rt.block_on(async {
-        let client = Client::connect(&rig.url).await.unwrap();
+        let client = rig.grid.player().await;
 
         // The grid's catalogue names each game with its version, on the one ready node.
         let games = client.games().await.unwrap();
@@ -247,9 +244,12 @@ fn real_games_run_in_private_worlds_through_the_grid() {
         let mut state = None;
         for _ in 0..50 {
             let s = grpc
-                .get_session(pb::GetSessionRequest {
-                    session_id: session_id.clone(),
-                })
+                .get_session(pixelgrid_tests::bearer(
+                    pb::GetSessionRequest {
+                        session_id: session_id.clone(),
+                    },
+                    &rig.grid.operator,
+                ))
                 .await
                 .unwrap()
                 .into_inner();
@@ -270,7 +270,7 @@ fn real_games_run_in_private_worlds_through_the_grid() {
     // SuperTux: a key press moves its menu's selection (only input moves it; the level behind
     // the menu animates by itself, so the test looks at the menu's first two rows).
     rt.block_on(async {
-        let client = Client::connect(&rig.url).await.unwrap();
+        let client = rig.grid.player().await;
         let mut tux = client.launch("supertux", options(1280, 720, 30)).await.unwrap();
         next_frame(&mut tux).await;
         // Loading the data takes seconds on llvmpipe after the first picture.
@@ -304,7 +304,7 @@ fn real_games_run_in_private_worlds_through_the_grid() {
 
     // The built-in game has sound too, stamped on the pictures' clock.
     rt.block_on(async {
-        let client = Client::connect(&rig.url).await.unwrap();
+        let client = rig.grid.player().await;
         let mut arena = client.launch("arena", options(640, 360, 30)).await.unwrap();
         next_frame(&mut arena).await;
         let level = loudest(&mut arena, Duration::from_secs(2)).await;
@@ -331,7 +331,7 @@ fn real_games_run_in_private_worlds_through_the_grid() {
 
     // Twenty sessions later, nothing of any of them is left.
     rt.block_on(async {
-        let client = Client::connect(&rig.url).await.unwrap();
+        let client = rig.grid.player().await;
         for _ in 0..20 {
             let mut s = client
                 .launch("vkcube", options(640, 480, 30))

@@ -180,6 +180,8 @@ fn bad_whep_requests_get_precise_statuses_and_start_nothing() {
                 fps: 30,
                 iat: "2026-01-01T00:00:00Z".into(),
                 exp: "2099-01-01T00:00:00Z".into(),
+                aud: support::NODE_ID.into(),
+                nbf: String::new(),
             }
         )
     );

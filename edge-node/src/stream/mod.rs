@@ -172,7 +172,15 @@ pub struct StreamNode {
     ended: std::sync::Mutex<Vec<(String, String)>>,
     /// Sessions whose game is starting (each holds a slot, outside the sessions lock).
     starting: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Sessions that ended here, with their token's expiry (Unix s): a token starts one
+    /// session, once, so these are refused until the token would have expired anyway.
+    finished: std::sync::Mutex<HashMap<String, u64>>,
 }
+
+/// Most viewers of one session (one controls, the rest watch).
+pub const MAX_VIEWERS: usize = 4;
+/// Most ended sessions remembered; past it the ones expiring soonest are forgotten first.
+const MAX_FINISHED: usize = 100_000;
 
 impl std::fmt::Debug for StreamNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -204,6 +212,7 @@ impl StreamNode {
             dropped: std::sync::Mutex::new(Vec::new()),
             ended: std::sync::Mutex::new(Vec::new()),
             starting: std::sync::Mutex::default(),
+            finished: std::sync::Mutex::default(),
         });
         // Watchdog: a session whose thread ended by itself was dropped by this node; its players
         // are let go and the indexers told (it is refunded).
@@ -259,7 +268,36 @@ impl StreamNode {
         if claims.sid != session_id {
             return Err(TokenError::WrongSession(claims.sid));
         }
+        if self
+            .finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&claims.sid)
+        {
+            return Err(TokenError::SessionEnded(claims.sid));
+        }
         Ok(claims)
+    }
+
+    /// Remembers that `claims`' session ended, so its token starts nothing again.
+    fn remember_finished(&self, claims: &SessionClaims) {
+        let now = unix_s();
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        finished.retain(|_, exp| *exp > now);
+        if finished.len() >= MAX_FINISHED {
+            let mut by_expiry: Vec<(u64, String)> = finished
+                .iter()
+                .map(|(id, exp)| (*exp, id.clone()))
+                .collect();
+            by_expiry.sort();
+            for (_, id) in by_expiry.iter().take(MAX_FINISHED / 10) {
+                finished.remove(id);
+            }
+        }
+        finished.insert(
+            claims.sid.clone(),
+            parse_rfc3339(&claims.exp).unwrap_or(now + 86_400),
+        );
     }
 
     /// Creates a session token signed by this node (`--insecure-dev` only).
@@ -280,6 +318,8 @@ impl StreamNode {
             fps: mode.fps,
             iat: format_rfc3339(now),
             exp: format_rfc3339(now + self.settings.dev_token_ttl.as_secs().max(1)),
+            aud: self.settings.node_id.clone(),
+            nbf: format_rfc3339(now),
         };
         Ok(DevSession {
             whep_url: format!("/whep/{session_id}"),
@@ -346,6 +386,12 @@ impl StreamNode {
             let live = sessions.get(&claims.sid).ok_or_else(|| {
                 Error::Unavailable("the session ended before this viewer could join".into())
             })?;
+            if live.viewers.len() >= MAX_VIEWERS {
+                return Err(Error::Unavailable(format!(
+                    "session {} has its {MAX_VIEWERS} viewers",
+                    claims.sid
+                )));
+            }
             ViewerContext {
                 session: Arc::clone(&live.session),
                 session_id: claims.sid.clone(),
@@ -359,6 +405,7 @@ impl StreamNode {
                 epoch_unix_ms: live.epoch_unix_ms,
                 counters: Arc::clone(&live.counters),
                 gone: self.gone.clone(),
+                controls: Arc::default(),
             }
         };
         let opened = peer::open(viewer_id.clone(), offer, ctx, &self.settings.peer).await;
@@ -394,8 +441,14 @@ impl StreamNode {
                 .unwrap_or_else(|p| p.into_inner())
                 .push((viewer_id.clone(), audio.clone()));
         }
+        // The first viewer drives the game; the rest watch (until the driver leaves).
+        let controls = !live
+            .viewers
+            .values()
+            .any(|v| v.controls.load(Ordering::Relaxed));
+        viewer.controls.store(controls, Ordering::Relaxed);
         live.viewers.insert(viewer_id.clone(), viewer);
-        tracing::info!(session = %claims.sid, viewer = %viewer_id, "viewer joined");
+        tracing::info!(session = %claims.sid, viewer = %viewer_id, controls, "viewer joined");
         Ok((viewer_id, answer))
     }
 
@@ -526,12 +579,20 @@ impl StreamNode {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(id, _)| id != viewer_id);
+        if viewer.controls.load(Ordering::Relaxed)
+            && let Some(next) = live.viewers.values().next()
+        {
+            next.controls.store(true, Ordering::Relaxed);
+        }
         let last = live.viewers.is_empty();
         let dead = if last {
             sessions.remove(session_id)
         } else {
             None
         };
+        if let Some(dead) = &dead {
+            self.remember_finished(&dead.claims);
+        }
         drop(sessions);
         tracing::info!(session = %session_id, viewer = %viewer_id, %reason, "viewer left");
         let _ = viewer.pc.close().await;
@@ -546,6 +607,7 @@ impl StreamNode {
         let dead = self.sessions.lock().await.remove(session_id);
         match dead {
             Some(dead) => {
+                self.remember_finished(&dead.claims);
                 close_session(dead, reason).await;
                 true
             }
@@ -678,6 +740,7 @@ impl StreamNode {
                 .failure()
                 .unwrap_or_else(|| "its thread ended".into());
             let id = s.claims.sid.clone();
+            self.remember_finished(&s.claims);
             tracing::warn!(session = %id, reason = %why, "session dropped by this node");
             self.dropped
                 .lock()

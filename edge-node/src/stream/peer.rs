@@ -275,6 +275,8 @@ pub(crate) struct ViewerContext {
     pub counters: Arc<StreamCounters>,
     /// Told (session id, viewer id) when the viewer's connection fails or closes.
     pub gone: mpsc::UnboundedSender<(String, String)>,
+    /// Whether this viewer drives the game: one viewer per session does; others watch.
+    pub controls: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Handler {
@@ -349,6 +351,10 @@ async fn run_input_channel(dc: Arc<dyn DataChannel>, ctx: ViewerContext, limits:
                     Ok(GateOutcome { message, events_dropped }) => {
                         ctx.counters.input_dropped.fetch_add(u64::from(events_dropped), Ordering::Relaxed);
                         match message {
+                            Some(PlayerMessage::Input(events)) if !ctx.controls.load(Ordering::Relaxed) => {
+                                // A watching viewer's input goes nowhere.
+                                ctx.counters.input_dropped.fetch_add(events.len() as u64, Ordering::Relaxed);
+                            }
                             Some(PlayerMessage::Input(events)) => {
                                 for e in events {
                                     if ctx.session.send_input(e.event).is_ok() {
@@ -367,13 +373,15 @@ async fn run_input_channel(dc: Arc<dyn DataChannel>, ctx: ViewerContext, limits:
                     }
                 },
                 Some(DataChannelEvent::OnClose) | None => {
-                    ctx.session.release_all_input();
+                    if ctx.controls.load(Ordering::Relaxed) {
+                        ctx.session.release_all_input();
+                    }
                     return;
                 }
                 Some(_) => {}
             },
             _ = tick.tick() => {
-                if gate.silence_elapsed(now_ms()) {
+                if gate.silence_elapsed(now_ms()) && ctx.controls.load(Ordering::Relaxed) {
                     ctx.session.release_all_input();
                 }
                 let s = ctx.session.stats();
@@ -423,6 +431,8 @@ pub(crate) struct Viewer {
     pub audio: Option<mpsc::Sender<Arc<crate::audio::AudioPacket>>>,
     /// The player's `input` channel, once open.
     pub channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
+    /// Whether this viewer drives the game (see [`ViewerContext::controls`]).
+    pub controls: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Viewer {
@@ -454,6 +464,7 @@ pub(crate) async fn open(
 ) -> Result<(String, Viewer)> {
     let bad_sdp = |e: webrtc::error::Error| Error::invalid("sdp", e.to_string());
     tracing::debug!(%offer, "WHEP offer");
+    let controls = Arc::clone(&ctx.controls);
     let audio_epoch = ctx.audio_rtp_epoch.filter(|_| offer_wants_opus(&offer));
     let offer =
         RTCSessionDescription::offer(offer).map_err(|e| Error::invalid("sdp", e.to_string()))?;
@@ -626,6 +637,7 @@ pub(crate) async fn open(
             frames: frames_tx,
             audio: audio_tx,
             channel,
+            controls,
         },
     ))
 }

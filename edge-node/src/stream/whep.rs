@@ -6,7 +6,7 @@
 //! | POST | `/whep/{session}` | SDP offer in (`application/sdp`, `Authorization: Bearer <token>`) → `201`, answer, `Location`, `Link` ICE servers |
 //! | PATCH | `/whep/{session}/{viewer}` | trickle ICE (`application/trickle-ice-sdpfrag`) → `204` |
 //! | DELETE | `/whep/{session}/{viewer}` | leave; the session ends with its last viewer → `200` |
-//! | GET | `/sessions` | live sessions (JSON) |
+//! | GET | `/sessions` | `--insecure-dev` only: live sessions (JSON); a production node lists no session ids (`/metrics` counts them) |
 //! | GET | `/healthz`, `/probe` | liveness; RTT probe (`204`) |
 //! | GET | `/readyz` | `200` while the node takes sessions, `503` while draining or full |
 //! | GET | `/metrics` | Prometheus text: sessions, viewers, frames, bytes, encode time, refusals |
@@ -51,7 +51,6 @@ pub fn router(node: Arc<StreamNode>) -> axum::Router {
             "/whep/{session}/{viewer}",
             axum::routing::patch(whep_patch).delete(whep_delete),
         )
-        .route("/sessions", get(list_sessions))
         .route("/healthz", get(|| async { "ok" }))
         .route("/probe", get(|| async { StatusCode::NO_CONTENT }))
         .route("/challenge", get(challenge))
@@ -68,6 +67,8 @@ pub fn router(node: Arc<StreamNode>) -> axum::Router {
     if node.dev_mode() {
         r = r
             .route("/dev/sessions", post(dev_session))
+            // Session ids are bearer-protected resources' names: listed only on a dev node.
+            .route("/sessions", get(list_sessions))
             .route("/", get(|| async { Html(PLAYER_HTML) }))
             .route(
                 "/player.js",
@@ -186,7 +187,9 @@ fn bearer(
         })?;
     node.authorize(token.trim(), session).map_err(|e| {
         let status = match e {
-            TokenError::WrongNode(_) | TokenError::WrongSession(_) => StatusCode::FORBIDDEN,
+            TokenError::WrongNode(_)
+            | TokenError::WrongSession(_)
+            | TokenError::SessionEnded(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         };
         Refusal::counted(node, status, e.to_string())

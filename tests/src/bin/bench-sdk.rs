@@ -14,7 +14,7 @@
 
 use clap::Parser;
 use orchestrator::store::EmbeddedStore;
-use pixelgrid_client::{Client, LaunchOptions};
+use pixelgrid_client::LaunchOptions;
 use pixelgrid_tests::TestGrid;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,9 +120,7 @@ fn packaged_launches(
     ids.sort();
     // Only this node has the packaged games: the launches land on it.
     grid.add_node_hosting(9, 2, &store, sessions.path());
-    let client = rt
-        .block_on(Client::connect(&format!("http://{}", grid.orchestrator)))
-        .unwrap();
+    let client = rt.block_on(grid.player());
     let options = LaunchOptions {
         width: 1280,
         height: 720,
@@ -191,9 +189,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .try_init();
     let mut grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 2, 4);
-    let url = format!("http://{}", grid.orchestrator);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(Client::connect(&url)).unwrap();
+    let client = rt.block_on(grid.player());
     let hd = LaunchOptions {
         width: 1280,
         height: 720,

@@ -1,6 +1,7 @@
 //! `pixelgrid`: the grid's command line for operators.
 
 mod play;
+mod studios;
 
 use clap::{Parser, Subcommand};
 use pixelgrid_client::{NodeRow, SessionRow, render};
@@ -33,6 +34,14 @@ struct Cli {
     /// Print JSON for scripts instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// File holding the operator credential (`pgo_…`, the orchestrator's
+    /// --operator-key-file): needed to drain, undrain and administer studios.
+    #[arg(long, global = true, env = "PIXELGRID_OPERATOR_KEY_FILE")]
+    operator_key_file: Option<std::path::PathBuf>,
+    /// A studio's API key (`pgk_…`): `play` launches with it, `sessions` and `usage` show
+    /// that studio's.
+    #[arg(long, global = true, env = "PIXELGRID_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,6 +71,40 @@ enum Command {
     Drain {
         /// Node id.
         node: String,
+    },
+    /// Take a drained node back into placement.
+    Undrain {
+        /// Node id.
+        node: String,
+    },
+    /// Studios (tenants): create, list, keys add|revoke, limits. Operators only.
+    Studios {
+        #[command(subcommand)]
+        command: studios::StudiosCommand,
+    },
+    /// Metered usage: one row per ended session, with minutes played.
+    Usage {
+        /// Studio id (operators; a studio's API key reads its own).
+        #[arg(long, default_value = "")]
+        studio: String,
+        /// Sessions that ended from this time on (YYYY-MM-DD UTC or Unix ms).
+        #[arg(long)]
+        from: Option<String>,
+        /// …and before this time.
+        #[arg(long)]
+        to: Option<String>,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Mint a player launch grant with --api-key (what a studio's backend does) and print it.
+    Grant {
+        /// The studio's id for the player.
+        #[arg(long, default_value = "cli-player")]
+        player: String,
+        /// Only this game.
+        #[arg(long, default_value = "")]
+        game: String,
     },
     /// Closed epochs, most recent first (from the indexer).
     Epochs {
@@ -185,7 +228,12 @@ fn main() {
             .enable_all()
             .build()
             .expect("runtime");
-        if let Err(e) = rt.block_on(play::play(&cli.orchestrator, cli.json, *args)) {
+        if let Err(e) = rt.block_on(play::play(
+            &cli.orchestrator,
+            cli.api_key.as_deref(),
+            cli.json,
+            *args,
+        )) {
             eprintln!("error: {e:#}");
             std::process::exit(1);
         }
@@ -218,6 +266,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         })?;
     let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    let operator = match &cli.operator_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    // The operator's credential where given, else the studio's key.
+    let credential = operator.as_deref().or(cli.api_key.as_deref());
     match cli.command {
         Command::Games => {
             let games = pixelgrid_client::Client::connect(&cli.orchestrator)
@@ -228,9 +287,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Nodes { region } => {
             let nodes = c
-                .list_nodes(pb::ListNodesRequest {
-                    region_code: region,
-                })
+                .list_nodes(studios::with_credential(
+                    pb::ListNodesRequest {
+                        region_code: region,
+                    },
+                    credential,
+                )?)
                 .await
                 .map_err(status)?
                 .into_inner()
@@ -249,10 +311,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })?,
             };
             let sessions = c
-                .list_sessions(pb::ListSessionsRequest {
-                    node_id_hex: node,
-                    state: state as i32,
-                })
+                .list_sessions(studios::with_credential(
+                    pb::ListSessionsRequest {
+                        node_id_hex: node,
+                        state: state as i32,
+                    },
+                    credential,
+                )?)
                 .await
                 .map_err(status)?
                 .into_inner()
@@ -265,10 +330,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Drain { node } => {
             let r = c
-                .drain_node(pb::DrainNodeRequest {
-                    node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: node.clone() }),
-                    deadline_ms: 0,
-                })
+                .drain_node(studios::with_credential(
+                    pb::DrainNodeRequest {
+                        node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: node.clone() }),
+                        deadline_ms: 0,
+                    },
+                    credential,
+                )?)
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -278,6 +346,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("draining {node}: it takes no new sessions; running ones finish");
             }
+        }
+        Command::Undrain { node } => {
+            c.undrain_node(studios::with_credential(
+                pb::UndrainNodeRequest {
+                    node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: node.clone() }),
+                },
+                credential,
+            )?)
+            .await
+            .map_err(status)?;
+            println!("{node} takes sessions again");
+        }
+        Command::Studios { command } => {
+            studios::studios(&mut c, credential, cli.json, command).await?;
+        }
+        Command::Usage {
+            studio,
+            from,
+            to,
+            format,
+        } => {
+            let format = if cli.json { "json".into() } else { format };
+            studios::usage(&mut c, credential, studio, from, to, &format).await?;
+        }
+        Command::Grant { player, game } => {
+            let key = cli
+                .api_key
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("grant needs the studio's --api-key"))?;
+            let grant = pixelgrid_client::Client::connect(&cli.orchestrator)
+                .await?
+                .with_api_key(key, &player)
+                .create_grant(&player, &game)
+                .await?;
+            println!("{grant}");
         }
     }
     Ok(())

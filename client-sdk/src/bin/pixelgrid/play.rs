@@ -21,6 +21,9 @@ pub struct PlayArgs {
     /// Player's region code ("" = any).
     #[arg(long, default_value = "")]
     region: String,
+    /// The studio's id for this player (recorded in the studio's usage).
+    #[arg(long, default_value = "cli-player")]
+    player: String,
     /// Refuse nodes farther than this, ms (0 = the orchestrator's policy).
     #[arg(long, default_value_t = 0)]
     max_latency_ms: u32,
@@ -67,7 +70,7 @@ struct Summary {
     recorded_bytes: u64,
 }
 
-fn parse_mode(mode: &str) -> anyhow::Result<(u32, u32, u32)> {
+pub fn parse_mode(mode: &str) -> anyhow::Result<(u32, u32, u32)> {
     let bad = || anyhow::anyhow!("invalid --mode {mode:?}; use WIDTHxHEIGHT@FPS, e.g. 1280x720@60");
     let (size, fps) = mode.split_once('@').ok_or_else(bad)?;
     let (w, h) = size.split_once('x').ok_or_else(bad)?;
@@ -120,7 +123,17 @@ fn save_png(path: &std::path::Path, width: u32, height: u32, rgba: &[u8]) -> any
 
 /// Plays; prints the summary; returns an error (non-zero exit) naming why it failed.
 #[allow(clippy::print_stdout)]
-pub async fn play(orchestrator: &str, json: bool, args: PlayArgs) -> anyhow::Result<()> {
+pub async fn play(
+    orchestrator: &str,
+    api_key: Option<&str>,
+    json: bool,
+    args: PlayArgs,
+) -> anyhow::Result<()> {
+    let api_key = api_key.ok_or_else(|| {
+        anyhow::anyhow!(
+            "play needs a studio's --api-key (or PIXELGRID_API_KEY); `pixelgrid studios create` prints one"
+        )
+    })?;
     let (width, height, fps) = parse_mode(&args.mode)?;
     let codec = match args.codec.as_str() {
         "h264" => Codec::H264,
@@ -136,7 +149,9 @@ pub async fn play(orchestrator: &str, json: bool, args: PlayArgs) -> anyhow::Res
         None => None,
     };
     let started = Instant::now();
-    let client = Client::connect(orchestrator).await?;
+    let client = Client::connect(orchestrator)
+        .await?
+        .with_api_key(api_key, &args.player);
     let mut session = client
         .launch(
             &args.game,
