@@ -175,7 +175,7 @@ pub async fn run(
                     &format!("s-{i:07}"),
                     &request(i),
                     &Policy::default(),
-                    None,
+                    slots::Conditions::default(),
                     |_| Vec::new(),
                 )
                 .await

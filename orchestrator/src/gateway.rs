@@ -24,7 +24,7 @@ use crate::Error;
 use crate::auth::Caller;
 use crate::grid::Grid;
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -196,9 +196,11 @@ async fn games(State(grid): State<Arc<Grid>>) -> Result<Json<serde_json::Value>,
 
 async fn grant(
     State(grid): State<Arc<Grid>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Json(b): Json<GrantBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    grid.check_address_rate(peer.ip())?;
     let caller = caller(&grid, &headers).await?;
     let r = grid
         .create_launch_grant(
@@ -213,15 +215,21 @@ async fn grant(
     Ok(grant_json(&r))
 }
 
-async fn demo_grant(State(grid): State<Arc<Grid>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn demo_grant(
+    State(grid): State<Arc<Grid>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    grid.check_address_rate(peer.ip())?;
     Ok(grant_json(&grid.create_demo_grant().await?))
 }
 
 async fn launch(
     State(grid): State<Arc<Grid>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Json(b): Json<LaunchBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    grid.check_address_rate(peer.ip())?;
     let caller = caller(&grid, &headers).await?;
     let r = grid
         .create_session(

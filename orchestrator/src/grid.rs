@@ -173,6 +173,21 @@ pub fn studio_key(id: &str) -> String {
     format!("{ROOT}/studios/{id}")
 }
 
+/// Prefix of a studio's sessions that hold a slot (for the minutes of the day).
+pub(crate) fn running_prefix(studio: &str) -> String {
+    format!("{ROOT}/running/{studio}/")
+}
+
+fn running_key(studio: &str, session: &str) -> String {
+    format!("{}{session}", running_prefix(studio))
+}
+
+/// An operator's drain, kept apart from the node's leased record so re-registering does not
+/// lift it.
+fn drained_key(node: &str) -> String {
+    format!("{ROOT}/drained/{node}")
+}
+
 pub(crate) fn seat_prefix(studio: &str) -> String {
     format!("{ROOT}/seats/{studio}/")
 }
@@ -232,6 +247,59 @@ pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Launch-path calls one client address may make at once through the gateway…
+pub const ADDRESS_BURST: u32 = 30;
+/// …and per minute after that.
+pub const ADDRESS_PER_MINUTE: u32 = 300;
+
+/// Most sessions one node may hold, and so the most session ids one heartbeat may carry.
+pub const MAX_NODE_SESSIONS: u32 = 1024;
+
+/// Bounds on what a node may register: every field is stored and served to others.
+fn check_registration_sizes(
+    req: &pb::RegisterNodeRequest,
+    caps: &types::NodeCapabilities,
+    capacity: u32,
+) -> Result<()> {
+    let too_long = |field: &'static str, v: &str, max: usize| {
+        if v.len() > max {
+            Err(invalid(field, format!("at most {max} characters")))
+        } else {
+            Ok(())
+        }
+    };
+    too_long("whep_base_url", &req.whep_base_url, 256)?;
+    too_long("probe_address", &req.probe_address, 256)?;
+    too_long(
+        "region.code",
+        req.region.as_ref().map_or("", |r| r.code.as_str()),
+        32,
+    )?;
+    if capacity > MAX_NODE_SESSIONS {
+        return Err(invalid(
+            "capabilities.capacity",
+            format!("at most {MAX_NODE_SESSIONS} sessions per node"),
+        ));
+    }
+    if caps.games_installed.len() > 256 || caps.games.len() > 256 {
+        return Err(invalid("capabilities.games", "at most 256 games"));
+    }
+    for g in &caps.games_installed {
+        too_long("capabilities.games_installed", g, 64)?;
+    }
+    for g in &caps.games {
+        too_long("capabilities.games.id", &g.id, 64)?;
+        too_long("capabilities.games.version", &g.version, 32)?;
+        if g.modes.len() > 32 || g.modes.iter().any(|m| m.len() > 20) {
+            return Err(invalid(
+                "capabilities.games.modes",
+                "at most 32 modes of at most 20 characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What the sweeps changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SweepReport {
@@ -261,6 +329,8 @@ pub struct Grid {
     /// production.
     pub(crate) demo_studio: Option<String>,
     pub(crate) launch_budgets: Mutex<HashMap<String, crate::studios::RateBudget>>,
+    /// Launch-path calls through the gateway, per client address.
+    address_budgets: Mutex<HashMap<std::net::IpAddr, crate::studios::RateBudget>>,
     /// What the control plane has done, for `/metrics`.
     pub metrics: GridMetrics,
 }
@@ -352,6 +422,7 @@ impl Grid {
             operator_sha256: None,
             demo_studio: None,
             launch_budgets: Mutex::new(HashMap::new()),
+            address_budgets: Mutex::new(HashMap::new()),
             metrics: GridMetrics::default(),
         }
     }
@@ -376,6 +447,35 @@ impl Grid {
     pub fn with_demo_studio(mut self, studio: &str) -> Self {
         self.demo_studio = Some(studio.to_owned());
         self
+    }
+
+    /// Holds one address to [`ADDRESS_BURST`] launch-path calls at once and
+    /// [`ADDRESS_PER_MINUTE`] a minute through the gateway.
+    pub fn check_address_rate(&self, ip: std::net::IpAddr) -> Result<()> {
+        let now = now_ms();
+        let mut budgets = self
+            .address_budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if budgets.len() > 100_000 {
+            // Forget the idle ones rather than grow without bound.
+            budgets.retain(|_, b| !b.is_full(now));
+        }
+        let ok = budgets
+            .entry(ip)
+            .or_insert_with(|| {
+                crate::studios::RateBudget::new(ADDRESS_BURST, ADDRESS_PER_MINUTE, now)
+            })
+            .try_take(now);
+        if ok {
+            Ok(())
+        } else {
+            let e = Error::LimitReached(format!(
+                "{ip} makes launch calls faster than {ADDRESS_PER_MINUTE} a minute; slow down"
+            ));
+            self.metrics.count_refusal(&e);
+            Err(e)
+        }
     }
 
     /// The studio of the demo page, when there is one.
@@ -454,12 +554,14 @@ impl Grid {
         if !req.whep_base_url.starts_with("http://") && !req.whep_base_url.starts_with("https://") {
             return Err(invalid("whep_base_url", "must be an http(s) URL"));
         }
+        check_registration_sizes(&req, &caps, capacity)?;
+        let drained = self.store.get(&drained_key(&id)).await?.is_some();
         let lease = self.store.grant_lease(self.config.node_lease_ttl).await?;
         let record = NodeRecord {
             v: 1,
             view: NodeView {
                 id: id.clone(),
-                ready: true,
+                ready: !drained,
                 region: req.region.map(|r| r.code).unwrap_or_default(),
                 offers: caps
                     .games
@@ -532,6 +634,23 @@ impl Grid {
             .map(|n| n.hex.clone())
             .unwrap_or_default();
         self.check_clock(hb.sent_unix_ms)?;
+        for (field, ids) in [
+            ("active_session_ids", &hb.active_session_ids),
+            ("connected_session_ids", &hb.connected_session_ids),
+        ] {
+            if ids.len() > MAX_NODE_SESSIONS as usize || ids.iter().any(|s| s.len() > 64) {
+                return Err(invalid(
+                    field,
+                    format!("at most {MAX_NODE_SESSIONS} session ids of at most 64 characters"),
+                ));
+            }
+        }
+        if hb.ended_sessions.len() > MAX_NODE_SESSIONS as usize {
+            return Err(invalid(
+                "ended_sessions",
+                format!("at most {MAX_NODE_SESSIONS}"),
+            ));
+        }
         {
             let mut seqs = self.heartbeat_seq.lock().unwrap_or_else(|p| p.into_inner());
             let last = seqs.entry(id.clone()).or_insert(0);
@@ -675,6 +794,11 @@ impl Grid {
                         key: format!("{}{seat}", seat_prefix(&rec.studio)),
                     });
                 }
+                if !rec.studio.is_empty() {
+                    ops.push(Op::Delete {
+                        key: running_key(&rec.studio, &rec.id),
+                    });
+                }
                 // Metering is written with the final state, so no ended session goes unbilled.
                 if !rec.studio.is_empty() {
                     ops.push(usage_op(&rec));
@@ -732,6 +856,12 @@ impl Grid {
             .is_some_and(|r| r.code.len() > 32)
         {
             return Err(invalid("player_region.code", "at most 32 characters"));
+        }
+        // A spent grant is refused before it costs the studio any of its launch budget.
+        if self.store.get(&grant_used_key(&grant.jti)).await?.is_some() {
+            return Err(Error::Unauthenticated(
+                "this launch grant was already used; ask the studio's backend for a new one".into(),
+            ));
         }
         let studio = self.studio_of_grant(&grant).await?;
         let c = req.constraints.clone().unwrap_or_default();
@@ -841,10 +971,11 @@ impl Grid {
         // as long as the grant could still verify, so a replay finds it.
         let grant_left_ms = pixelgrid_proto::token::parse_rfc3339(&grant.exp)
             .map_or(0, |exp| (exp * 1000).saturating_sub(launch.created_ms));
+        // Outlives the grant by the clock skew a replica may have.
         let ttl = self
             .config
             .launch_ttl
-            .max(Duration::from_millis(grant_left_ms + 1000));
+            .max(Duration::from_millis(grant_left_ms + 1000) + self.config.max_clock_skew);
         let lease = self.store.grant_lease(ttl).await?;
         let spent = self
             .store
@@ -1089,9 +1220,17 @@ impl Grid {
             &session_id,
             &preq,
             &self.policy,
-            seats.as_ref(),
+            slots::Conditions {
+                seats: seats.as_ref(),
+                // The launch must still be there: two concurrent ChooseNode calls with one
+                // grant place one session, not two.
+                guard: Some(&Compare::ModRevision(
+                    launch_key(&req.launch_id),
+                    kv.mod_revision,
+                )),
+            },
             |r| {
-                vec![
+                let mut ops = vec![
                     Op::Put {
                         key: session_key(&session_id),
                         value: serde_json::to_vec(&record_for(r)).expect("serialisable"),
@@ -1100,16 +1239,27 @@ impl Grid {
                     Op::Delete {
                         key: launch_key(&req.launch_id),
                     },
-                ]
+                ];
+                if !launch.studio.is_empty() {
+                    ops.push(Op::Put {
+                        key: running_key(&launch.studio, &session_id),
+                        value: Vec::new(),
+                        lease: 0,
+                    });
+                }
+                ops
             },
         )
         .await?;
         let record = record_for(&reservation);
-        let node = self
-            .node_record(&reservation.node)
-            .await?
-            .map(|(r, _)| r)
-            .ok_or_else(|| Error::Unavailable("the chosen node vanished; launch again".into()))?;
+        let Some((node, _)) = self.node_record(&reservation.node).await? else {
+            // Placed on a node that left at that moment: give the slot, seat and session back.
+            self.transition(&session_id, None, SessionEvent::NodeLost, "node lost")
+                .await?;
+            return Err(Error::Unavailable(
+                "the chosen node left the grid at that moment; launch again".into(),
+            ));
+        };
         let now_s = now / 1000;
         let token = self.signer.sign(&SessionClaims {
             sid: session_id.clone(),
@@ -1209,11 +1359,22 @@ impl Grid {
                 value: serde_json::to_vec(&record).expect("serialisable"),
                 lease: record.lease,
             };
+            let mark = if ready {
+                Op::Delete {
+                    key: drained_key(id),
+                }
+            } else {
+                Op::Put {
+                    key: drained_key(id),
+                    value: Vec::new(),
+                    lease: 0,
+                }
+            };
             if self
                 .store
                 .txn(
                     vec![Compare::ModRevision(slots::node_key(id), revision)],
-                    vec![put],
+                    vec![put, mark],
                 )
                 .await?
                 .succeeded

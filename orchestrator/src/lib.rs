@@ -26,6 +26,11 @@ pub mod tenancy;
 
 pub use error::{Error, Result};
 
+/// Largest gRPC request the orchestrator decodes (a registration with its games is a few KiB).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Calls in flight at once on one connection.
+pub const MAX_CALLS_PER_CONNECTION: usize = 256;
+
 /// Serves the orchestrator API and the standard gRPC health service on `listener` until
 /// `shutdown` completes.
 pub async fn serve(
@@ -39,10 +44,15 @@ pub async fn serve(
         .set_serving::<OrchestratorServer<service::OrchestratorService>>()
         .await;
     tonic::transport::Server::builder()
+        // A client holds at most this many calls at once per connection (a node's heartbeat
+        // stream is one), and messages are bounded: the largest real one is a registration.
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        .max_concurrent_streams(MAX_CALLS_PER_CONNECTION as u32)
         .add_service(health)
-        .add_service(OrchestratorServer::new(service::OrchestratorService::new(
-            grid,
-        )))
+        .add_service(
+            OrchestratorServer::new(service::OrchestratorService::new(grid))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
@@ -56,7 +66,10 @@ pub async fn serve_gateway(
     grid: std::sync::Arc<grid::Grid>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, gateway::router(grid))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        gateway::router(grid).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

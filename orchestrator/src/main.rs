@@ -221,6 +221,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn load_or_create_operator(path: &std::path::Path) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            anyhow::ensure!(
+                mode & 0o077 == 0,
+                "{} is readable by others (mode {:o}); chmod 600 it — it is the operator's credential",
+                path.display(),
+                mode & 0o777
+            );
             let credential = text.trim().to_owned();
             anyhow::ensure!(
                 credential.starts_with(orchestrator::auth::OPERATOR_PREFIX)

@@ -114,9 +114,17 @@ pub async fn reserve(
     req: &Request,
     policy: &Policy,
 ) -> Result<SlotReservation> {
-    reserve_with(store, None, session, req, policy, None, |_| Vec::new())
-        .await
-        .map(|(r, _)| r)
+    reserve_with(
+        store,
+        None,
+        session,
+        req,
+        policy,
+        Conditions::default(),
+        |_| Vec::new(),
+    )
+    .await
+    .map(|(r, _)| r)
 }
 
 /// A tenant's concurrent-session limit as numbered seats under `prefix` (`{prefix}{n}` for
@@ -132,8 +140,17 @@ pub struct SeatPool {
     pub full: String,
 }
 
-/// Like [`reserve`], also taking a seat of `seats` and applying `extra(&reservation)` in the
-/// same transaction (the session record, say), and returning the placement with its reasons
+/// What else a reservation must hold besides its slot.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Conditions<'a> {
+    /// A tenant's seat to take, when it has a concurrent-session limit.
+    pub seats: Option<&'a SeatPool>,
+    /// A key that must be unchanged (the launch being completed).
+    pub guard: Option<&'a Compare>,
+}
+
+/// Like [`reserve`], also taking a seat of `seats`, holding only while `guard` does, and
+/// applying `extra(&reservation)` in the same transaction (the session record, say), and returning the placement with its reasons
 /// for the nodes left out.
 pub async fn reserve_with(
     store: &dyn Store,
@@ -141,9 +158,10 @@ pub async fn reserve_with(
     session: &str,
     req: &Request,
     policy: &Policy,
-    seats: Option<&SeatPool>,
+    conditions: Conditions<'_>,
     extra: impl Fn(&SlotReservation) -> Vec<Op>,
 ) -> Result<(SlotReservation, Placement)> {
+    let Conditions { seats, guard } = conditions;
     for attempt in 0..MAX_ATTEMPTS {
         let seat = match seats {
             Some(pool) => {
@@ -210,12 +228,22 @@ pub async fn reserve_with(
             });
         }
         ops.extend(extra(&reservation));
+        compares.extend(guard.cloned());
         let outcome = store.txn(compares, ops).await?;
         if outcome.succeeded {
             if let Some(c) = cache {
                 c.note_taken(&reservation.node, reservation.slot);
             }
             return Ok((reservation, placement));
+        }
+        // The launch this placement completes was used by a concurrent call: stop, not retry.
+        if let Some(Compare::ModRevision(key, revision)) = guard {
+            let now = store.get(key).await?.map_or(0, |kv| kv.mod_revision);
+            if now != *revision {
+                return Err(Error::NotFound(format!(
+                    "{key} (used by a concurrent call; launch again)"
+                )));
+            }
         }
         // Someone took that slot (or the node changed) between our read and our write: retry.
         tracing::debug!(node = %view.id, slot, "slot contention; retrying");

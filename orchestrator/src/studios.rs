@@ -212,6 +212,12 @@ impl RateBudget {
         }
     }
 
+    /// Whether the bucket has refilled completely by `now_ms` (its owner has been idle).
+    pub fn is_full(&self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
+        self.tokens + elapsed * self.per_ms >= self.burst
+    }
+
     /// Takes one token when there is one.
     pub fn try_take(&mut self, now_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.last_ms) as f64;

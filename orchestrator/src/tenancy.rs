@@ -4,8 +4,8 @@
 
 use crate::auth::{Caller, OPERATOR_PREFIX};
 use crate::grid::{
-    Grid, UsageRecord, invalid, now_ms, random_id, seat_prefix, studio_key, usage_day_prefix,
-    usage_studio_prefix,
+    Grid, UsageRecord, invalid, now_ms, random_id, running_prefix, seat_prefix, studio_key,
+    usage_day_prefix, usage_studio_prefix,
 };
 use crate::slots::SeatPool;
 use crate::store::{Compare, Op};
@@ -103,17 +103,20 @@ impl Grid {
             };
         }
         if credential.starts_with(studios::API_KEY_PREFIX) {
-            let (studio, _) = studios::parse_api_key(credential).ok_or_else(|| {
+            // One answer whatever was wrong, so nobody learns which studios and key ids exist.
+            let refused = |why: &str| {
+                tracing::info!(%why, "API key refused");
                 Error::Unauthenticated(
-                    "malformed API key (expected pgk_<studio>_<id>_<secret>)".into(),
+                    "API key refused (unknown, revoked or mistyped; keys look like pgk_<studio>_<id>_<secret>)".into(),
                 )
-            })?;
-            let record = self.studio(studio).await?.ok_or_else(|| {
-                Error::Unauthenticated(format!("no studio {studio} (API key refused)"))
-            })?;
-            record
-                .authenticate(credential)
-                .map_err(Error::Unauthenticated)?;
+            };
+            let (studio, _) =
+                studios::parse_api_key(credential).ok_or_else(|| refused("malformed"))?;
+            let record = self
+                .studio(studio)
+                .await?
+                .ok_or_else(|| refused("no such studio"))?;
+            record.authenticate(credential).map_err(|e| refused(&e))?;
             return Ok(Caller::Studio(record.id));
         }
         if credential.starts_with("v4.public.") {
@@ -418,11 +421,17 @@ impl Grid {
         mode: &types::VideoMode,
     ) -> Result<()> {
         if !studio.may_launch(game) {
+            let shown: Vec<&str> = studio.games.iter().take(8).map(String::as_str).collect();
             return Err(Error::PermissionDenied(format!(
-                "studio {} may not launch {:?}; it may launch: {}",
+                "studio {} may not launch {:?}; it may launch: {}{}",
                 studio.id,
                 game.chars().take(64).collect::<String>(),
-                studio.games.join(", ")
+                shown.join(", "),
+                if studio.games.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
             )));
         }
         studio
@@ -470,8 +479,9 @@ impl Grid {
                 total += u.ended_ms.saturating_sub(from).min(u.played_ms);
             }
         }
-        for kv in self.store.range(&seat_prefix(studio)).await? {
-            if let Some(s) = self.session(&String::from_utf8_lossy(&kv.value)).await?
+        for kv in self.store.range(&running_prefix(studio)).await? {
+            let id = kv.key.rsplit('/').next().unwrap_or_default();
+            if let Some(s) = self.session(id).await?
                 && s.connected_ms > 0
                 && !s.state.is_final()
             {

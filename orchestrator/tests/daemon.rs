@@ -34,6 +34,9 @@ fn the_daemon_becomes_ready_and_stops_cleanly_on_sigterm() {
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
         .arg("--token-key")
         .arg(dir.path().join("token.key"))
+        .arg("--operator-key-file")
+        .arg(dir.path().join("operator.key"))
+        .current_dir(dir.path())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

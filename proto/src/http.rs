@@ -16,7 +16,12 @@ pub struct Response {
     pub body: String,
 }
 
-/// Sends one request and reads the whole response within `timeout`.
+/// Largest response read (an SDP answer is a few KiB; a probe answer a few bytes): a peer that
+/// sends more is cut off with an error instead of filling memory.
+pub const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
+
+/// Sends one request and reads the whole response (at most [`MAX_RESPONSE_BYTES`]) within
+/// `timeout`.
 pub async fn request(
     addr: SocketAddr,
     method: &str,
@@ -40,7 +45,16 @@ pub async fn request(
         s.write_all(req.as_bytes()).await?;
         s.write_all(body).await?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
+        (&mut s)
+            .take(MAX_RESPONSE_BYTES + 1)
+            .read_to_end(&mut raw)
+            .await?;
+        if raw.len() as u64 > MAX_RESPONSE_BYTES {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("response longer than {MAX_RESPONSE_BYTES} bytes"),
+            ));
+        }
         Ok::<_, Error>(raw)
     };
     let raw = tokio::time::timeout(timeout, exchange)

@@ -415,6 +415,51 @@ fn a_grant_launches_once_and_an_ended_sessions_token_starts_nothing() {
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         assert!(e.message().contains("already used"), "{}", e.message());
+        // Concurrent ChooseNode calls completing one launch place one session, not several.
+        let racing = grant(&mut c, &g.api_key).await;
+        let launch = c
+            .create_session(bearer(launch_request("arena", 320, 240), &racing))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let (mut c, racing, launch) = (c.clone(), racing.clone(), launch.clone());
+            calls.spawn(async move {
+                let latencies = launch
+                    .candidates
+                    .iter()
+                    .map(|cd| pb::LatencySample {
+                        node_id: cd.node_id.clone(),
+                        rtt_ms: 1,
+                    })
+                    .collect();
+                c.choose_node(bearer(
+                    pb::ChooseNodeRequest {
+                        launch_id: launch.launch_id,
+                        latencies,
+                    },
+                    &racing,
+                ))
+                .await
+            });
+        }
+        let mut placed = Vec::new();
+        while let Some(r) = calls.join_next().await {
+            if let Ok(chosen) = r.unwrap() {
+                placed.push(chosen.into_inner());
+            }
+        }
+        assert_eq!(placed.len(), 1, "one launch, one session");
+        c.end_session(bearer(
+            pb::EndSessionRequest {
+                session_id: session_of(&placed[0]),
+                reason: String::new(),
+            },
+            &g.operator,
+        ))
+        .await
+        .unwrap();
         // A launch belongs to the grant that started it.
         let second = grant(&mut c, &g.api_key).await;
         let launch = c
@@ -635,7 +680,8 @@ fn a_revoked_key_stops_at_once_and_usage_is_metered_per_studio() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
-        assert!(e.message().contains("revoked"), "{}", e.message());
+        // One answer for every refused key (nobody learns which studios or key ids exist).
+        assert!(e.message().contains("API key refused"), "{}", e.message());
         let usage = c
             .list_usage(bearer(pb::ListUsageRequest::default(), &added.api_key))
             .await
@@ -753,5 +799,133 @@ fn the_token_key_rotates_under_live_sessions_and_loses_none() {
             .into_inner()
             .sessions;
         assert!(live.is_empty(), "no session failed: {live:?}");
+    });
+}
+
+/// Every place untrusted bytes arrive has a bound with its own precise answer, and hitting one
+/// changes nothing for the player already playing.
+#[test]
+fn oversized_and_overflowing_requests_get_precise_refusals() {
+    use pixelgrid_proto::identity::{NodeKey, SignedRequest};
+    let grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 1, 2);
+    let g = &grid;
+    grid.runtime.block_on(async {
+        let mut c = g.client().await;
+        wait_nodes(&mut c, 1).await;
+        let chosen = launch(&mut c, &g.api_key).await;
+        let player = watch(&chosen).await;
+
+        // gRPC: a message over the decoding limit is refused before any handler runs.
+        let huge = "x".repeat(orchestrator::MAX_MESSAGE_BYTES + 1);
+        let e = c
+            .create_session(launch_request(&huge, 320, 240))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        // A registration with an oversized field, properly signed: INVALID_ARGUMENT naming it.
+        let key = NodeKey::from_seed(&[55; 32]);
+        let mut reg = pixelgrid_tests::signed_registration(&key, 2);
+        reg.region = Some(types::Region {
+            code: "r".repeat(100),
+        });
+        reg.signature = None;
+        let e = c.register_node(reg.sign_with(&key)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("region.code"), "{}", e.message());
+
+        // The node: trickle-ICE fragments bounded in size and in candidates.
+        let node = g.nodes[0].0;
+        let resource = player.whep.resource.clone();
+        let auth = format!("Bearer {}", chosen.session_token);
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/trickle-ice-sdpfrag"),
+        ];
+        let big = vec![b'a'; 20 * 1024];
+        let (status, _, _) = viewer::http(node, "PATCH", &resource, &headers, &big)
+            .await
+            .unwrap();
+        assert_eq!(status, 413);
+        let many: String = (0..33)
+            .map(|i| {
+                format!(
+                    "a=candidate:{i} 1 udp 1 127.0.0.1 {} typ host\r\n",
+                    40000 + i
+                )
+            })
+            .collect();
+        let (status, _, body) = viewer::http(node, "PATCH", &resource, &headers, many.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("at most 32"), "{body}");
+
+        // The gateway: one address gets a burst of launch-path calls, then 429.
+        let mut statuses = Vec::new();
+        for _ in 0..orchestrator::grid::ADDRESS_BURST + 5 {
+            let (status, _, _) = viewer::http(g.gateway, "POST", "/api/demo-grant", &[], b"")
+                .await
+                .unwrap();
+            statuses.push(status);
+        }
+        assert!(
+            statuses[..orchestrator::grid::ADDRESS_BURST as usize]
+                .iter()
+                .all(|s| *s == 200),
+            "{statuses:?}"
+        );
+        assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+        let (_, _, metrics) = viewer::http(node, "GET", "/metrics", &[], b"")
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("pixelgrid_edge_requests_refused_total{reason=\"too_large\"} 1"),
+            "{metrics}"
+        );
+        still_playing(&player).await;
+    });
+}
+
+/// An operator's drain holds through the node's re-registration; only the operator lifts it.
+#[test]
+fn a_drained_node_stays_drained_when_it_registers_again_until_undrained() {
+    use pixelgrid_proto::identity::NodeKey;
+    let grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 0, 1);
+    let g = &grid;
+    grid.runtime.block_on(async {
+        let mut c = g.client().await;
+        let key = NodeKey::from_seed(&[66; 32]);
+        c.register_node(pixelgrid_tests::signed_registration(&key, 2))
+            .await
+            .unwrap();
+        let id = Some(types::NodeId { hex: key.node_id() });
+        c.drain_node(bearer(
+            pb::DrainNodeRequest {
+                node_id: id.clone(),
+                deadline_ms: 0,
+            },
+            &g.operator,
+        ))
+        .await
+        .unwrap();
+        let state = |c: &mut Orchestrator| {
+            let mut c = c.clone();
+            async move {
+                c.list_nodes(pb::ListNodesRequest::default())
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .nodes[0]
+                    .state
+            }
+        };
+        c.register_node(pixelgrid_tests::signed_registration(&key, 2))
+            .await
+            .unwrap();
+        assert_eq!(state(&mut c).await, pb::NodeState::Draining as i32);
+        c.undrain_node(bearer(pb::UndrainNodeRequest { node_id: id }, &g.operator))
+            .await
+            .unwrap();
+        assert_eq!(state(&mut c).await, pb::NodeState::Ready as i32);
     });
 }

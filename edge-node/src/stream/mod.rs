@@ -84,6 +84,8 @@ pub struct RejectCounters {
     pub game_failed: AtomicU64,
     /// Full, draining, or a part of the node (display, encoder) unavailable.
     pub unavailable: AtomicU64,
+    /// A body over its size limit (a trickle-ICE fragment).
+    pub too_large: AtomicU64,
 }
 
 type FrameSinks = Arc<Mutex<Vec<(String, mpsc::Sender<Arc<SessionFrame>>)>>>;
@@ -179,6 +181,13 @@ pub struct StreamNode {
 
 /// Most viewers of one session (one controls, the rest watch).
 pub const MAX_VIEWERS: usize = 4;
+/// Most ICE candidates in one trickle-ICE fragment, and trickled to one viewer in all.
+pub const MAX_CANDIDATES_PER_FRAGMENT: usize = 32;
+/// See [`MAX_CANDIDATES_PER_FRAGMENT`].
+pub const MAX_CANDIDATES_PER_VIEWER: usize = 128;
+/// How long an ended session whose token this node never saw is remembered (longer than any
+/// session token lives).
+const FINISHED_UNKNOWN_EXPIRY_S: u64 = 24 * 3600;
 /// Most ended sessions remembered; past it the ones expiring soonest are forgotten first.
 const MAX_FINISHED: usize = 100_000;
 
@@ -268,19 +277,28 @@ impl StreamNode {
         if claims.sid != session_id {
             return Err(TokenError::WrongSession(claims.sid));
         }
-        if self
-            .finished
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&claims.sid)
-        {
+        if self.has_finished(&claims.sid) {
             return Err(TokenError::SessionEnded(claims.sid));
         }
         Ok(claims)
     }
 
+    fn has_finished(&self, session_id: &str) -> bool {
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(session_id)
+    }
+
     /// Remembers that `claims`' session ended, so its token starts nothing again.
     fn remember_finished(&self, claims: &SessionClaims) {
+        self.remember_finished_until(
+            &claims.sid,
+            parse_rfc3339(&claims.exp).unwrap_or(unix_s() + FINISHED_UNKNOWN_EXPIRY_S),
+        );
+    }
+
+    fn remember_finished_until(&self, session_id: &str, expires_unix_s: u64) {
         let now = unix_s();
         let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
         finished.retain(|_, exp| *exp > now);
@@ -294,10 +312,7 @@ impl StreamNode {
                 finished.remove(id);
             }
         }
-        finished.insert(
-            claims.sid.clone(),
-            parse_rfc3339(&claims.exp).unwrap_or(now + 86_400),
-        );
+        finished.insert(session_id.to_owned(), expires_unix_s);
     }
 
     /// Creates a session token signed by this node (`--insecure-dev` only).
@@ -345,6 +360,13 @@ impl StreamNode {
         // heartbeats, metrics and other players never wait behind one launch.
         let start_here = {
             let sessions = self.sessions.lock().await;
+            if self.has_finished(&claims.sid) {
+                // It ended while this offer was on its way in.
+                return Err(Error::Unavailable(format!(
+                    "session {} has ended; launch again",
+                    claims.sid
+                )));
+            }
             if sessions.contains_key(&claims.sid) {
                 false
             } else {
@@ -431,6 +453,15 @@ impl StreamNode {
                 "the session ended while this viewer was joining".into(),
             ));
         };
+        if live.viewers.len() >= MAX_VIEWERS {
+            // Others joined while this one was connecting.
+            drop(sessions);
+            let _ = viewer.pc.close().await;
+            return Err(Error::Unavailable(format!(
+                "session {} has its {MAX_VIEWERS} viewers",
+                claims.sid
+            )));
+        }
         live.sinks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -533,13 +564,13 @@ impl StreamNode {
         viewer_id: &str,
         sdpfrag: &str,
     ) -> Result<bool> {
-        let pc = {
+        let (pc, trickled) = {
             let sessions = self.sessions.lock().await;
             match sessions
                 .get(session_id)
                 .and_then(|s| s.viewers.get(viewer_id))
             {
-                Some(v) => Arc::clone(&v.pc),
+                Some(v) => (Arc::clone(&v.pc), Arc::clone(&v.trickled)),
                 None => return Ok(false),
             }
         };
@@ -547,6 +578,24 @@ impl StreamNode {
             .lines()
             .find_map(|l| l.trim().strip_prefix("a=mid:"))
             .map(str::to_owned);
+        let count = sdpfrag
+            .lines()
+            .filter(|l| l.trim().starts_with("a=candidate:"))
+            .count();
+        if count > MAX_CANDIDATES_PER_FRAGMENT {
+            return Err(Error::invalid(
+                "sdpfrag",
+                format!("{count} candidates; at most {MAX_CANDIDATES_PER_FRAGMENT} per fragment"),
+            ));
+        }
+        if trickled.fetch_add(count as u32, Ordering::Relaxed) as usize + count
+            > MAX_CANDIDATES_PER_VIEWER
+        {
+            return Err(Error::invalid(
+                "sdpfrag",
+                format!("more than {MAX_CANDIDATES_PER_VIEWER} candidates for one viewer"),
+            ));
+        }
         for line in sdpfrag.lines().filter_map(|l| l.trim().strip_prefix("a=")) {
             if line.starts_with("candidate:") {
                 let init = rtc::peer_connection::transport::RTCIceCandidateInit {
@@ -611,7 +660,11 @@ impl StreamNode {
                 close_session(dead, reason).await;
                 true
             }
-            None => false,
+            None => {
+                // Ended before its player ever reached this node: its token must not start it.
+                self.remember_finished_until(session_id, unix_s() + FINISHED_UNKNOWN_EXPIRY_S);
+                false
+            }
         }
     }
 
@@ -713,6 +766,7 @@ impl StreamNode {
                 "Signalling requests refused, by reason.",
                 &[
                     reject("bad_request", &r.bad_request),
+                    reject("too_large", &r.too_large),
                     reject("unauthorized", &r.unauthorized),
                     reject("forbidden", &r.forbidden),
                     reject("not_found", &r.not_found),

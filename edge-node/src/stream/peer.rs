@@ -433,6 +433,8 @@ pub(crate) struct Viewer {
     pub channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
     /// Whether this viewer drives the game (see [`ViewerContext::controls`]).
     pub controls: Arc<std::sync::atomic::AtomicBool>,
+    /// ICE candidates the player trickled so far (bounded).
+    pub trickled: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Viewer {
@@ -638,6 +640,7 @@ pub(crate) async fn open(
             audio: audio_tx,
             channel,
             controls,
+            trickled: Arc::default(),
         },
     ))
 }

@@ -33,6 +33,8 @@ const PLAYER_HTML: &str = include_str!("../../../client-sdk/web/player.html");
 const PLAYER_JS: &str = include_str!("../../../client-sdk/web/pixelgrid-player.js");
 /// Largest SDP offer accepted.
 const MAX_OFFER_BYTES: usize = 64 * 1024;
+/// Largest trickle-ICE fragment (a handful of candidates is under 1 KiB).
+const MAX_FRAGMENT_BYTES: usize = 16 * 1024;
 
 /// The router for a node.
 pub fn router(node: Arc<StreamNode>) -> axum::Router {
@@ -149,6 +151,7 @@ impl Refusal {
             StatusCode::NOT_FOUND => &c.not_found,
             StatusCode::BAD_GATEWAY => &c.game_failed,
             StatusCode::SERVICE_UNAVAILABLE => &c.unavailable,
+            StatusCode::PAYLOAD_TOO_LARGE => &c.too_large,
             _ => &c.bad_request,
         }
         .fetch_add(1, Ordering::Relaxed);
@@ -284,6 +287,13 @@ async fn whep_patch(
             &node,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "use Content-Type: application/trickle-ice-sdpfrag",
+        ));
+    }
+    if body.len() > MAX_FRAGMENT_BYTES {
+        return Err(Refusal::counted(
+            &node,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("SDP fragment over {MAX_FRAGMENT_BYTES} bytes"),
         ));
     }
     let frag = std::str::from_utf8(&body).map_err(|_| {
