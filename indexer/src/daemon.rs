@@ -211,9 +211,11 @@ impl Indexer {
         }
         *last = Some(tokio::time::Instant::now());
         let unreachable = |e: String| Error::Orchestrator(format!("{url}: {e}"));
-        let mut client = OrchestratorClient::connect(url.clone())
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let mut client = OrchestratorClient::new(
+            pixelgrid_proto::transport::connect(url)
+                .await
+                .map_err(unreachable)?,
+        );
         let nodes = client
             .list_nodes(ListNodesRequest::default())
             .await
@@ -616,6 +618,16 @@ pub async fn serve(
     indexer: Arc<Indexer>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::result::Result<(), tonic::transport::Error> {
+    serve_with_tls(listener, indexer, None, shutdown).await
+}
+
+/// Like [`serve`], over TLS when `tls` is given (plaintext clients are then refused).
+pub async fn serve_with_tls(
+    listener: tokio::net::TcpListener,
+    indexer: Arc<Indexer>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::result::Result<(), tonic::transport::Error> {
     use pb::indexer_server::IndexerServer;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -626,7 +638,11 @@ pub async fn serve(
         tokio::spawn(Arc::clone(&indexer).run_prober()),
         tokio::spawn(Arc::clone(&indexer).run_closer()),
     ];
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let served = builder
         .add_service(health)
         .add_service(IndexerServer::new(Service::new(indexer)))
         .serve_with_incoming_shutdown(

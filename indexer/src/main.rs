@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the indexer: take nodes' signed reports, probe nodes, close epochs into the ledger.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Reports verified and tallied per second on one core, and the time to close a big epoch.
     Bench {
         /// Signed reports to ingest.
@@ -44,6 +44,17 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
+    /// TLS certificate chain (PEM) for the gRPC server; with --tls-key, plaintext is
+    /// refused. Clients then use https:// URLs (and PIXELGRID_CA_FILE for a private CA).
+    #[arg(long, env = "PIXELGRID_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's key (PEM).
+    #[arg(long, env = "PIXELGRID_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Admit only gRPC clients with a certificate from this CA (PEM): mutual TLS between
+    /// daemons.
+    #[arg(long, env = "PIXELGRID_TLS_CLIENT_CA")]
+    tls_client_ca: Option<std::path::PathBuf>,
     /// gRPC address (pixelgrid.indexer.v1 and grpc.health.v1).
     #[arg(
         long,
@@ -119,7 +130,7 @@ impl ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Bench {
             reports,
             nodes,
@@ -164,7 +175,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             std::sync::Arc::clone(&indexer),
             pixelgrid_proto::shutdown::wait(stop.clone()),
         ));
-        indexer::daemon::serve(listener, indexer, pixelgrid_proto::shutdown::wait(stop)).await?;
+        let tls = pixelgrid_proto::transport::TlsFiles {
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        }
+        .grpc()
+        .map_err(anyhow::Error::msg)?;
+        indexer::daemon::serve_with_tls(
+            listener,
+            indexer,
+            tls,
+            pixelgrid_proto::shutdown::wait(stop),
+        )
+        .await?;
         Ok(())
     })
 }

@@ -38,12 +38,27 @@ pub async fn serve(
     grid: std::sync::Arc<grid::Grid>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::result::Result<(), tonic::transport::Error> {
+    serve_with_tls(listener, grid, None, shutdown).await
+}
+
+/// Like [`serve`], over TLS when `tls` is given (see `pixelgrid_proto::transport::server_tls`):
+/// then plaintext clients are refused.
+pub async fn serve_with_tls(
+    listener: tokio::net::TcpListener,
+    grid: std::sync::Arc<grid::Grid>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::result::Result<(), tonic::transport::Error> {
     use pixelgrid_proto::orchestrator::v1::orchestrator_server::OrchestratorServer;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<OrchestratorServer<service::OrchestratorService>>()
         .await;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         // A client holds at most this many calls at once per connection (a node's heartbeat
         // stream is one), and messages are bounded: the largest real one is a registration.
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)

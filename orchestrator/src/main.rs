@@ -52,6 +52,17 @@ struct Cli {
     /// missing, without limits). For a local grid only: anyone who reaches the page plays.
     #[arg(long, env = "PIXELGRID_DEMO_STUDIO")]
     demo_studio: Option<String>,
+    /// TLS certificate chain (PEM) for the gRPC server and the gateway; with --tls-key, plaintext is
+    /// refused. Clients then use https:// URLs (and PIXELGRID_CA_FILE for a private CA).
+    #[arg(long, env = "PIXELGRID_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's key (PEM).
+    #[arg(long, env = "PIXELGRID_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Admit only gRPC clients with a certificate from this CA (PEM): mutual TLS between
+    /// daemons.
+    #[arg(long, env = "PIXELGRID_TLS_CLIENT_CA")]
+    tls_client_ca: Option<std::path::PathBuf>,
     /// This replica's name in leader election.
     #[arg(long, env = "PIXELGRID_REPLICA_ID")]
     replica_id: Option<String>,
@@ -197,23 +208,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(cli.http_listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.http_listen))?;
+    let tls = pixelgrid_proto::transport::TlsFiles {
+        cert: cli.tls_cert.clone(),
+        key: cli.tls_key.clone(),
+        client_ca: cli.tls_client_ca.clone(),
+    };
+    let grpc_tls = tls.grpc().map_err(anyhow::Error::msg)?;
+    let https = tls.https().map_err(anyhow::Error::msg)?;
+    let scheme = if https.is_some() { "https" } else { "http" };
     println!(
-        "orchestrator: gRPC on {} (token key {})",
+        "orchestrator: gRPC on {scheme}://{} (token key {})",
         listener.local_addr()?,
         signer.public_key_hex()
     );
-    println!("orchestrator: play at http://{}/", http.local_addr()?);
+    println!("orchestrator: play at {scheme}://{}/", http.local_addr()?);
     println!(
         "orchestrator: operator credential in {}",
         cli.operator_key_file.display()
     );
     let stop = pixelgrid_proto::shutdown::on_signal();
-    tokio::spawn(orchestrator::serve_gateway(
-        http,
-        Arc::clone(&grid),
-        pixelgrid_proto::shutdown::wait(stop.clone()),
-    ));
-    orchestrator::serve(listener, grid, pixelgrid_proto::shutdown::wait(stop)).await?;
+    match https {
+        Some(acceptor) => tokio::spawn(pixelgrid_proto::transport::serve_https(
+            http,
+            acceptor,
+            orchestrator::gateway::router(Arc::clone(&grid)),
+            pixelgrid_proto::shutdown::wait(stop.clone()),
+        )),
+        None => tokio::spawn(orchestrator::serve_gateway(
+            http,
+            Arc::clone(&grid),
+            pixelgrid_proto::shutdown::wait(stop.clone()),
+        )),
+    };
+    orchestrator::serve_with_tls(
+        listener,
+        grid,
+        grpc_tls,
+        pixelgrid_proto::shutdown::wait(stop),
+    )
+    .await?;
     Ok(())
 }
 
@@ -224,8 +257,8 @@ fn load_or_create_operator(path: &std::path::Path) -> anyhow::Result<String> {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = std::fs::metadata(path)?.permissions().mode();
             anyhow::ensure!(
-                mode & 0o077 == 0,
-                "{} is readable by others (mode {:o}); chmod 600 it — it is the operator's credential",
+                mode & 0o007 == 0,
+                "{} is open to every user (mode {:o}); chmod 600 it — it is the operator's credential",
                 path.display(),
                 mode & 0o777
             );

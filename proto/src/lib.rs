@@ -16,6 +16,7 @@ pub mod input;
 pub mod metrics;
 pub mod shutdown;
 pub mod token;
+pub mod transport;
 
 /// Shared types.
 pub mod types {

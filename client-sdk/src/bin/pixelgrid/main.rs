@@ -257,8 +257,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ) {
         return run_indexer(cli).await;
     }
-    let mut c = OrchestratorClient::connect(cli.orchestrator.clone())
+    let mut c = pixelgrid_proto::transport::connect(&cli.orchestrator)
         .await
+        .map(OrchestratorClient::new)
         .map_err(|e| {
             anyhow::anyhow!(
                 "orchestrator at {} refused the connection ({e}); is it running?",
@@ -395,8 +396,9 @@ fn status(s: tonic::Status) -> anyhow::Error {
 async fn run_indexer(cli: Cli) -> anyhow::Result<()> {
     use pixelgrid_client::{EpochRow, PayoutRow};
     use pixelgrid_proto::indexer::v1 as ipb;
-    let mut c = ipb::indexer_client::IndexerClient::connect(cli.indexer.clone())
+    let mut c = pixelgrid_proto::transport::connect(&cli.indexer)
         .await
+        .map(ipb::indexer_client::IndexerClient::new)
         .map_err(|e| {
             anyhow::anyhow!(
                 "indexer at {} refused the connection ({e}); is it running?",

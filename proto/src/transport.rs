@@ -1,0 +1,228 @@
+//! gRPC channels and servers with TLS, configured the same way by every daemon and client.
+//!
+//! - A client connecting to an `https://` URL verifies the server against the CA in
+//!   `PIXELGRID_CA_FILE` (PEM) when set, else against the system's roots; with
+//!   `PIXELGRID_TLS_CLIENT_CERT` and `PIXELGRID_TLS_CLIENT_KEY` it also presents a client
+//!   certificate (mutual TLS between daemons). An `http://` URL is plaintext (a local grid on
+//!   loopback).
+//! - A server given a certificate and key serves TLS only (a plaintext client's connection fails),
+//!   and with a client CA it admits only clients holding a certificate that CA signed.
+
+use std::path::Path;
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
+
+/// Environment variable naming the CA (PEM) clients verify servers against.
+pub const CA_FILE_ENV: &str = "PIXELGRID_CA_FILE";
+/// Environment variable naming a client certificate (PEM) for mutual TLS.
+pub const CLIENT_CERT_ENV: &str = "PIXELGRID_TLS_CLIENT_CERT";
+/// Environment variable naming the client certificate's key (PEM).
+pub const CLIENT_KEY_ENV: &str = "PIXELGRID_TLS_CLIENT_KEY";
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+}
+
+fn env_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+}
+
+/// What a client presents and trusts over TLS.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// CA (PEM) to verify servers against; none means the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with its key.
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl ClientTls {
+    /// From `PIXELGRID_CA_FILE`, `PIXELGRID_TLS_CLIENT_CERT` and `PIXELGRID_TLS_CLIENT_KEY`.
+    pub fn from_env() -> Self {
+        Self {
+            ca: env_path(CA_FILE_ENV),
+            cert: env_path(CLIENT_CERT_ENV),
+            key: env_path(CLIENT_KEY_ENV),
+        }
+    }
+
+    /// The tonic settings for `url`; `None` for a plaintext (`http://`) URL.
+    pub fn for_url(&self, url: &str) -> Result<Option<ClientTlsConfig>, String> {
+        if !url.starts_with("https://") {
+            return Ok(None);
+        }
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca, "CA")?)),
+            None => tls.with_native_roots(),
+        };
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read(cert, "client certificate")?,
+                    read(key, "client key")?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(format!(
+                    "set both {CLIENT_CERT_ENV} and {CLIENT_KEY_ENV} for a client certificate, or neither"
+                ));
+            }
+        }
+        Ok(Some(tls))
+    }
+}
+
+/// A channel to `url`: TLS for `https://` with the settings in the environment (see the
+/// module docs), plaintext for `http://`.
+pub async fn connect(url: &str) -> Result<Channel, String> {
+    connect_with(url, &ClientTls::from_env()).await
+}
+
+/// A channel to `url` with explicit TLS settings.
+pub async fn connect_with(url: &str, tls: &ClientTls) -> Result<Channel, String> {
+    let mut endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    if let Some(tls) = tls.for_url(url)? {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("TLS settings for {url}: {e}"))?;
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("{url}: {e}{}", source_chain(&e)))
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+/// Server TLS from a certificate chain and key (PEM files), admitting only clients with a
+/// certificate signed by `client_ca` when it is given.
+pub fn server_tls(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerTlsConfig, String> {
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(cert, "certificate")?,
+        read(key, "key")?,
+    ));
+    if let Some(ca) = client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+    }
+    Ok(tls)
+}
+
+/// A TLS acceptor for an HTTPS endpoint from a certificate chain and key (PEM files).
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("key {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key_der)
+    .map_err(|e| {
+        format!(
+            "certificate {} with key {}: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// Serves `router` over HTTPS on `listener` until `shutdown`: a TLS handshake per connection
+/// (a plaintext request gets no HTTP answer), then HTTP/1.1 or 2; the peer's address is
+/// available to handlers as `ConnectInfo<SocketAddr>`.
+pub async fn serve_https(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = &mut shutdown => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let service = router
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+            let Ok(Ok(tls)) = handshake.await else {
+                return;
+            };
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(
+                    TokioIo::new(tls),
+                    hyper_util::service::TowerToHyperService::new(service),
+                )
+                .await;
+        });
+    }
+}
+
+/// A server's TLS files, as its command line gives them.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: Option<std::path::PathBuf>,
+    /// Its key (PEM).
+    pub key: Option<std::path::PathBuf>,
+    /// CA whose client certificates are admitted (mutual TLS); none admits any client.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// The gRPC server settings: `None` for plaintext (no certificate given).
+    pub fn grpc(&self) -> Result<Option<ServerTlsConfig>, String> {
+        match (&self.cert, &self.key) {
+            (None, None) => {
+                if self.client_ca.is_some() {
+                    return Err("a client CA needs --tls-cert and --tls-key too".into());
+                }
+                Ok(None)
+            }
+            (Some(cert), Some(key)) => server_tls(cert, key, self.client_ca.as_deref()).map(Some),
+            _ => Err("give both --tls-cert and --tls-key, or neither".into()),
+        }
+    }
+
+    /// The HTTPS acceptor for an HTTP endpoint: `None` for plaintext.
+    pub fn https(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => tls_acceptor(cert, key).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
