@@ -642,13 +642,12 @@ pub async fn serve_with_tls(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    // A dead peer's connection is noticed and closed.
+    builder = builder.http2_keepalive_interval(Some(std::time::Duration::from_secs(30)));
     let served = builder
         .add_service(health)
         .add_service(IndexerServer::new(Service::new(indexer)))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(pixelgrid_proto::transport::incoming(listener), shutdown)
         .await;
     for t in tasks {
         t.abort();

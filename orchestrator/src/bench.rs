@@ -79,54 +79,7 @@ pub async fn run(
             ..GridConfig::default()
         },
     ));
-    let keys: Arc<Vec<NodeKey>> = Arc::new(
-        (0..nodes)
-            .map(|i| {
-                let mut seed = [0u8; 32];
-                seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-                NodeKey::from_seed(&seed)
-            })
-            .collect(),
-    );
-    let register = Instant::now();
-    for chunk in (0..nodes).collect::<Vec<_>>().chunks(256) {
-        let mut tasks = Vec::new();
-        for &i in chunk {
-            let (grid, keys) = (Arc::clone(&grid), Arc::clone(&keys));
-            tasks.push(tokio::spawn(async move {
-                let key = &keys[i];
-                let req = pb::RegisterNodeRequest {
-                    node_id: Some(types::NodeId { hex: key.node_id() }),
-                    capabilities: Some(types::NodeCapabilities {
-                        games_installed: vec!["arena".into()],
-                        capacity: vec![types::SessionCapacity {
-                            mode: None,
-                            max_sessions: 4,
-                        }],
-                        ..Default::default()
-                    }),
-                    region: Some(types::Region {
-                        code: "local".into(),
-                    }),
-                    whep_base_url: format!("http://127.0.0.1:9/whep/{i}"),
-                    probe_address: "127.0.0.1:9".into(),
-                    price: None,
-                    sent_unix_ms: crate::grid::now_ms(),
-                    signature: None,
-                }
-                .sign_with(key);
-                grid.register(req).await.map(|_| ())
-            }));
-        }
-        for t in tasks {
-            t.await.map_err(|e| Error::Store(e.to_string()))??;
-        }
-    }
-    tracing::info!(
-        nodes,
-        secs = register.elapsed().as_secs_f64(),
-        "nodes registered"
-    );
+    let keys = register_nodes(&grid, nodes).await?;
     let ids: Arc<Vec<String>> = Arc::new(keys.iter().map(NodeKey::node_id).collect());
 
     // Placements read a watch-maintained copy of the registry, as the daemon does.
@@ -260,6 +213,60 @@ pub async fn run(
         heartbeats_needed_per_s: nodes as f64 / heartbeat_interval.as_secs_f64(),
         double_bookings,
     })
+}
+
+/// Registers `nodes` nodes (4 slots, `arena`) through `grid`, signed as real nodes do (one
+/// lease each), 256 at a time; their keys.
+pub async fn register_nodes(grid: &Arc<Grid>, nodes: usize) -> Result<Arc<Vec<NodeKey>>> {
+    let keys: Arc<Vec<NodeKey>> = Arc::new(
+        (0..nodes)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+                NodeKey::from_seed(&seed)
+            })
+            .collect(),
+    );
+    let register = Instant::now();
+    for chunk in (0..nodes).collect::<Vec<_>>().chunks(256) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let (grid, keys) = (Arc::clone(grid), Arc::clone(&keys));
+            tasks.push(tokio::spawn(async move {
+                let key = &keys[i];
+                let req = pb::RegisterNodeRequest {
+                    node_id: Some(types::NodeId { hex: key.node_id() }),
+                    capabilities: Some(types::NodeCapabilities {
+                        games_installed: vec!["arena".into()],
+                        capacity: vec![types::SessionCapacity {
+                            mode: None,
+                            max_sessions: 4,
+                        }],
+                        ..Default::default()
+                    }),
+                    region: Some(types::Region {
+                        code: "local".into(),
+                    }),
+                    whep_base_url: format!("http://127.0.0.1:9/whep/{i}"),
+                    probe_address: "127.0.0.1:9".into(),
+                    price: None,
+                    sent_unix_ms: crate::grid::now_ms(),
+                    signature: None,
+                }
+                .sign_with(key);
+                grid.register(req).await.map(|_| ())
+            }));
+        }
+        for t in tasks {
+            t.await.map_err(|e| Error::Store(e.to_string()))??;
+        }
+    }
+    tracing::info!(
+        nodes,
+        secs = register.elapsed().as_secs_f64(),
+        "nodes registered"
+    );
+    Ok(keys)
 }
 
 impl BenchReport {

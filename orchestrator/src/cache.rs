@@ -13,9 +13,22 @@ use std::time::Duration;
 
 #[derive(Debug, Default)]
 struct Snapshot {
+    /// Records with `view.used` kept equal to their number of slot keys.
     nodes: HashMap<String, (NodeRecord, i64)>,
     slots: HashMap<String, BTreeSet<u32>>,
 }
+
+impl Snapshot {
+    fn count_used(&mut self, node: &str) {
+        let used = self.slots.get(node).map_or(0, |t| t.len() as u32);
+        if let Some((rec, _)) = self.nodes.get_mut(node) {
+            rec.view.used = used;
+        }
+    }
+}
+
+/// A launch candidate: node id, probe address, region.
+pub type Candidate = (String, String, String);
 
 /// See the module docs.
 #[derive(Debug, Default)]
@@ -85,6 +98,10 @@ impl RegistryCache {
                 fresh.slots.entry(node).or_default().insert(slot);
             }
         }
+        let ids: Vec<String> = fresh.nodes.keys().cloned().collect();
+        for id in ids {
+            fresh.count_used(&id);
+        }
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok((nodes_rx, slots_rx))
     }
@@ -94,7 +111,9 @@ impl RegistryCache {
         match event {
             WatchEvent::Put(kv) if kv.key.starts_with(&node_prefix()) => {
                 if let Ok(r) = serde_json::from_slice::<NodeRecord>(&kv.value) {
-                    s.nodes.insert(r.view.id.clone(), (r, kv.mod_revision));
+                    let id = r.view.id.clone();
+                    s.nodes.insert(id.clone(), (r, kv.mod_revision));
+                    s.count_used(&id);
                 }
             }
             WatchEvent::Delete { key } if key.starts_with(&node_prefix()) => {
@@ -102,12 +121,14 @@ impl RegistryCache {
             }
             WatchEvent::Put(kv) => {
                 if let Some((node, slot)) = parse_slot(&kv.key) {
-                    s.slots.entry(node).or_default().insert(slot);
+                    s.slots.entry(node.clone()).or_default().insert(slot);
+                    s.count_used(&node);
                 }
             }
             WatchEvent::Delete { key } => {
                 if let Some((node, slot)) = parse_slot(&key) {
-                    s.slots.entry(node).or_default().remove(&slot);
+                    s.slots.entry(node.clone()).or_default().remove(&slot);
+                    s.count_used(&node);
                 }
             }
         }
@@ -137,15 +158,49 @@ impl RegistryCache {
         ids.filter_map(|id| s.nodes.get(id).map(entry)).collect()
     }
 
+    /// Every node record, `used` counted from its slots, with its revision.
+    pub fn records(&self) -> Vec<(NodeRecord, i64)> {
+        let s = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+        s.nodes
+            .values()
+            .map(|(rec, rev)| {
+                let mut rec = rec.clone();
+                rec.view.used = s.slots.get(&rec.view.id).map_or(0, |t| t.len() as u32);
+                (rec, *rev)
+            })
+            .collect()
+    }
+
     /// Records a slot this replica just took, before its watch event arrives.
     pub fn note_taken(&self, node: &str, slot: u32) {
-        self.snapshot
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .slots
-            .entry(node.to_owned())
-            .or_default()
-            .insert(slot);
+        let mut s = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
+        s.slots.entry(node.to_owned()).or_default().insert(slot);
+        s.count_used(node);
+    }
+
+    /// Launch candidates ranked by the placement policy, read in place (nothing of the
+    /// registry is copied but the winners).
+    pub fn candidates(
+        &self,
+        req: &crate::placement::Request,
+        policy: &crate::placement::Policy,
+    ) -> (crate::placement::Placement, Vec<Candidate>) {
+        let s = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+        let picked =
+            crate::placement::candidates(s.nodes.values().map(|(r, _)| &r.view), req, policy);
+        let found = picked
+            .ranked
+            .iter()
+            .filter_map(|id| s.nodes.get(id))
+            .map(|(r, _)| {
+                (
+                    r.view.id.clone(),
+                    r.probe_address.clone(),
+                    r.view.region.clone(),
+                )
+            })
+            .collect();
+        (picked, found)
     }
 
     /// Nodes known now.

@@ -200,7 +200,9 @@ async fn grant(
     headers: HeaderMap,
     Json(b): Json<GrantBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    grid.check_address_rate(peer.ip())?;
+    // A studio's backend mints for all its players from one address: its own launch budget
+    // bounds it, not the per-address one.
+    let _ = peer;
     let caller = caller(&grid, &headers).await?;
     let r = grid
         .create_launch_grant(

@@ -452,6 +452,14 @@ impl Grid {
     /// Holds one address to [`ADDRESS_BURST`] launch-path calls at once and
     /// [`ADDRESS_PER_MINUTE`] a minute through the gateway.
     pub fn check_address_rate(&self, ip: std::net::IpAddr) -> Result<()> {
+        // One bucket per IPv4 address and per IPv6 /64 (what one subscriber gets).
+        let ip = match ip.to_canonical() {
+            std::net::IpAddr::V6(v6) => {
+                let s = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        };
         let now = now_ms();
         let mut budgets = self
             .address_budgets
@@ -492,6 +500,15 @@ impl Grid {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Every registered node with its slots in use: from the watch-fed cache when there is
+    /// one (it may lag the store by a moment), else from the store.
+    pub async fn registry(&self) -> Result<Vec<(NodeRecord, i64)>> {
+        match &self.cache {
+            Some(cache) => Ok(cache.records()),
+            None => slots::node_records(self.store.as_ref()).await,
+        }
     }
 
     /// The timings in force.
@@ -670,6 +687,18 @@ impl Grid {
                 "node {id} (its registration lapsed; register again)"
             ))
         })?;
+        // A node runs at most its registered capacity; more ids than that is not a real report.
+        let most = record.view.capacity as usize;
+        if hb.active_session_ids.len() > most
+            || hb.connected_session_ids.len() > most
+            || hb.ended_sessions.len() > most
+        {
+            return Err(invalid(
+                "active_session_ids",
+                format!("more session ids than the node's capacity of {most}"),
+            ));
+        }
+
         if !self.store.keep_alive(record.lease).await? {
             return Err(Error::NotFound(format!(
                 "node {id} (its registration lapsed; register again)"
@@ -679,10 +708,14 @@ impl Grid {
             last_heartbeat_ms: now_ms(),
             cpu_load_percent: hb.cpu_load_percent,
             free_slots: hb.free_slots,
+            // Stored with every heartbeat: the free-text reason is kept short.
             gpu_pb: hb
                 .gpu
-                .as_ref()
-                .map(prost::Message::encode_to_vec)
+                .clone()
+                .map(|mut g| {
+                    g.unavailable_reason = g.unavailable_reason.chars().take(300).collect();
+                    prost::Message::encode_to_vec(&g)
+                })
                 .unwrap_or_default(),
         };
         self.store
@@ -697,7 +730,7 @@ impl Grid {
                 .await?;
         }
         // Sessions the node ended itself fail with its reason (before "the player left" below).
-        for ended in hb.ended_sessions.iter().take(256) {
+        for ended in &hb.ended_sessions {
             let reason: String = ended.reason.chars().take(300).collect();
             self.transition(
                 &ended.session_id,
@@ -914,37 +947,31 @@ impl Grid {
         if req.max_candidates > 0 {
             policy.max_candidates = req.max_candidates as usize;
         }
-        let records = slots::node_records(self.store.as_ref()).await?;
-        let views: Vec<NodeView> = records.iter().map(|(r, _)| r.view.clone()).collect();
-        let picked = placement::candidates(&views, &preq, &policy);
+        // From the watch-fed cache; the store only when the cache offers nothing (a node that
+        // registered a moment ago may not have reached it yet), and then for the precise refusal.
+        let (mut picked, mut found) = match &self.cache {
+            Some(cache) => cache.candidates(&preq, &policy),
+            None => Default::default(),
+        };
         if picked.ranked.is_empty() {
-            // A game nobody can run is not a capacity problem: say what the grid does offer.
-            let ready_with_game = views
+            let records = slots::node_records(self.store.as_ref()).await?;
+            let views: Vec<NodeView> = records.iter().map(|(r, _)| r.view.clone()).collect();
+            picked = placement::candidates(&views, &preq, &policy);
+            found = picked
+                .ranked
                 .iter()
-                .filter(|n| n.ready && n.has_game(&req.game, version.as_deref()))
-                .count();
-            if ready_with_game == 0 {
-                let offered: Vec<String> = games_listing(&views)
-                    .into_iter()
-                    .filter(|g| g.ready_nodes > 0)
-                    .map(|g| format!("{} {}", g.id, g.version))
-                    .collect();
-                return Err(Error::GameUnavailable(format!(
-                    "no ready node has game {:?}{}; the grid offers: {}",
-                    req.game.chars().take(64).collect::<String>(),
-                    version
-                        .as_deref()
-                        .map(|v| format!(" version {v:?}"))
-                        .unwrap_or_default(),
-                    if offered.is_empty() {
-                        "nothing yet".into()
-                    } else {
-                        offered.join(", ")
-                    }
-                )));
-            }
-            return Err(Error::NoCapacity(picked.summary()));
+                .filter_map(|id| records.iter().find(|(r, _)| &r.view.id == id))
+                .map(|(r, _)| {
+                    (
+                        r.view.id.clone(),
+                        r.probe_address.clone(),
+                        r.view.region.clone(),
+                    )
+                })
+                .collect();
+            self.refuse_launch(&picked, &views, &req.game, version.as_deref())?;
         }
+
         let launch_id = random_id();
         let launch = LaunchRecord {
             v: 1,
@@ -1001,18 +1028,12 @@ impl Grid {
                 "this launch grant was already used; ask the studio's backend for a new one".into(),
             ));
         }
-        let candidates = picked
-            .ranked
-            .iter()
-            .filter_map(|id| records.iter().find(|(r, _)| &r.view.id == id))
-            .map(|(r, _)| pb::Candidate {
-                node_id: Some(types::NodeId {
-                    hex: r.view.id.clone(),
-                }),
-                probe_address: r.probe_address.clone(),
-                region: Some(types::Region {
-                    code: r.view.region.clone(),
-                }),
+        let candidates = found
+            .into_iter()
+            .map(|(id, probe_address, region)| pb::Candidate {
+                node_id: Some(types::NodeId { hex: id }),
+                probe_address,
+                region: Some(types::Region { code: region }),
             })
             .collect();
         Ok(pb::CreateSessionResponse {
@@ -1022,10 +1043,49 @@ impl Grid {
         })
     }
 
+    /// Why no node can take a launch, when none can: the game is not offered by any ready node
+    /// (NOT_FOUND, naming what is), or no capacity (naming the constraint).
+    fn refuse_launch(
+        &self,
+        picked: &placement::Placement,
+        views: &[NodeView],
+        game: &str,
+        version: Option<&str>,
+    ) -> Result<()> {
+        if picked.ranked.is_empty() {
+            // A game nobody can run is not a capacity problem: say what the grid does offer.
+            let ready_with_game = views
+                .iter()
+                .filter(|n| n.ready && n.has_game(game, version))
+                .count();
+            if ready_with_game == 0 {
+                let offered: Vec<String> = games_listing(views)
+                    .into_iter()
+                    .filter(|g| g.ready_nodes > 0)
+                    .map(|g| format!("{} {}", g.id, g.version))
+                    .collect();
+                return Err(Error::GameUnavailable(format!(
+                    "no ready node has game {:?}{}; the grid offers: {}",
+                    game.chars().take(64).collect::<String>(),
+                    version
+                        .map(|v| format!(" version {v:?}"))
+                        .unwrap_or_default(),
+                    if offered.is_empty() {
+                        "nothing yet".into()
+                    } else {
+                        offered.join(", ")
+                    }
+                )));
+            }
+            return Err(Error::NoCapacity(picked.summary()));
+        }
+        Ok(())
+    }
+
     /// The grid's catalogue from the registry: each (game, version) with its modes and how many
     /// ready nodes have it.
     pub async fn list_games(&self) -> Result<pb::ListGamesResponse> {
-        let records = slots::node_records(self.store.as_ref()).await?;
+        let records = self.registry().await?;
         let views: Vec<NodeView> = records.into_iter().map(|(r, _)| r.view).collect();
         Ok(pb::ListGamesResponse {
             games: games_listing(&views),

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod bench_launch;
 pub mod cache;
 mod error;
 pub mod gateway;
@@ -58,6 +59,8 @@ pub async fn serve_with_tls(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    // A dead peer's connection is noticed and closed.
+    builder = builder.http2_keepalive_interval(Some(std::time::Duration::from_secs(30)));
     builder
         // A client holds at most this many calls at once per connection (a node's heartbeat
         // stream is one), and messages are bounded: the largest real one is a registration.
@@ -68,10 +71,7 @@ pub async fn serve_with_tls(
             OrchestratorServer::new(service::OrchestratorService::new(grid))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(pixelgrid_proto::transport::incoming(listener), shutdown)
         .await
 }
 

@@ -82,6 +82,23 @@ struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
+    /// Whole launches through gRPC with launch grants (CreateSession + ChooseNode), over
+    /// plaintext and, with --tls-cert/--tls-key (and PIXELGRID_CA_FILE for a private CA), over
+    /// TLS: launches/s and latency per transport.
+    BenchLaunch {
+        /// Nodes to register (4 slots each).
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Launches in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Launches per transport.
+        #[arg(long, default_value_t = 2_000)]
+        launches: usize,
+        /// `etcd` (the --etcd endpoints, or one started on a free loopback port) or `embedded`.
+        #[arg(long, default_value = "etcd")]
+        store: String,
+    },
     /// Print the public half of the --token-key (creating the key when missing): what every
     /// edge node is given as --orchestrator-key at onboarding.
     PublicKey,
@@ -126,6 +143,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let (seed, _) = pixelgrid_proto::identity::load_or_create_seed(&cli.token_key)
             .with_context(|| format!("token key {}", cli.token_key.display()))?;
         println!("{}", TokenSigner::from_seed(&seed).public_key_hex());
+        return Ok(());
+    }
+    if let Some(Command::BenchLaunch {
+        nodes,
+        concurrency,
+        launches,
+        store,
+    }) = &cli.command
+    {
+        let (backend, local_etcd) = bench_store(&cli, store).await?;
+        let tls = pixelgrid_proto::transport::TlsFiles {
+            cert: cli.tls_cert.clone(),
+            key: cli.tls_key.clone(),
+            client_ca: None,
+        }
+        .grpc()
+        .map_err(anyhow::Error::msg)?
+        .map(|server| (server, pixelgrid_proto::transport::ClientTls::from_env()));
+        let report =
+            orchestrator::bench_launch::run(backend, store, *nodes, *concurrency, *launches, tls)
+                .await;
+        drop(local_etcd);
+        let report = report?;
+        println!("{}", report.table());
+        println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
     if let Some(Command::Bench {
@@ -300,6 +342,29 @@ async fn bench(
     store: &str,
     heartbeat_seconds: u64,
 ) -> anyhow::Result<()> {
+    let (backend, local_etcd) = bench_store(cli, store).await?;
+    let report = orchestrator::bench::run(
+        backend,
+        store,
+        nodes,
+        concurrency,
+        launches,
+        Duration::from_millis(5000),
+        heartbeat_seconds,
+    )
+    .await;
+    drop(local_etcd);
+    let report = report?;
+    println!("{}", report.table());
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// The store a benchmark runs on, and the etcd it started (dropped when the bench ends).
+async fn bench_store(
+    cli: &Cli,
+    store: &str,
+) -> anyhow::Result<(Arc<dyn Store>, Option<orchestrator::store::LocalEtcd>)> {
     let mut local_etcd = None;
     let backend: Arc<dyn Store> = match store {
         "embedded" => Arc::new(EmbeddedStore::new()),
@@ -323,19 +388,5 @@ async fn bench(
         }
         other => anyhow::bail!("invalid store: {other:?}; use etcd or embedded"),
     };
-    let report = orchestrator::bench::run(
-        backend,
-        store,
-        nodes,
-        concurrency,
-        launches,
-        Duration::from_millis(5000),
-        heartbeat_seconds,
-    )
-    .await;
-    drop(local_etcd);
-    let report = report?;
-    println!("{}", report.table());
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    Ok((backend, local_etcd))
 }

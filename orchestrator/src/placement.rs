@@ -255,7 +255,11 @@ fn load_key(n: &NodeView, packing: Packing) -> (u64, u64) {
 
 /// First launch step: up to `policy.max_candidates` qualifying nodes for the player to measure,
 /// those in the player's region first, then by load and price.
-pub fn candidates(nodes: &[NodeView], req: &Request, policy: &Policy) -> Placement {
+pub fn candidates<'a>(
+    nodes: impl IntoIterator<Item = &'a NodeView>,
+    req: &Request,
+    policy: &Policy,
+) -> Placement {
     let mut out = Placement::default();
     let mut ok: Vec<&NodeView> = Vec::new();
     for n in nodes {
@@ -264,19 +268,24 @@ pub fn candidates(nodes: &[NodeView], req: &Request, policy: &Policy) -> Placeme
             None => ok.push(n),
         }
     }
-    ok.sort_by_key(|n| {
+    // Only the best K are wanted: select them, then sort those (a grid has thousands of nodes).
+    let key = |n: &&'a NodeView| {
         (
             n.region != req.region,
             load_key(n, Packing::Spread),
             n.price,
-            n.id.clone(),
+            n.id.as_str(),
         )
-    });
-    out.ranked = ok
-        .into_iter()
-        .take(policy.max_candidates)
-        .map(|n| n.id.clone())
-        .collect();
+    };
+    let k = policy.max_candidates;
+    if k == 0 {
+        ok.clear();
+    } else if ok.len() > k {
+        ok.select_nth_unstable_by(k - 1, |a, b| key(a).cmp(&key(b)));
+        ok.truncate(k);
+    }
+    ok.sort_by(|a, b| key(a).cmp(&key(b)));
+    out.ranked = ok.into_iter().map(|n| n.id.clone()).collect();
     out
 }
 

@@ -1,10 +1,10 @@
 //! The gRPC face of [`Grid`]: `pixelgrid.orchestrator.v1.Orchestrator`.
 
+use crate::Error;
 use crate::auth::Caller;
 use crate::grid::{Grid, to_proto, usage_to_proto};
 use crate::lifecycle::SessionState;
 use crate::tenancy::studio_to_proto;
-use crate::{Error, slots};
 use pixelgrid_proto::orchestrator::v1 as pb;
 use pixelgrid_proto::orchestrator::v1::orchestrator_server::Orchestrator;
 use pixelgrid_proto::types::v1 as types;
@@ -155,9 +155,7 @@ impl Orchestrator for OrchestratorService {
                 "invalid region_code: at most 32 characters",
             ));
         }
-        let records = slots::node_records(self.grid.store().as_ref())
-            .await
-            .map_err(Status::from)?;
+        let records = self.grid.registry().await.map_err(Status::from)?;
         let mut nodes = Vec::new();
         for (r, _) in records
             .into_iter()

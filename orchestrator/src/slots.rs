@@ -84,15 +84,21 @@ pub async fn put_node(store: &dyn Store, view: &NodeView, lease: i64) -> Result<
 /// Every node's full record and revision, with `used` counted from its slot keys.
 pub async fn node_records(store: &dyn Store) -> Result<Vec<(NodeRecord, i64)>> {
     let records = store.range(&format!("{ROOT}/nodes/")).await?;
-    let slots = store.range(&format!("{ROOT}/slots/")).await?;
+    let slots_root = format!("{ROOT}/slots/");
+    // One pass over the slot keys: `…/slots/{node}/{i}` counted per node.
+    let mut used: std::collections::HashMap<String, u32> = Default::default();
+    for kv in store.range(&slots_root).await? {
+        if let Some((node, _)) = kv.key[slots_root.len()..].rsplit_once('/') {
+            *used.entry(node.to_owned()).or_default() += 1;
+        }
+    }
     let mut out = Vec::with_capacity(records.len());
     for kv in records {
         let Ok(mut rec) = serde_json::from_slice::<NodeRecord>(&kv.value) else {
             tracing::warn!(key = %kv.key, "unreadable node record skipped");
             continue;
         };
-        let prefix = slot_prefix(&rec.view.id);
-        rec.view.used = slots.iter().filter(|s| s.key.starts_with(&prefix)).count() as u32;
+        rec.view.used = used.get(&rec.view.id).copied().unwrap_or(0);
         out.push((rec, kv.mod_revision));
     }
     Ok(out)

@@ -20,11 +20,23 @@ struct State {
     next_lease: LeaseId,
     keys: BTreeMap<String, KeyValue>,
     leases: HashMap<LeaseId, Lease>,
+    /// No lease expires before this (a lower bound: keep-alives only move deadlines later), so
+    /// most operations skip the scan of every lease.
+    earliest_deadline: Option<Instant>,
     watchers: Vec<(String, tokio::sync::mpsc::UnboundedSender<WatchEvent>)>,
 }
 
 impl State {
     fn expire(&mut self, now: Instant) {
+        if self.earliest_deadline.is_some_and(|e| now < e) {
+            return;
+        }
+        self.earliest_deadline = self
+            .leases
+            .values()
+            .map(|l| l.deadline)
+            .filter(|d| *d > now)
+            .min();
         let dead: Vec<LeaseId> = self
             .leases
             .iter()
@@ -202,14 +214,16 @@ impl Store for EmbeddedStore {
         self.with(|s| {
             s.next_lease += 1;
             let id = s.next_lease;
+            let deadline = Instant::now() + ttl;
             s.leases.insert(
                 id,
                 Lease {
                     ttl,
-                    deadline: Instant::now() + ttl,
+                    deadline,
                     keys: BTreeSet::new(),
                 },
             );
+            s.earliest_deadline = Some(s.earliest_deadline.map_or(deadline, |e| e.min(deadline)));
             Ok(id)
         })
     }
