@@ -419,7 +419,11 @@ impl From<&pb::Studio> for StudioRow {
             games: s.games.clone(),
             max_sessions: l.max_concurrent_sessions,
             max_minutes_per_day: l.max_minutes_per_day,
-            max_mode: format!("{}x{}@{}", any(m.width_px), any(m.height_px), any(m.fps)),
+            max_mode: if m.width_px == 0 && m.height_px == 0 && m.fps == 0 {
+                "any".into()
+            } else {
+                format!("{}x{}@{}", any(m.width_px), any(m.height_px), any(m.fps))
+            },
             keys: s
                 .keys
                 .iter()
