@@ -38,6 +38,9 @@ pub struct GridConfig {
     pub launch_burst: u32,
     /// …and per minute after that.
     pub launches_per_minute: u32,
+    /// Reservations one studio may hold for players who have not connected yet (slots cannot
+    /// be hoarded by launching and never playing).
+    pub max_pending_per_studio: u32,
 }
 
 impl Default for GridConfig {
@@ -52,6 +55,7 @@ impl Default for GridConfig {
             grant_ttl_max: Duration::from_secs(300),
             launch_burst: 200,
             launches_per_minute: 6000,
+            max_pending_per_studio: 100,
         }
     }
 }
@@ -180,6 +184,11 @@ pub(crate) fn running_prefix(studio: &str) -> String {
 
 fn running_key(studio: &str, session: &str) -> String {
     format!("{}{session}", running_prefix(studio))
+}
+
+/// Prefix of a studio's reservations still waiting for their player.
+fn pending_prefix(studio: &str) -> String {
+    format!("{ROOT}/pending/{studio}/")
 }
 
 /// An operator's drain, kept apart from the node's leased record so re-registering does not
@@ -831,11 +840,16 @@ impl Grid {
                     ops.push(Op::Delete {
                         key: running_key(&rec.studio, &rec.id),
                     });
-                }
-                // Metering is written with the final state, so no ended session goes unbilled.
-                if !rec.studio.is_empty() {
+                    // Metering is written with the final state, so no ended session goes
+                    // unbilled.
                     ops.push(usage_op(&rec));
                 }
+            }
+            // No longer waiting for its player (connected, or over).
+            if (next.is_final() || next == SessionState::Active) && !rec.studio.is_empty() {
+                ops.push(Op::Delete {
+                    key: format!("{}{}", pending_prefix(&rec.studio), rec.id),
+                });
             }
             if self
                 .store
@@ -931,6 +945,8 @@ impl Grid {
         }
         self.check_studio_may_launch(&studio, &req.game, &mode)
             .await?;
+        // Checked again at ChooseNode; here it costs the player no grant.
+        self.check_pending(&studio.id).await?;
         let version = (!req.game_version.is_empty()).then(|| req.game_version.clone());
         let mode_text = format!("{}x{}@{}", mode.width_px, mode.height_px, mode.fps);
         let region = req.player_region.map(|r| r.code).unwrap_or_default();
@@ -1041,6 +1057,23 @@ impl Grid {
             candidates,
             choose_before_unix_ms: launch.created_ms + self.config.launch_ttl.as_millis() as u64,
         })
+    }
+
+    /// Refuses a launch of `studio` while it holds its allowance of reservations whose players
+    /// have not connected.
+    async fn check_pending(&self, studio: &str) -> Result<()> {
+        if studio.is_empty() {
+            return Ok(());
+        }
+        let waiting = self.store.range(&pending_prefix(studio)).await?.len();
+        if waiting >= self.config.max_pending_per_studio as usize {
+            return Err(Error::LimitReached(format!(
+                "studio {studio} has {waiting} launches waiting for their players to connect (at most {}); they free up as players connect or after {} s",
+                self.config.max_pending_per_studio,
+                self.config.reservation_ttl.as_secs()
+            )));
+        }
+        Ok(())
     }
 
     /// Why no node can take a launch, when none can: the game is not offered by any ready node
@@ -1226,6 +1259,7 @@ impl Grid {
             )));
         }
         let seats = self.seat_pool(&launch.studio).await?;
+        self.check_pending(&launch.studio).await?;
         let mut rtt = std::collections::BTreeMap::new();
         for s in &req.latencies {
             let id = s
@@ -1301,11 +1335,16 @@ impl Grid {
                     },
                 ];
                 if !launch.studio.is_empty() {
-                    ops.push(Op::Put {
-                        key: running_key(&launch.studio, &session_id),
-                        value: Vec::new(),
-                        lease: 0,
-                    });
+                    for key in [
+                        running_key(&launch.studio, &session_id),
+                        format!("{}{session_id}", pending_prefix(&launch.studio)),
+                    ] {
+                        ops.push(Op::Put {
+                            key,
+                            value: Vec::new(),
+                            lease: 0,
+                        });
+                    }
                 }
                 ops
             },

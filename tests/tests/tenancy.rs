@@ -929,3 +929,71 @@ fn a_drained_node_stays_drained_when_it_registers_again_until_undrained() {
         assert_eq!(state(&mut c).await, pb::NodeState::Ready as i32);
     });
 }
+
+/// A studio cannot hoard slots by launching and never playing: past its allowance of
+/// reservations waiting for players, launches are refused until players connect.
+#[test]
+fn reservations_nobody_plays_are_capped_per_studio() {
+    use orchestrator::grid::{Grid, GridConfig};
+    let grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 1, 4);
+    let g = &grid;
+    grid.runtime.block_on(async {
+        let mut c = g.client().await;
+        wait_nodes(&mut c, 1).await;
+        // A replica of the same grid allowing two waiting reservations per studio.
+        let strict = Arc::new(
+            Grid::new(
+                Arc::clone(g.grid.store()),
+                pixelgrid_proto::token::TokenSigner::from_seed(&pixelgrid_tests::GRID_TOKEN_SEED),
+                Default::default(),
+                GridConfig {
+                    max_pending_per_studio: 2,
+                    ..GridConfig::default()
+                },
+            )
+            .with_operator(&g.operator),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(orchestrator::serve(l, strict, std::future::pending()));
+        let mut s = OrchestratorClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let first = launch(&mut s, &g.api_key).await;
+        launch(&mut s, &g.api_key).await;
+        let g3 = grant(&mut s, &g.api_key).await;
+        let e = launch_with(&mut s, &g3, launch_request("arena", 320, 240))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(
+            e.message().contains("waiting for their players"),
+            "{}",
+            e.message()
+        );
+        // A player connects: its reservation stops waiting, and a launch fits again.
+        let player = watch(&first).await;
+        let sid = session_of(&first);
+        for _ in 0..50 {
+            let state = s
+                .get_session(bearer(
+                    pb::GetSessionRequest {
+                        session_id: sid.clone(),
+                    },
+                    &g.operator,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .state;
+            if state == pb::SessionState::Active as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        launch_with(&mut s, &g3, launch_request("arena", 320, 240))
+            .await
+            .expect("room once a player connected");
+        drop(player);
+    });
+}
