@@ -40,6 +40,13 @@ pub async fn serve(
         .await
 }
 
+/// A session's name in `/metrics`: a digest, not the id — the metrics port is public and a
+/// session id names a bearer-protected resource.
+fn metrics_label(session_id: &str) -> String {
+    use sha2::Digest as _;
+    pixelgrid_proto::token::hex(&sha2::Sha256::digest(session_id.as_bytes())[..6])
+}
+
 /// Wall-clock now, Unix milliseconds.
 pub use pixelgrid_proto::clock::unix_ms_f64 as unix_ms;
 
@@ -694,7 +701,7 @@ impl StreamNode {
         let per_session = |f: &dyn Fn(&LiveSession) -> f64| -> Vec<Sample<'static>> {
             sessions
                 .iter()
-                .map(|(id, s)| (vec![("session", id.clone())], f(s)))
+                .map(|(id, s)| (vec![("session", metrics_label(id))], f(s)))
                 .collect()
         };
         let encode_p50 = |s: &LiveSession| {

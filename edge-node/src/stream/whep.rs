@@ -9,7 +9,7 @@
 //! | GET | `/sessions` | `--insecure-dev` only: live sessions (JSON); a production node lists no session ids (`/metrics` counts them) |
 //! | GET | `/healthz`, `/probe` | liveness; RTT probe (`204`) |
 //! | GET | `/readyz` | `200` while the node takes sessions, `503` while draining or full |
-//! | GET | `/metrics` | Prometheus text: sessions, viewers, frames, bytes, encode time, refusals |
+//! | GET | `/metrics` | Prometheus text: sessions, viewers, frames, bytes, encode time, refusals (per-session series are labelled with a digest of the id, never the id) |
 //! | GET | `/challenge?nonce=<hex>` | an indexer's probe: `{node_id, signature}` over the nonce (identity key) |
 //! | POST | `/dev/sessions` | `--insecure-dev` only: `{game,width,height,fps}` → `{session_id,token,whep_url}` |
 //! | GET | `/`, `/player.js` | `--insecure-dev` only: the player page |
