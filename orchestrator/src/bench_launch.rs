@@ -106,6 +106,8 @@ pub async fn run(
                 reservation_ttl: Duration::from_secs(600),
                 launch_burst: u32::MAX / 2,
                 launches_per_minute: u32::MAX / 2,
+                // Nobody connects in the bench: every launch stays a waiting reservation.
+                max_pending_per_studio: 0,
                 ..GridConfig::default()
             },
         )

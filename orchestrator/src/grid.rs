@@ -39,7 +39,7 @@ pub struct GridConfig {
     /// …and per minute after that.
     pub launches_per_minute: u32,
     /// Reservations one studio may hold for players who have not connected yet (slots cannot
-    /// be hoarded by launching and never playing).
+    /// be hoarded by launching and never playing); 0 means no limit.
     pub max_pending_per_studio: u32,
 }
 
@@ -1062,7 +1062,7 @@ impl Grid {
     /// Refuses a launch of `studio` while it holds its allowance of reservations whose players
     /// have not connected.
     async fn check_pending(&self, studio: &str) -> Result<()> {
-        if studio.is_empty() {
+        if studio.is_empty() || self.config.max_pending_per_studio == 0 {
             return Ok(());
         }
         let waiting = self.store.range(&pending_prefix(studio)).await?.len();
