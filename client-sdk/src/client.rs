@@ -582,6 +582,7 @@ impl Client {
             &chosen.whep_url,
             &chosen.session_token,
             codec,
+            &chosen.ice_servers,
             sinks,
         )
         .await?;

@@ -255,6 +255,7 @@ impl Connection {
         whep_url: &str,
         token: &str,
         codec: Codec,
+        ice_servers: &[pixelgrid_proto::orchestrator::v1::IceServer],
         sinks: Sinks,
     ) -> Result<Self> {
         let gathered = Gathered::default();
@@ -272,6 +273,7 @@ impl Connection {
             token,
             codec,
             sinks.audio.is_some(),
+            ice_servers,
             handler,
             gathered,
         )

@@ -82,13 +82,15 @@ fn local_ip_towards(peer: SocketAddr) -> std::net::IpAddr {
         .unwrap_or(peer.ip())
 }
 
-/// Offers `codec` to the WHEP endpoint at `whep_url` with `token`; `handler` receives the
+/// Offers `codec` to the WHEP endpoint at `whep_url` with `token`, relaying through
+/// `ice_servers` (the session's TURN credentials) when needed; `handler` receives the
 /// connection's events and must notify `gathered` when ICE gathering completes.
 pub async fn connect(
     whep_url: &str,
     token: &str,
     codec: Codec,
     audio: bool,
+    ice_servers: &[pixelgrid_proto::orchestrator::v1::IceServer],
     handler: Arc<dyn PeerConnectionEventHandler>,
     gathered: Gathered,
 ) -> Result<WhepConnection> {
@@ -141,7 +143,20 @@ pub async fn connect(
     let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(fail)?;
     let local = SocketAddr::new(local_ip_towards(addr), 0);
     let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_ice_servers(
+                    ice_servers
+                        .iter()
+                        .map(|s| rtc::peer_connection::configuration::RTCIceServer {
+                            urls: s.urls.clone(),
+                            username: s.username.clone(),
+                            credential: s.credential.clone(),
+                        })
+                        .collect(),
+                )
+                .build(),
+        )
         .with_media_engine(engine)
         .with_setting_engine(
             SettingEngineBuilder::new()

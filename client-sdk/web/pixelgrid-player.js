@@ -51,9 +51,11 @@ export class PixelGridPlayer {
     this.timers = [];
   }
 
-  async connect(whepUrl, token) {
+  // `iceServers`: the TURN relays the orchestrator handed out with the session (per-session,
+  // expiring credentials), for players behind NAT.
+  async connect(whepUrl, token, iceServers = []) {
     this.token = token;
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const pc = new RTCPeerConnection({ iceServers });
     this.pc = pc;
     const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
     this.receiver = transceiver.receiver;
@@ -213,7 +215,7 @@ export class PixelGridPlayer {
     }
     this.onEvent = onEvent;
     const s = await PixelGridPlayer.launch(api, options);
-    await this.connect(s.whep_url, s.token);
+    await this.connect(s.whep_url, s.token, s.ice_servers || []);
     this.session = s;
     this.lastFrameAt = performance.now();
     this.timers.push(setInterval(() => this.watchdog(options.nodeLostAfterMs || 1500), 250));

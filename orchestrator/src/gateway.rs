@@ -14,7 +14,7 @@
 //! | POST | `/api/grants` | studio API key | `{player_id,game?,ttl_s?}` → `{grant, expires_unix_ms}` — for a studio's backend |
 //! | POST | `/api/demo-grant` | anyone, only with `--demo-studio` | `{grant, expires_unix_ms}` for the demo studio (a local grid) |
 //! | POST | `/api/sessions` | launch grant | `{game,version?,width,height,fps,region}` → `{launch_id, candidates:[{node_id, probe_url}]}`; `404` when no ready node has the game |
-//! | POST | `/api/sessions/{launch_id}/choose` | the same grant | `{rtt_ms:{node_id:ms}}` → `{session_id, node_id, token, whep_url, rejected}` |
+//! | POST | `/api/sessions/{launch_id}/choose` | the same grant | `{rtt_ms:{node_id:ms}}` → `{session_id, node_id, token, whep_url, rejected, ice_servers:[{urls, username, credential}]}` (TURN for this session only) |
 //! | DELETE | `/api/sessions/{session_id}` | session token, its studio, operator | end it |
 //! | GET | `/`, `/player.js` | the player page and browser SDK |
 //! | GET | `/healthz`, `/readyz` | liveness; ready when the store answers (`503` with the reason otherwise) |
@@ -293,6 +293,9 @@ async fn choose(
         "token": r.session_token,
         "whep_url": r.whep_url,
         "rejected": r.rejected,
+        "ice_servers": r.ice_servers.iter().map(|s| json!({
+            "urls": s.urls, "username": s.username, "credential": s.credential,
+        })).collect::<Vec<_>>(),
     })))
 }
 

@@ -337,6 +337,8 @@ pub struct Grid {
     /// The studio anonymous players of the demo page launch as (`--demo-studio`); `None` in
     /// production.
     pub(crate) demo_studio: Option<String>,
+    /// TURN relays handed to players with per-session credentials.
+    turn: Option<crate::turn::TurnConfig>,
     pub(crate) launch_budgets: Mutex<HashMap<String, crate::studios::RateBudget>>,
     /// Launch-path calls through the gateway, per client address.
     address_budgets: Mutex<HashMap<std::net::IpAddr, crate::studios::RateBudget>>,
@@ -430,6 +432,7 @@ impl Grid {
             signer,
             operator_sha256: None,
             demo_studio: None,
+            turn: None,
             launch_budgets: Mutex::new(HashMap::new()),
             address_budgets: Mutex::new(HashMap::new()),
             metrics: GridMetrics::default(),
@@ -450,6 +453,12 @@ impl Grid {
         self.verifier = TokenVerifier::from_hex_keys(&refs)
             .map_err(|e| invalid("previous token key", e.to_string()))?;
         Ok(self)
+    }
+
+    /// Hands players `turn`'s relays with credentials for their session only.
+    pub fn with_turn(mut self, turn: crate::turn::TurnConfig) -> Self {
+        self.turn = Some(turn);
+        self
     }
 
     /// Lets anonymous players of the demo page launch as `studio` (a local grid only).
@@ -1381,6 +1390,11 @@ impl Grid {
                 .rejected
                 .iter()
                 .map(|(id, why)| format!("{id}: {why}"))
+                .collect(),
+            ice_servers: self
+                .turn
+                .iter()
+                .map(|t| t.ice_server(&session_id, now_s))
                 .collect(),
         })
     }

@@ -24,6 +24,7 @@ pub mod slots;
 pub mod store;
 pub mod studios;
 pub mod tenancy;
+pub mod turn;
 
 pub use error::{Error, Result};
 

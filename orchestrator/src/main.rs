@@ -63,6 +63,16 @@ struct Cli {
     /// daemons.
     #[arg(long, env = "PIXELGRID_TLS_CLIENT_CA")]
     tls_client_ca: Option<std::path::PathBuf>,
+    /// TURN relay URLs handed to players (`turn:host:3478`, `turns:host:5349`), each session
+    /// with its own credential (needs --turn-secret-file).
+    #[arg(long, env = "PIXELGRID_TURN_URLS", value_delimiter = ',')]
+    turn_url: Vec<String>,
+    /// File holding the secret shared with the TURN servers (coturn's `static-auth-secret`).
+    #[arg(long, env = "PIXELGRID_TURN_SECRET_FILE")]
+    turn_secret_file: Option<std::path::PathBuf>,
+    /// How long a session's TURN credential works, seconds (the longest session, with margin).
+    #[arg(long, default_value_t = 15_000)]
+    turn_ttl_s: u64,
     /// This replica's name in leader election.
     #[arg(long, env = "PIXELGRID_REPLICA_ID")]
     replica_id: Option<String>,
@@ -212,6 +222,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_cache(cache)
         .with_operator(&operator)
         .with_previous_keys(&cli.previous_token_key)?;
+    match (&cli.turn_url[..], &cli.turn_secret_file) {
+        ([], None) => {}
+        ([], Some(_)) | (_, None) => {
+            anyhow::bail!("give --turn-url and --turn-secret-file together")
+        }
+        (urls, Some(file)) => {
+            let secret = std::fs::read_to_string(file)
+                .with_context(|| format!("TURN secret {}", file.display()))?;
+            anyhow::ensure!(
+                !secret.trim().is_empty(),
+                "{} is empty; it must hold the TURN servers' shared secret",
+                file.display()
+            );
+            grid = grid.with_turn(orchestrator::turn::TurnConfig {
+                urls: urls.to_vec(),
+                secret: secret.trim().as_bytes().to_vec(),
+                ttl_s: cli.turn_ttl_s,
+            });
+        }
+    }
     if let Some(studio) = &cli.demo_studio {
         tracing::warn!(%studio, "demo grants on: anyone who reaches the player page launches as this studio");
         grid = grid.with_demo_studio(studio);

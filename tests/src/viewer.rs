@@ -71,7 +71,7 @@ pub async fn connect(addr: SocketAddr, whep_path: &str, token: &str, mime: &str)
     });
     let url = format!("http://{addr}{whep_path}");
     let whep =
-        pixelgrid_client::whep::connect(&url, token, codec, false, handler, gathered).await?;
+        pixelgrid_client::whep::connect(&url, token, codec, false, &[], handler, gathered).await?;
     Ok(Viewer {
         whep,
         packets,

@@ -997,3 +997,57 @@ fn reservations_nobody_plays_are_capped_per_studio() {
         drop(player);
     });
 }
+
+/// Players get TURN credentials for their own session only, expiring, never the shared secret.
+#[test]
+fn each_session_gets_its_own_expiring_turn_credential() {
+    use orchestrator::grid::{Grid, GridConfig};
+    let grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 1, 4);
+    let g = &grid;
+    grid.runtime.block_on(async {
+        let mut c = g.client().await;
+        wait_nodes(&mut c, 1).await;
+        let with_turn = Arc::new(
+            Grid::new(
+                Arc::clone(g.grid.store()),
+                pixelgrid_proto::token::TokenSigner::from_seed(&pixelgrid_tests::GRID_TOKEN_SEED),
+                Default::default(),
+                GridConfig::default(),
+            )
+            .with_turn(orchestrator::turn::TurnConfig {
+                urls: vec!["turn:127.0.0.1:3478".into()],
+                secret: b"shared-with-coturn".to_vec(),
+                ttl_s: 600,
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(orchestrator::serve(l, with_turn, std::future::pending()));
+        let mut t = OrchestratorClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let now_s = orchestrator::grid::now_ms() / 1000;
+        let (a, b) = (
+            launch(&mut t, &g.api_key).await,
+            launch(&mut t, &g.api_key).await,
+        );
+        let mut seen = Vec::new();
+        for chosen in [&a, &b] {
+            let [turn] = chosen.ice_servers.as_slice() else {
+                panic!("one TURN entry: {:?}", chosen.ice_servers);
+            };
+            assert_eq!(turn.urls, ["turn:127.0.0.1:3478"]);
+            let (expiry, session) = turn.username.split_once(':').unwrap();
+            assert_eq!(session, session_of(chosen));
+            let expiry: u64 = expiry.parse().unwrap();
+            assert!((now_s + 590..=now_s + 610).contains(&expiry), "{expiry}");
+            let expected = orchestrator::turn::credential(b"shared-with-coturn", session, expiry).1;
+            assert_eq!(turn.credential, expected);
+            assert!(!turn.credential.contains("shared-with-coturn"));
+            seen.push(turn.credential.clone());
+        }
+        assert_ne!(seen[0], seen[1], "credentials are per session");
+        // A grid without TURN hands out none.
+        assert!(launch(&mut c, &g.api_key).await.ice_servers.is_empty());
+    });
+}
