@@ -7,11 +7,11 @@ use pixelgrid_proto::token::{TokenSigner, TokenVerifier};
 
 fuzz_target!(|data: &[u8]| {
     let one = TokenSigner::from_seed(&[3; 32]).verifier();
-    let two = TokenVerifier::from_hex_keys(&[
-        &TokenSigner::from_seed(&[3; 32]).public_key_hex(),
-        &TokenSigner::from_seed(&[4; 32]).public_key_hex(),
-    ])
-    .expect("two keys");
+    let (a, b) = (
+        TokenSigner::from_seed(&[3; 32]).public_key_hex(),
+        TokenSigner::from_seed(&[4; 32]).public_key_hex(),
+    );
+    let two = TokenVerifier::from_hex_keys(&[a.as_str(), b.as_str()]).expect("two keys");
     if let Ok(text) = std::str::from_utf8(data) {
         for v in [&one, &two] {
             let _ = v.verify(text, 1_800_000_000);
