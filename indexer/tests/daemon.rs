@@ -151,8 +151,10 @@ fn a_crash_mid_epoch_changes_nothing_and_two_indexers_publish_the_same_root() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        // The first whole epoch after the node joined.
-        let epoch = now_ms() / EPOCH_MS + 1;
+        // The first whole epoch that starts at least two slots after the node joined: both
+        // indexers must have read it from the registry (every 500 ms) and taken a report before
+        // the epoch's first slot, or that slot is (rightly) not credited.
+        let epoch = (now_ms() + 2 * SLOT_MS) / EPOCH_MS + 1;
         let start = epoch * EPOCH_MS;
         // Kill early in a slot, so the restarted indexer's first probe lands in the same slot.
         sleep_until(start + 2 * SLOT_MS + 150).await;
@@ -281,8 +283,9 @@ fn bad_reports_are_refused_with_reasons_and_a_node_failing_probes_earns_no_uptim
             assert_eq!(ack.verdict, verdict as i32, "{ack:?}");
             assert!(ack.detail.contains(why), "{ack:?}");
         }
-        // From now on the silent node reports faithfully through a whole epoch.
-        let epoch = now_ms() / EPOCH_MS + 1;
+        // From now on the silent node reports faithfully through a whole epoch (one starting at
+        // least two slots from now, so its first slot has a report and a probe).
+        let epoch = (now_ms() + 2 * SLOT_MS) / EPOCH_MS + 1;
         let mut seq = 10;
         while now_ms() < (epoch + 1) * EPOCH_MS + 200 {
             seq += 1;
