@@ -201,15 +201,12 @@ pub struct Client {
 
 /// `request` with `authorization: Bearer <credential>`.
 fn authorised<T>(request: T, credential: &str) -> Result<tonic::Request<T>> {
-    let mut r = tonic::Request::new(request);
-    let value = format!("Bearer {credential}")
-        .parse()
-        .map_err(|_| Error::InvalidArgument {
+    pixelgrid_proto::transport::with_bearer(request, credential).map_err(|reason| {
+        Error::InvalidArgument {
             field: "credential",
-            reason: "not valid in a header".into(),
-        })?;
-    r.metadata_mut().insert("authorization", value);
-    Ok(r)
+            reason,
+        }
+    })
 }
 
 type ChannelSlot = Arc<Mutex<Option<Arc<dyn DataChannel>>>>;

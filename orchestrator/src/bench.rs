@@ -42,7 +42,8 @@ pub struct BenchReport {
     pub double_bookings: usize,
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+/// The `p` quantile of `v` (nearest rank), sorting it in place; NaN when empty.
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }

@@ -4,6 +4,7 @@
 //! shows beside `orchestrator bench`'s placement figures.
 
 use crate::auth::Caller;
+use crate::bench::pct;
 use crate::grid::{Grid, GridConfig};
 use crate::placement::Policy;
 use crate::store::Store;
@@ -72,14 +73,6 @@ impl LaunchReport {
         }
         out
     }
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 /// Registers `nodes`, serves the orchestrator over plaintext (and over `tls` when given), and
@@ -239,12 +232,8 @@ async fn launch_through(
     })
 }
 
-fn with_grant<T>(request: T, grant: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(request);
-    if let Ok(v) = format!("Bearer {grant}").parse() {
-        r.metadata_mut().insert("authorization", v);
-    }
-    r
+fn bearer<T>(request: T, grant: &str) -> Result<tonic::Request<T>, tonic::Status> {
+    pixelgrid_proto::transport::with_bearer(request, grant).map_err(tonic::Status::invalid_argument)
 }
 
 /// One launch: candidates, then placement with a measured-looking round trip to each.
@@ -253,7 +242,7 @@ async fn launch_once(
     grant: &str,
 ) -> std::result::Result<(), tonic::Status> {
     let launch = client
-        .create_session(with_grant(
+        .create_session(bearer(
             pb::CreateSessionRequest {
                 game: "arena".into(),
                 player_region: Some(types::Region {
@@ -265,7 +254,7 @@ async fn launch_once(
                 ..Default::default()
             },
             grant,
-        ))
+        )?)
         .await?
         .into_inner();
     let latencies = launch
@@ -278,13 +267,13 @@ async fn launch_once(
         })
         .collect();
     client
-        .choose_node(with_grant(
+        .choose_node(bearer(
             pb::ChooseNodeRequest {
                 launch_id: launch.launch_id,
                 latencies,
             },
             grant,
-        ))
+        )?)
         .await
         .map(|_| ())
 }

@@ -267,3 +267,14 @@ pub fn incoming(
         })
     })
 }
+
+/// `request` carrying `authorization: Bearer <credential>` (a launch grant, session token, API
+/// key or operator credential); an error when the credential cannot be a header value.
+pub fn with_bearer<T>(request: T, credential: &str) -> Result<tonic::Request<T>, String> {
+    let mut r = tonic::Request::new(request);
+    let value = format!("Bearer {}", credential.trim())
+        .parse()
+        .map_err(|_| "the credential is not valid in a header".to_owned())?;
+    r.metadata_mut().insert("authorization", value);
+    Ok(r)
+}

@@ -338,14 +338,7 @@ pub const TEST_STUDIO: &str = "test-studio";
 
 /// `request` with `authorization: Bearer <credential>`.
 pub fn bearer<T>(request: T, credential: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(request);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {credential}")
-            .parse()
-            .expect("header value"),
-    );
-    r
+    pixelgrid_proto::transport::with_bearer(request, credential).expect("a header value")
 }
 
 impl TestGrid {

@@ -105,6 +105,37 @@ async fn still_playing(v: &Viewer) {
     );
 }
 
+/// Serves `grid` (another replica over the same store) on a free loopback port; a client of it.
+async fn serve_replica(grid: Arc<orchestrator::grid::Grid>) -> Orchestrator {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(orchestrator::serve(l, grid, std::future::pending()));
+    OrchestratorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// Waits (up to 5 s) for the node to report the session's player connected.
+async fn wait_active(c: &mut Orchestrator, sid: &str, credential: &str) {
+    for _ in 0..50 {
+        let state = c
+            .get_session(bearer(
+                pb::GetSessionRequest {
+                    session_id: sid.to_owned(),
+                },
+                credential,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .state;
+        if state == pb::SessionState::Active as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn create_studio(
     c: &mut Orchestrator,
     operator: &str,
@@ -630,22 +661,7 @@ fn a_revoked_key_stops_at_once_and_usage_is_metered_per_studio() {
         let chosen = launch(&mut c, &old).await;
         let player = watch(&chosen).await;
         let sid = session_of(&chosen);
-        for _ in 0..50 {
-            let s = c
-                .get_session(bearer(
-                    pb::GetSessionRequest {
-                        session_id: sid.clone(),
-                    },
-                    &old,
-                ))
-                .await
-                .unwrap()
-                .into_inner();
-            if s.state == pb::SessionState::Active as i32 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_active(&mut c, &sid, &old).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         c.end_session(bearer(
             pb::EndSessionRequest {
@@ -754,12 +770,7 @@ fn the_token_key_rotates_under_live_sessions_and_loses_none() {
             .with_previous_keys(&[old_public])
             .unwrap(),
         );
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(orchestrator::serve(l, rotated, std::future::pending()));
-        let mut new_replica = OrchestratorClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let mut new_replica = serve_replica(rotated).await;
 
         // New sessions get new-key tokens, which the node takes.
         let after = launch(&mut new_replica, &g.api_key).await;
@@ -953,12 +964,7 @@ fn reservations_nobody_plays_are_capped_per_studio() {
             )
             .with_operator(&g.operator),
         );
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(orchestrator::serve(l, strict, std::future::pending()));
-        let mut s = OrchestratorClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let mut s = serve_replica(strict).await;
         let first = launch(&mut s, &g.api_key).await;
         launch(&mut s, &g.api_key).await;
         let g3 = grant(&mut s, &g.api_key).await;
@@ -974,23 +980,7 @@ fn reservations_nobody_plays_are_capped_per_studio() {
         // A player connects: its reservation stops waiting, and a launch fits again.
         let player = watch(&first).await;
         let sid = session_of(&first);
-        for _ in 0..50 {
-            let state = s
-                .get_session(bearer(
-                    pb::GetSessionRequest {
-                        session_id: sid.clone(),
-                    },
-                    &g.operator,
-                ))
-                .await
-                .unwrap()
-                .into_inner()
-                .state;
-            if state == pb::SessionState::Active as i32 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_active(&mut s, &sid, &g.operator).await;
         launch_with(&mut s, &g3, launch_request("arena", 320, 240))
             .await
             .expect("room once a player connected");
@@ -1020,12 +1010,7 @@ fn each_session_gets_its_own_expiring_turn_credential() {
                 ttl_s: 600,
             }),
         );
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(orchestrator::serve(l, with_turn, std::future::pending()));
-        let mut t = OrchestratorClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let mut t = serve_replica(with_turn).await;
         let now_s = orchestrator::grid::now_ms() / 1000;
         let (a, b) = (
             launch(&mut t, &g.api_key).await,

@@ -95,16 +95,10 @@ pub fn with_credential<T>(
     request: T,
     credential: Option<&str>,
 ) -> anyhow::Result<tonic::Request<T>> {
-    let mut r = tonic::Request::new(request);
-    if let Some(c) = credential {
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {c}")
-                .parse()
-                .map_err(|_| anyhow::anyhow!("the credential is not valid in a header"))?,
-        );
+    match credential {
+        Some(c) => pixelgrid_proto::transport::with_bearer(request, c).map_err(anyhow::Error::msg),
+        None => Ok(tonic::Request::new(request)),
     }
-    Ok(r)
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {
