@@ -5,6 +5,7 @@
 
 #![allow(clippy::print_stdout, missing_debug_implementations)]
 
+pub mod impair;
 pub mod viewer;
 
 use edge_node::game::Catalogue;
