@@ -20,6 +20,8 @@ PACKAGES=(
   pulseaudio
   # control plane store, browser tests, network namespaces
   etcd-server etcd-client chromium chromium-driver iproute2
+  # TURN relay for players behind NAT (tests start their own; the Debian service stays off)
+  coturn
   # tools the scripts use (openssl: deploy/make-certs.sh)
   curl ca-certificates openssl
   # checking the deploy files: promtool (metrics), docker-compose (compose file), systemd-analyze

@@ -123,6 +123,9 @@ pub struct LaunchOptions {
     /// node is lost. A node that still answers while its game holds the pictures back (a
     /// packaged game loading its data) is slow, not lost: [`Event::Degraded`] says so.
     pub node_lost_after: Duration,
+    /// Reach the node only through the TURN relays the orchestrator hands out (as a player
+    /// behind a NAT that lets nothing else through would); fails when it hands out none.
+    pub relay_only: bool,
 }
 
 impl Default for LaunchOptions {
@@ -140,6 +143,7 @@ impl Default for LaunchOptions {
             audio: true,
             reconnect: true,
             node_lost_after: Duration::from_millis(1500),
+            relay_only: false,
         }
     }
 }
@@ -579,7 +583,10 @@ impl Client {
             &chosen.whep_url,
             &chosen.session_token,
             codec,
-            &chosen.ice_servers,
+            &crate::whep::IceRoute {
+                servers: chosen.ice_servers.clone(),
+                relay_only: options.relay_only,
+            },
             sinks,
         )
         .await?;

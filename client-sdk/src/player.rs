@@ -255,7 +255,7 @@ impl Connection {
         whep_url: &str,
         token: &str,
         codec: Codec,
-        ice_servers: &[pixelgrid_proto::orchestrator::v1::IceServer],
+        route: &crate::whep::IceRoute,
         sinks: Sinks,
     ) -> Result<Self> {
         let gathered = Gathered::default();
@@ -273,7 +273,7 @@ impl Connection {
             token,
             codec,
             sinks.audio.is_some(),
-            ice_servers,
+            route,
             handler,
             gathered,
         )
@@ -359,6 +359,10 @@ async fn run_channel(
                         Some("ended") => {
                             let reason = v.get("reason").and_then(|x| x.as_str()).unwrap_or("ended by the node");
                             *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.chars().take(500).collect());
+                        }
+                        Some("stats") => {
+                            let field = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+                            meter.lock().unwrap_or_else(|p| p.into_inner()).on_node_link(field("estimate_kbps"), field("target_kbps"), field("fps"));
                         }
                         Some("pong") => {
                             if let Some(t) = v.get("t").and_then(|x| x.as_f64()) {

@@ -34,6 +34,13 @@ pub struct Stats {
     /// How much later the sound arrives than the pictures it goes with (median audio latency
     /// minus median glass-to-glass), ms; negative when the sound is early.
     pub av_offset_ms: Option<f64>,
+    /// The node's congestion-control estimate of this link, kbit/s (from its once-a-second
+    /// stats; `None` before the first).
+    pub link_estimate_kbps: Option<u64>,
+    /// The bitrate the node's encoder targets now, kbit/s.
+    pub target_kbps: Option<u64>,
+    /// The frame rate the node encodes at now (halved by its congestion ladder on a poor link).
+    pub node_fps: Option<u64>,
 }
 
 /// Most glass-to-glass samples kept (about a minute at 60 fps).
@@ -53,6 +60,7 @@ pub struct StatsMeter {
     last_transit: Option<(f64, u32)>,
     jitter_ms: f64,
     rtt_ms: Option<f64>,
+    node_link: Option<(u64, u64, u64)>,
     g2g: VecDeque<f64>,
     audio_received: u64,
     audio_base_seq: Option<u64>,
@@ -164,6 +172,12 @@ impl StatsMeter {
         self.rtt_ms = Some(rtt_ms);
     }
 
+    /// The node said how it sees the link: its estimate, its encoder's target bitrate and frame
+    /// rate (kbit/s, kbit/s, fps).
+    pub fn on_node_link(&mut self, estimate_kbps: u64, target_kbps: u64, fps: u64) {
+        self.node_link = Some((estimate_kbps, target_kbps, fps));
+    }
+
     /// The statistics at `now_ms`.
     pub fn snapshot(&mut self, now_ms: f64) -> Stats {
         self.expire(now_ms);
@@ -193,6 +207,9 @@ impl StatsMeter {
             audio_packets_lost: audio_expected.saturating_sub(self.audio_received),
             audio_latency_p50_ms: audio_p50,
             av_offset_ms: audio_p50.zip(video_p50).map(|(a, v)| a - v),
+            link_estimate_kbps: self.node_link.map(|l| l.0).filter(|e| *e > 0),
+            target_kbps: self.node_link.map(|l| l.1),
+            node_fps: self.node_link.map(|l| l.2),
         }
     }
 }

@@ -7,7 +7,6 @@ use crate::decoder::Codec;
 use crate::{Error, Result};
 use rtc::interceptor::Registry;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_H264, MIME_TYPE_VP8, MediaEngine,
 };
@@ -82,19 +81,79 @@ fn local_ip_towards(peer: SocketAddr) -> std::net::IpAddr {
         .unwrap_or(peer.ip())
 }
 
+/// A player's interceptors: webrtc-rs's defaults (NACK, transport-cc feedback, RTCP reports)
+/// with a NACK generator that asks for a lost packet at most [`NACKS_PER_PACKET`] times. The
+/// default asks every 100 ms for as long as the packet is in its log: on a link that is dropping
+/// packets for lack of capacity, that storm of retransmissions fills the link further.
+fn player_interceptors(engine: &mut MediaEngine) -> webrtc::error::Result<Registry> {
+    use rtc::interceptor::{NackGeneratorBuilder, Slot};
+    use rtc::peer_connection::configuration::interceptor_registry::{
+        configure_rtcp_reports, configure_twcc_receiver_only,
+    };
+    for parameter in ["", "pli"] {
+        engine.register_feedback(
+            rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
+                typ: "nack".into(),
+                parameter: parameter.into(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    let registry = Registry::new().with(
+        Slot::NackGenerator,
+        NackGeneratorBuilder::new()
+            .with_max_nacks_per_packet(NACKS_PER_PACKET)
+            .build(),
+    );
+    let registry = configure_twcc_receiver_only(registry, engine)?;
+    Ok(configure_rtcp_reports(registry))
+}
+
+/// How many times a player asks for one lost packet.
+pub const NACKS_PER_PACKET: u16 = 3;
+
+/// How a connection reaches its node.
+#[derive(Debug, Clone, Default)]
+pub struct IceRoute {
+    /// The session's STUN/TURN servers (with their credentials), from ChooseNode.
+    pub servers: Vec<pixelgrid_proto::orchestrator::v1::IceServer>,
+    /// Use TURN relays only.
+    pub relay_only: bool,
+}
+
 /// Offers `codec` to the WHEP endpoint at `whep_url` with `token`, relaying through
-/// `ice_servers` (the session's TURN credentials) when needed; `handler` receives the
+/// `route`'s servers (the session's TURN credentials) when needed, or always when relay-only;
+/// `handler` receives the
 /// connection's events and must notify `gathered` when ICE gathering completes.
 pub async fn connect(
     whep_url: &str,
     token: &str,
     codec: Codec,
     audio: bool,
-    ice_servers: &[pixelgrid_proto::orchestrator::v1::IceServer],
+    route: &IceRoute,
     handler: Arc<dyn PeerConnectionEventHandler>,
     gathered: Gathered,
 ) -> Result<WhepConnection> {
     let (addr, path) = split_url(whep_url).await?;
+    let (ice_servers, relay_only) = (&route.servers, route.relay_only);
+    if relay_only
+        && ice_servers
+            .iter()
+            .all(|s| s.urls.iter().all(|u| !u.starts_with("turn")))
+    {
+        return Err(Error::Connection {
+            node: addr.to_string(),
+            reason: "relay-only play needs a TURN server, and the orchestrator handed out none \
+                     (start it with --turn-url and --turn-secret-file)"
+                .into(),
+        });
+    }
+    use rtc::peer_connection::configuration::RTCIceTransportPolicy;
+    let policy = if relay_only {
+        RTCIceTransportPolicy::Relay
+    } else {
+        RTCIceTransportPolicy::All
+    };
     let fail = |e: webrtc::error::Error| Error::Connection {
         node: addr.to_string(),
         reason: e.to_string(),
@@ -140,7 +199,7 @@ pub async fn connect(
             )
             .map_err(fail)?;
     }
-    let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(fail)?;
+    let registry = player_interceptors(&mut engine).map_err(fail)?;
     let local = SocketAddr::new(local_ip_towards(addr), 0);
     let pc = PeerConnectionBuilder::new()
         .with_configuration(
@@ -155,12 +214,16 @@ pub async fn connect(
                         })
                         .collect(),
                 )
+                .with_ice_transport_policy(policy)
                 .build(),
         )
         .with_media_engine(engine)
         .with_setting_engine(
             SettingEngineBuilder::new()
                 .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+                // ICE holds a relayed pair back 2 s hoping a direct one succeeds; a relay-only
+                // player has nothing better to wait for.
+                .with_relay_acceptance_min_wait(relay_only.then_some(Duration::ZERO))
                 .build(),
         )
         .with_interceptor_registry(registry)

@@ -313,7 +313,7 @@ export class PixelGridPlayer {
     return [
       `${f(s.frameWidth)}x${f(s.frameHeight)} ${s.codec || ""} ${s.encoder || ""}`,
       `fps ${f(s.fps)}  decoded ${f(s.framesDecoded)}  lost ${f(s.packetsLost)}`,
-      `bitrate ${f(s.bitrateKbps)} kbps`,
+      `bitrate ${f(s.bitrateKbps)} kbps  link estimate ${f(s.node && s.node.estimate_kbps)} kbps  encoder ${f(s.node && s.node.target_kbps)} kbps @ ${f(s.node && s.node.fps)} fps`,
       `rtt ${f(s.rttMs, 1)} ms  jitter buffer ${f(s.jitterBufferMs, 1)} ms`,
       `glass-to-glass p50 ${f(s.g2g.p50, 1)}  p99 ${f(s.g2g.p99, 1)} ms`,
       `audio packets ${f(s.audioPackets)}  lost ${f(s.audioLost)}  level ${f(s.audioLevel, 3)}  buffer ${f(s.audioJitterBufferMs, 1)} ms`,

@@ -118,6 +118,7 @@ enum Control {
     ReleaseAll,
     Keyframe,
     Bitrate(u32),
+    FrameDivisor(u32),
     Stop,
 }
 
@@ -157,6 +158,8 @@ struct FramePush {
     counters: Arc<SessionCounters>,
     pending: Arc<Mutex<VecDeque<PendingFrame>>>,
     keyframe_requested: bool,
+    /// Encode one tick in this many (the congestion ladder halves the frame rate with 2).
+    frame_divisor: u64,
 }
 
 impl FramePush {
@@ -177,7 +180,13 @@ impl FramePush {
             counters: Arc::clone(counters),
             pending,
             keyframe_requested: false,
+            frame_divisor: 1,
         }
+    }
+
+    /// True when the ladder's frame rate leaves out `tick`; the game still advances.
+    fn skips(&self, tick: u64) -> bool {
+        !tick.is_multiple_of(self.frame_divisor)
     }
 
     fn push(&mut self, buffer: gstreamer::Buffer, frame: PendingFrame) -> Result<()> {
@@ -420,6 +429,11 @@ impl Session {
         let _ = self.control.send(Control::Bitrate(kbps));
     }
 
+    /// Encodes one frame in `divisor` from now on (1 = every frame of the mode).
+    pub fn set_frame_divisor(&self, divisor: u32) {
+        let _ = self.control.send(Control::FrameDivisor(divisor.max(1)));
+    }
+
     /// The live counters (shared with the session's thread).
     pub fn counters(&self) -> &Arc<SessionCounters> {
         &self.counters
@@ -575,6 +589,7 @@ impl Worker {
             Control::ReleaseAll => self.input.release_all(),
             Control::Keyframe => self.out.keyframe_requested = true,
             Control::Bitrate(kbps) => self.out.encoder.set_bitrate_kbps(kbps)?,
+            Control::FrameDivisor(n) => self.out.frame_divisor = u64::from(n.max(1)),
             Control::Stop => return Ok(false),
         }
         Ok(true)
@@ -628,7 +643,7 @@ impl Worker {
                         .advance(Duration::from_micros(due_us - last_due_us), &self.input);
                     self.input.end_frame();
                     last_due_us = due_us;
-                    if self.out.busy() {
+                    if self.out.skips(tick) || self.out.busy() {
                         continue;
                     }
                     self.render_and_push(tick, epoch)?;
@@ -693,6 +708,7 @@ impl CaptureWorker {
             Control::Stop => return Ok(false),
             Control::Keyframe => self.out.keyframe_requested = true,
             Control::Bitrate(kbps) => self.out.encoder.set_bitrate_kbps(kbps)?,
+            Control::FrameDivisor(n) => self.out.frame_divisor = u64::from(n.max(1)),
             Control::Input(_) | Control::ReleaseAll => {}
         }
         Ok(true)
@@ -741,7 +757,7 @@ impl CaptureWorker {
                 self.world.keep_windows_pinned();
                 pinned = Instant::now();
             }
-            if self.out.busy() {
+            if self.out.skips(tick) || self.out.busy() {
                 continue;
             }
             let started = Instant::now();

@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout, missing_debug_implementations)]
 
 pub mod impair;
+pub mod turn;
 pub mod viewer;
 
 use edge_node::game::Catalogue;
@@ -288,6 +289,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free loopback UDP port.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A single-member etcd on free loopback ports (see [`orchestrator::store::LocalEtcd`]).
 pub struct Etcd {
     _etcd: orchestrator::store::LocalEtcd,
@@ -350,6 +360,17 @@ impl TestGrid {
         nodes: usize,
         max_sessions: u32,
     ) -> Self {
+        Self::start_configured(store, nodes, max_sessions, |grid| grid)
+    }
+
+    /// [`TestGrid::start`], with the control plane adjusted by `configure` before it serves
+    /// (for example `|g| g.with_turn(…)`).
+    pub fn start_configured(
+        store: Arc<dyn orchestrator::store::Store>,
+        nodes: usize,
+        max_sessions: u32,
+        configure: impl FnOnce(orchestrator::grid::Grid) -> orchestrator::grid::Grid,
+    ) -> Self {
         use orchestrator::grid::{Grid, GridConfig};
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -368,7 +389,7 @@ impl TestGrid {
             )))
             .expect("registry cache");
         let operator = orchestrator::auth::new_operator_credential(&[0x11; 32]);
-        let grid = Arc::new(
+        let grid = Arc::new(configure(
             Grid::new(
                 store,
                 TokenSigner::from_seed(&GRID_TOKEN_SEED),
@@ -379,7 +400,7 @@ impl TestGrid {
             .with_operator(&operator)
             // Loopback only: the player page gets grants of the test studio.
             .with_demo_studio(TEST_STUDIO),
-        );
+        ));
         let api_key = runtime
             .block_on(grid.create_studio(
                 &orchestrator::auth::Caller::Operator,

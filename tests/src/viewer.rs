@@ -70,8 +70,16 @@ pub async fn connect(addr: SocketAddr, whep_path: &str, token: &str, mime: &str)
         codec: Arc::clone(&negotiated),
     });
     let url = format!("http://{addr}{whep_path}");
-    let whep =
-        pixelgrid_client::whep::connect(&url, token, codec, false, &[], handler, gathered).await?;
+    let whep = pixelgrid_client::whep::connect(
+        &url,
+        token,
+        codec,
+        false,
+        &Default::default(),
+        handler,
+        gathered,
+    )
+    .await?;
     Ok(Viewer {
         whep,
         packets,

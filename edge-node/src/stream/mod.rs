@@ -6,6 +6,7 @@
 //! its last viewer leaves (DELETE, ICE failure, closed connection) or its token expires, and
 //! everything it held is freed.
 
+pub mod congestion;
 mod peer;
 pub mod protocol;
 mod whep;
@@ -74,6 +75,80 @@ pub struct StreamCounters {
     pub player_connected: std::sync::atomic::AtomicBool,
     /// ... and the orchestrator has been told.
     pub connection_reported: std::sync::atomic::AtomicBool,
+    /// The link estimate the stream follows (the lowest of its viewers'), bit/s; 0 before the
+    /// first feedback.
+    pub estimate_bps: AtomicU64,
+    /// The encoder's target bitrate now, kbit/s.
+    pub target_kbps: AtomicU64,
+    /// Frames per second the stream is encoded at now (the ladder may halve the mode's).
+    pub fps_now: AtomicU64,
+    /// Retransmissions players asked for beyond their share of the link, not sent.
+    pub retransmits_dropped: Arc<AtomicU64>,
+    /// Each viewer's latest estimate.
+    viewer_estimates: Mutex<Vec<(String, congestion::SharedEstimate)>>,
+}
+
+impl StreamCounters {
+    /// Follows `viewer`'s link estimate from now on.
+    pub(crate) fn watch_viewer(&self, viewer: &str, estimate: congestion::SharedEstimate) {
+        self.viewer_estimates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((viewer.to_owned(), estimate));
+    }
+
+    /// Stops following `viewer`.
+    pub(crate) fn forget_viewer(&self, viewer: &str) {
+        self.viewer_estimates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(v, _)| v != viewer);
+    }
+
+    /// The lowest estimate of the viewers that have reported one, bit/s.
+    fn lowest_estimate(&self) -> Option<u64> {
+        self.viewer_estimates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, e)| e.load(Ordering::Relaxed))
+            .filter(|e| *e > 0)
+            .min()
+    }
+}
+
+/// How often a session looks at its viewers' estimates: under one transport-cc feedback interval
+/// (50–100 ms in browsers), so the encoder follows each new estimate.
+const ADAPT_EVERY: Duration = Duration::from_millis(25);
+
+/// Steers one session's encoder by its viewers' link estimates until aborted.
+async fn adapt_stream(
+    session: Arc<Session>,
+    counters: Arc<StreamCounters>,
+    mut ladder: congestion::Ladder,
+) {
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(ADAPT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let Some(estimate) = counters.lowest_estimate() else {
+            continue;
+        };
+        counters.estimate_bps.store(estimate, Ordering::Relaxed);
+        let now_ms = started.elapsed().as_millis() as u64;
+        if let Some(shape) = ladder.on_estimate(now_ms, estimate as f64) {
+            tracing::debug!(session = %session.id(), estimate, kbps = shape.bitrate_kbps, fps = ladder.fps(), "stream follows the link");
+            session.set_bitrate_kbps(shape.bitrate_kbps);
+            session.set_frame_divisor(shape.fps_divisor);
+            counters
+                .target_kbps
+                .store(u64::from(shape.bitrate_kbps), Ordering::Relaxed);
+            counters
+                .fps_now
+                .store(u64::from(ladder.fps()), Ordering::Relaxed);
+        }
+    }
 }
 
 /// Node-wide counters of refused requests, by reason.
@@ -112,6 +187,10 @@ struct LiveSession {
     audio_sinks: AudioSinks,
     counters: Arc<StreamCounters>,
     expiry: tokio::task::JoinHandle<()>,
+    /// Follows the viewers' link estimates ([`adapt_stream`]).
+    adaptation: tokio::task::JoinHandle<()>,
+    /// The mode's full video bitrate, kbit/s.
+    full_kbps: u32,
 }
 
 /// A summary of a live session, for `GET /sessions`.
@@ -429,6 +508,7 @@ impl StreamNode {
                 width: claims.width,
                 height: claims.height,
                 fps: claims.fps,
+                full_kbps: live.full_kbps,
                 rtp_epoch: live.rtp_epoch,
                 audio_rtp_epoch: live.audio_rtp_epoch,
                 epoch_unix_ms: live.epoch_unix_ms,
@@ -442,6 +522,9 @@ impl StreamNode {
         let (answer, viewer) = match opened {
             Ok(v) => v,
             Err(e) => {
+                if let Some(live) = sessions.get(&claims.sid) {
+                    live.counters.forget_viewer(&viewer_id);
+                }
                 if sessions
                     .get(&claims.sid)
                     .is_some_and(|live| live.viewers.is_empty())
@@ -498,6 +581,7 @@ impl StreamNode {
         let mode = VideoMode::new(claims.width, claims.height, claims.fps)?;
         let mut settings = EncoderSettings::for_mode(mode, codec);
         settings.threads = self.settings.encoder_threads;
+        let full_kbps = settings.bitrate_kbps;
         let config = SessionConfig {
             id: claims.sid.clone(),
             game: claims.game.clone(),
@@ -548,10 +632,22 @@ impl StreamNode {
             }
         });
         tracing::info!(session = %claims.sid, game = %claims.game, %codec, %encoder, "session started");
+        let session = Arc::new(session);
+        counters
+            .target_kbps
+            .store(u64::from(full_kbps), Ordering::Relaxed);
+        counters
+            .fps_now
+            .store(u64::from(claims.fps), Ordering::Relaxed);
+        let adaptation = tokio::spawn(adapt_stream(
+            Arc::clone(&session),
+            Arc::clone(&counters),
+            congestion::Ladder::new(full_kbps, claims.fps),
+        ));
         Ok(LiveSession {
             audio_rtp_epoch: session.has_audio().then(random_u32),
             epoch_unix_ms: session.epoch_unix_ms(),
-            session: Arc::new(session),
+            session,
             claims: claims.clone(),
             codec,
             encoder,
@@ -561,6 +657,8 @@ impl StreamNode {
             audio_sinks,
             counters,
             expiry,
+            adaptation,
+            full_kbps,
         })
     }
 
@@ -627,6 +725,7 @@ impl StreamNode {
         let Some(viewer) = live.viewers.remove(viewer_id) else {
             return false;
         };
+        live.counters.forget_viewer(viewer_id);
         live.sinks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -759,6 +858,26 @@ impl StreamNode {
                 &per_session(&|s| s.counters.bytes_sent.load(Ordering::Relaxed) as f64),
             )
             .gauge(
+                "pixelgrid_edge_link_estimate_bits_per_second",
+                "Congestion-control estimate of the link to the session's players (the lowest of its viewers'); 0 before the first feedback.",
+                &per_session(&|s| s.counters.estimate_bps.load(Ordering::Relaxed) as f64),
+            )
+            .gauge(
+                "pixelgrid_edge_target_bitrate_bits_per_second",
+                "The encoder's target bitrate, set from the link estimate.",
+                &per_session(&|s| s.counters.target_kbps.load(Ordering::Relaxed) as f64 * 1000.0),
+            )
+            .counter(
+                "pixelgrid_edge_retransmissions_refused_total",
+                "Retransmissions players asked for beyond their share of the link, not sent, per session.",
+                &per_session(&|s| s.counters.retransmits_dropped.load(Ordering::Relaxed) as f64),
+            )
+            .gauge(
+                "pixelgrid_edge_stream_fps",
+                "Frame rate the session is encoded at (the congestion ladder halves the mode's on a poor link).",
+                &per_session(&|s| s.counters.fps_now.load(Ordering::Relaxed) as f64),
+            )
+            .gauge(
                 "pixelgrid_edge_encode_seconds",
                 "Median encode time of the session's recent frames.",
                 &per_session(&encode_p50),
@@ -879,6 +998,7 @@ impl StreamNode {
 
 async fn close_session(live: LiveSession, reason: &str) {
     live.expiry.abort();
+    live.adaptation.abort();
     live.sinks.lock().unwrap_or_else(|p| p.into_inner()).clear();
     live.audio_sinks
         .lock()

@@ -5,15 +5,22 @@
 //! every frame is known — `rtp_epoch + capture_ms * 90` — and the player can turn it back into
 //! the capture time announced in `hello` for glass-to-glass latency. PLI/FIR from the browser
 //! reach the session as keyframe requests through a small interceptor; NACK retransmission and
-//! RTCP reports come from webrtc-rs's default interceptors.
+//! RTCP reports come from webrtc-rs's default interceptors; transport-cc feedback drives a GCC
+//! estimate that sets the encoder's bitrate and paces each frame (see [`super::congestion`]).
 
+use super::congestion::{
+    EstimateTap, FramePacing, Ladder, MIN_KBPS, RetransmitLimiter, SharedEstimate,
+};
 use super::protocol::{GateOutcome, InputGate, InputLimits, NodeMessage, PlayerMessage};
 use super::{StreamCounters, unix_ms};
 use crate::session::{Session, SessionFrame};
 use crate::video::Codec;
 use crate::{Error, Result};
 use bytes::Bytes;
-use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{
+    Attribute, CongestionControlBuilder, Gcc, Interceptor, Packet, Registry, Slot, StreamInfo,
+    TaggedPacket, TwccSenderBuilder,
+};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -268,6 +275,8 @@ pub(crate) struct ViewerContext {
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    /// The mode's full video bitrate, kbit/s: where the estimate starts.
+    pub full_kbps: u32,
     pub rtp_epoch: u32,
     /// Set when the session has sound.
     pub audio_rtp_epoch: Option<u32>,
@@ -392,6 +401,9 @@ async fn run_input_channel(dc: Arc<dyn DataChannel>, ctx: ViewerContext, limits:
                     dropped_send: ctx.counters.frames_dropped_send.load(Ordering::Relaxed),
                     input_accepted: ctx.counters.input_accepted.load(Ordering::Relaxed),
                     input_dropped: ctx.counters.input_dropped.load(Ordering::Relaxed),
+                    estimate_kbps: ctx.counters.estimate_bps.load(Ordering::Relaxed) / 1000,
+                    target_kbps: ctx.counters.target_kbps.load(Ordering::Relaxed),
+                    fps: ctx.counters.fps_now.load(Ordering::Relaxed),
                 }).await;
             }
         }
@@ -471,8 +483,37 @@ pub(crate) async fn open(
     let offer =
         RTCSessionDescription::offer(offer).map_err(|e| Error::invalid("sdp", e.to_string()))?;
     let mut engine = media_engine(ctx.codec)?;
+    let estimate = SharedEstimate::default();
+    ctx.counters.watch_viewer(&viewer_id, Arc::clone(&estimate));
+    // Start where the mode's full bitrate needs to be, so a good link is used from the first
+    // frame; the estimate comes down within one feedback interval on a worse one.
+    let initial_bps = Ladder::new(ctx.full_kbps, ctx.fps).full_estimate_bps();
     let registry = register_default_interceptors(Registry::new(), &mut engine)
         .map_err(|e| Error::Webrtc(format!("interceptors: {e}")))?
+        .with(
+            Slot::CongestionControl,
+            CongestionControlBuilder::new(Gcc::new(
+                initial_bps,
+                f64::from(MIN_KBPS) * 1000.0,
+                initial_bps * 1.5,
+            ))
+            .build(),
+        )
+        .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+        // Application-ward of the estimator (1_000) on the read leg. Pacing is per frame, in
+        // the send loop (see `congestion`).
+        .with(
+            Slot::from(2_500usize),
+            EstimateTap::new(Arc::clone(&estimate)),
+        )
+        // Between the NACK responder (4_000) and the TWCC numbering (2_000) on the write leg.
+        .with(
+            Slot::from(3_000usize),
+            RetransmitLimiter::new(
+                Arc::clone(&estimate),
+                Arc::clone(&ctx.counters.retransmits_dropped),
+            ),
+        )
         .with(
             Slot::from(14_000),
             KeyframeRequests {
@@ -630,6 +671,7 @@ pub(crate) async fn open(
         playout_delay_id,
         channel: Arc::clone(&channel),
         connected: connected_rx,
+        estimate,
         ctx,
     }));
     Ok((
@@ -669,6 +711,8 @@ struct SendLoop {
     playout_delay_id: Option<u8>,
     channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
     connected: tokio::sync::watch::Receiver<bool>,
+    /// This viewer's link estimate, which paces each frame.
+    estimate: SharedEstimate,
     ctx: ViewerContext,
 }
 
@@ -744,7 +788,17 @@ async fn send_frames(mut s: SendLoop) {
             .counters
             .bytes_sent
             .fetch_add(bytes as u64, Ordering::Relaxed);
+        let fps = s.ctx.counters.fps_now.load(Ordering::Relaxed).max(1);
+        let pacing = FramePacing::for_frame(
+            bytes,
+            payloads.len(),
+            s.estimate.load(Ordering::Relaxed),
+            Duration::from_secs(1) / fps as u32,
+        );
         for (i, payload) in payloads.into_iter().enumerate() {
+            if i > 0 && i % pacing.burst == 0 && !pacing.gap.is_zero() {
+                tokio::time::sleep(pacing.gap).await;
+            }
             let mut packet = rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {
                     version: 2,

@@ -288,6 +288,16 @@ pub enum NodeMessage {
         input_accepted: u64,
         /// Input events and messages dropped.
         input_dropped: u64,
+        /// The node's estimate of the link to its players (the lowest of the session's viewers),
+        /// kbit/s; 0 before the first congestion feedback.
+        #[serde(default)]
+        estimate_kbps: u64,
+        /// The encoder's target bitrate now, kbit/s.
+        #[serde(default)]
+        target_kbps: u64,
+        /// The frame rate the stream is encoded at now (the congestion ladder may halve it).
+        #[serde(default)]
+        fps: u64,
     },
 }
 
