@@ -187,6 +187,10 @@ struct ServeArgs {
     /// Encoder threads per session (1 packs the most sessions onto a CPU).
     #[arg(long, default_value_t = 1)]
     encoder_threads: u32,
+    /// Send every stream at the mode's fixed bitrate, without congestion control (for
+    /// comparison in benchmarks; players on a poor link then see delay grow and frames freeze).
+    #[arg(long, env = "PIXELGRID_NO_CONGESTION_CONTROL")]
+    no_congestion_control: bool,
 }
 
 #[derive(Args, Debug)]
@@ -559,6 +563,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .collect(),
             ice_servers,
             input_limits: Default::default(),
+            congestion_control: !args.no_congestion_control,
         },
         dev_token_ttl: std::time::Duration::from_secs(args.dev_token_ttl_s),
         encoder_threads: args.encoder_threads,

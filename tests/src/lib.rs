@@ -57,6 +57,7 @@ impl TestNode {
                 udp_addrs: vec![SocketAddr::new(ip, 0)],
                 ice_servers: vec![],
                 input_limits: Default::default(),
+                congestion_control: true,
             },
             dev_token_ttl,
             encoder_threads: 1,
@@ -339,6 +340,8 @@ pub struct TestGrid {
     pub api_key: String,
     /// Token keys (hex) nodes added from now on pin (the grid's own by default).
     pub trusted_token_keys: Vec<String>,
+    /// Whether nodes added from now on run congestion control (on by default).
+    pub congestion_control: bool,
 }
 
 /// Seed of every [`TestGrid`]'s token signing key.
@@ -467,6 +470,7 @@ impl TestGrid {
             operator,
             api_key,
             trusted_token_keys: vec![TokenSigner::from_seed(&GRID_TOKEN_SEED).public_key_hex()],
+            congestion_control: true,
         };
         for i in 0..nodes {
             me.add_node(i as u8, max_sessions);
@@ -524,6 +528,7 @@ impl TestGrid {
         let host = Arc::new(host);
         let orchestrator_url = format!("http://{}", self.orchestrator);
         let reporting = self.reporting.clone();
+        let congestion_control = self.congestion_control;
         let trusted = self.trusted_token_keys.clone();
         let (addr, node, tasks) = self.runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -562,6 +567,7 @@ impl TestGrid {
                     udp_addrs: vec![SocketAddr::new(addr.ip(), 0)],
                     ice_servers: vec![],
                     input_limits: Default::default(),
+                    congestion_control,
                 },
                 dev_token_ttl: Duration::from_secs(60),
                 encoder_threads: 1,

@@ -358,6 +358,147 @@ impl Interceptor for EstimateTap {
     fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
+/// The node's congestion-feedback path on its own — what a player's RTCP reaches — for the fuzz
+/// target and tests: the same estimator and ladder a stream runs, after one stream of this node
+/// has sent [`FeedbackPath::SENT`] packets numbered for transport-cc.
+pub struct FeedbackPath {
+    cc: rtc::interceptor::CongestionControlInterceptor<rtc::interceptor::Gcc>,
+    tap: EstimateTap,
+    estimate: SharedEstimate,
+    ladder: Ladder,
+    t0: Instant,
+    fed: u32,
+    next_seq: u16,
+}
+
+impl std::fmt::Debug for FeedbackPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedbackPath")
+            .field("fed", &self.fed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FeedbackPath {
+    /// Packets sent before any feedback.
+    pub const SENT: u16 = 64;
+    /// The stream's SSRC.
+    pub const SSRC: u32 = 0x5047_0001;
+    /// The full bitrate of the mode it stands for (1280x720@60), kbit/s.
+    pub const FULL_KBPS: u32 = 5_529;
+    const TWCC_ID: u8 = 5;
+
+    /// The path, with its packets sent one per millisecond.
+    pub fn new() -> Self {
+        use rtc::interceptor::{CongestionControlBuilder, Gcc, RTPHeaderExtension};
+        let ladder = Ladder::new(Self::FULL_KBPS, 60);
+        let initial = ladder.full_estimate_bps();
+        let mut cc = CongestionControlBuilder::new(Gcc::new(
+            initial,
+            f64::from(MIN_KBPS) * 1000.0,
+            initial * 1.5,
+        ))
+        .build();
+        cc.bind_local_stream(&StreamInfo {
+            ssrc: Self::SSRC,
+            clock_rate: 90_000,
+            rtp_header_extensions: vec![RTPHeaderExtension {
+                uri: rtc::sdp::extmap::TRANSPORT_CC_URI.into(),
+                id: u16::from(Self::TWCC_ID),
+            }],
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        let estimate = SharedEstimate::default();
+        let mut path = Self {
+            cc,
+            tap: EstimateTap::new(Arc::clone(&estimate)),
+            estimate,
+            ladder,
+            t0,
+            fed: 0,
+            next_seq: 0,
+        };
+        path.send(Self::SENT);
+        path
+    }
+
+    /// Sends `n` more packets of 1 kB, numbered on from the last, 1 ms apart, before the next
+    /// feedback.
+    pub fn send(&mut self, n: u16) {
+        use rtc::shared::marshal::Marshal;
+        let at = self.t0 + std::time::Duration::from_millis(100 + 50 * u64::from(self.fed));
+        for k in 0..n {
+            let seq = self.next_seq;
+            self.next_seq = self.next_seq.wrapping_add(1);
+            let mut packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    ssrc: Self::SSRC,
+                    sequence_number: seq,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from_static(&[0u8; 1_000]),
+            };
+            let ext = rtc::rtp::extension::transport_cc_extension::TransportCcExtension {
+                transport_sequence: seq,
+            };
+            if let Ok(b) = ext.marshal() {
+                let _ = packet.header.set_extension(Self::TWCC_ID, b.freeze());
+            }
+            let _ = self.cc.handle_write(TaggedPacket {
+                now: at + std::time::Duration::from_millis(u64::from(k) % 40),
+                transport: Default::default(),
+                message: rtc::interceptor::AttributedPacket::new(rtc::interceptor::Packet::Rtp(
+                    packet,
+                )),
+            });
+            while self.cc.poll_write().is_some() {}
+        }
+    }
+
+    /// Feeds one RTCP datagram's bytes (as SRTCP decrypted them) 50 ms after the previous one;
+    /// returns the estimate (bit/s) and the shape the ladder then asks of the encoder.
+    pub fn feed(&mut self, rtcp: &[u8]) -> (f64, StreamShape) {
+        self.fed += 1;
+        let now = self.t0 + std::time::Duration::from_millis(100 + 50 * u64::from(self.fed));
+        let mut buf = rtcp;
+        if let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut buf) {
+            let msg = TaggedPacket {
+                now,
+                transport: Default::default(),
+                message: rtc::interceptor::AttributedPacket::new(rtc::interceptor::Packet::Rtcp(
+                    packets,
+                )),
+            };
+            let _ = self.cc.handle_read(msg);
+            while let Some(out) = self.cc.poll_read() {
+                let _ = self.tap.handle_read(out);
+                while self.tap.poll_read().is_some() {}
+            }
+        }
+        use rtc::interceptor::BandwidthEstimator as _;
+        let estimate = self.cc.estimator().target_bitrate();
+        let _ = self.ladder.on_estimate(
+            u64::from(self.fed) * 50,
+            self.estimate.load(Ordering::Relaxed) as f64,
+        );
+        (estimate, self.ladder.shape())
+    }
+
+    /// The bounds the estimate must stay within, bit/s.
+    pub fn bounds(&self) -> (f64, f64) {
+        let initial = Ladder::new(Self::FULL_KBPS, 60).full_estimate_bps();
+        (f64::from(MIN_KBPS) * 1000.0, initial * 1.5)
+    }
+}
+
+impl Default for FeedbackPath {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +579,96 @@ mod tests {
         assert_eq!(burst, 3, "30 kbit of depth = three 9.6 kbit packets");
         // Time running backwards (a caller's bug) grants nothing.
         assert!(!b.admit(t0, 1_000_000, 1_200));
+    }
+
+    /// A transport-cc feedback packet for the path's stream reporting packets `first..first+n`
+    /// with `lost` ones missing, each `delta_ms` after the previous.
+    fn twcc(first: u16, n: u16, lost: &[u16], delta_ms: i64, feedback_count: u8) -> Vec<u8> {
+        use rtc::rtcp::transport_feedbacks::transport_layer_cc::*;
+        use rtc::shared::marshal::Marshal;
+        let mut chunks = Vec::new();
+        let mut deltas = Vec::new();
+        let symbols: Vec<SymbolTypeTcc> = (0..n)
+            .map(|k| first.wrapping_add(k))
+            .map(|i| {
+                if lost.contains(&i) {
+                    SymbolTypeTcc::PacketNotReceived
+                } else {
+                    deltas.push(RecvDelta {
+                        type_tcc_packet: SymbolTypeTcc::PacketReceivedSmallDelta,
+                        delta: delta_ms * 1000,
+                    });
+                    SymbolTypeTcc::PacketReceivedSmallDelta
+                }
+            })
+            .collect();
+        for group in symbols.chunks(7) {
+            let mut list = group.to_vec();
+            list.resize(7, SymbolTypeTcc::PacketNotReceived);
+            chunks.push(PacketStatusChunk::StatusVectorChunk(StatusVectorChunk {
+                type_tcc: StatusChunkTypeTcc::StatusVectorChunk,
+                symbol_size: SymbolSizeTypeTcc::TwoBit,
+                symbol_list: list,
+            }));
+        }
+        TransportLayerCc {
+            sender_ssrc: 1,
+            media_ssrc: FeedbackPath::SSRC,
+            base_sequence_number: first,
+            packet_status_count: n,
+            reference_time: 1,
+            fb_pkt_count: feedback_count,
+            packet_chunks: chunks,
+            recv_deltas: deltas,
+        }
+        .marshal()
+        .map(|b| b.to_vec())
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn hostile_feedback_neither_crashes_the_path_nor_moves_the_bitrate_out_of_bounds() {
+        let mut path = FeedbackPath::new();
+        let (low, high) = path.bounds();
+        let within = |(e, s): (f64, StreamShape)| {
+            assert!(e.is_finite() && e >= low && e <= high, "estimate {e}");
+            assert!(
+                (MIN_KBPS..=FeedbackPath::FULL_KBPS).contains(&s.bitrate_kbps),
+                "{s:?}"
+            );
+            e
+        };
+        // Honest feedback first: every packet arrived, 1 ms apart.
+        within(path.feed(&twcc(0, 32, &[], 1, 0)));
+        // Garbage, truncated, absurd counts, sequence numbers that wrap or were never sent,
+        // huge deltas, and everything lost.
+        let mut absurd = twcc(40, 20, &[], 1, 1);
+        absurd[14] = 0xff; // packet_status_count high byte
+        for bytes in [
+            vec![],
+            vec![0x80],
+            vec![0x8f, 205, 0xff, 0xff],
+            absurd,
+            twcc(65_530, 40, &[], 1, 2),
+            twcc(30_000, 100, &[], 250, 3),
+            twcc(0, 64, &(0..64).collect::<Vec<_>>(), 1, 4),
+            twcc(10, 30, &[], -250, 5),
+        ] {
+            within(path.feed(&bytes));
+        }
+        // Half of every batch lost, for seconds: the estimate comes down, but never below its
+        // floor.
+        let mut last = high;
+        for i in 0..100u16 {
+            let first = FeedbackPath::SENT + i * 32;
+            path.send(32);
+            let lost: Vec<u16> = (first..first + 32).filter(|s| s % 2 == 0).collect();
+            last = within(path.feed(&twcc(first, 32, &lost, 1, i as u8)));
+        }
+        assert!(
+            last < high / 1.5,
+            "reported loss lowered the estimate: {last}"
+        );
     }
 
     #[test]

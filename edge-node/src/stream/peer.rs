@@ -68,6 +68,9 @@ pub struct PeerSettings {
     pub ice_servers: Vec<IceServer>,
     /// Limits for player input.
     pub input_limits: InputLimits,
+    /// Follow each player's link (transport-cc feedback, GCC, the bitrate ladder, per-frame
+    /// pacing); off sends the mode's fixed bitrate, as before.
+    pub congestion_control: bool,
 }
 
 /// A STUN or TURN server.
@@ -489,38 +492,43 @@ pub(crate) async fn open(
     // frame; the estimate comes down within one feedback interval on a worse one.
     let initial_bps = Ladder::new(ctx.full_kbps, ctx.fps).full_estimate_bps();
     let registry = register_default_interceptors(Registry::new(), &mut engine)
-        .map_err(|e| Error::Webrtc(format!("interceptors: {e}")))?
-        .with(
-            Slot::CongestionControl,
-            CongestionControlBuilder::new(Gcc::new(
-                initial_bps,
-                f64::from(MIN_KBPS) * 1000.0,
-                initial_bps * 1.5,
-            ))
-            .build(),
-        )
-        .with(Slot::TwccSender, TwccSenderBuilder::new().build())
-        // Application-ward of the estimator (1_000) on the read leg. Pacing is per frame, in
-        // the send loop (see `congestion`).
-        .with(
-            Slot::from(2_500usize),
-            EstimateTap::new(Arc::clone(&estimate)),
-        )
-        // Between the NACK responder (4_000) and the TWCC numbering (2_000) on the write leg.
-        .with(
-            Slot::from(3_000usize),
-            RetransmitLimiter::new(
-                Arc::clone(&estimate),
-                Arc::clone(&ctx.counters.retransmits_dropped),
-            ),
-        )
-        .with(
-            Slot::from(14_000),
-            KeyframeRequests {
-                read: VecDeque::new(),
-                write: VecDeque::new(),
-            },
-        );
+        .map_err(|e| Error::Webrtc(format!("interceptors: {e}")))?;
+    let registry = if settings.congestion_control {
+        registry
+            .with(
+                Slot::CongestionControl,
+                CongestionControlBuilder::new(Gcc::new(
+                    initial_bps,
+                    f64::from(MIN_KBPS) * 1000.0,
+                    initial_bps * 1.5,
+                ))
+                .build(),
+            )
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+            // Application-ward of the estimator (1_000) on the read leg. Pacing is per frame, in
+            // the send loop (see `congestion`).
+            .with(
+                Slot::from(2_500usize),
+                EstimateTap::new(Arc::clone(&estimate)),
+            )
+            // Between the NACK responder (4_000) and the TWCC numbering (2_000) on the write leg.
+            .with(
+                Slot::from(3_000usize),
+                RetransmitLimiter::new(
+                    Arc::clone(&estimate),
+                    Arc::clone(&ctx.counters.retransmits_dropped),
+                ),
+            )
+    } else {
+        registry
+    };
+    let registry = registry.with(
+        Slot::from(14_000),
+        KeyframeRequests {
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        },
+    );
     let ice_servers = settings
         .ice_servers
         .iter()

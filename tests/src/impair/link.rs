@@ -132,6 +132,8 @@ pub enum Fate {
 pub struct LinkStats {
     /// Packets offered.
     pub offered: u64,
+    /// Bytes offered: what the sender sent into the link.
+    pub offered_bytes: u64,
     /// Packets handed back by `poll`.
     pub delivered: u64,
     /// Bytes handed back by `poll`.
@@ -305,6 +307,7 @@ impl<P> Link<P> {
     /// Offers `packet` of `bytes` at `now` and says what will become of it.
     pub fn offer(&mut self, now: Duration, bytes: usize, packet: P) -> Fate {
         self.stats.offered += 1;
+        self.stats.offered_bytes += bytes as u64;
         let Some(leaves) = self.through_bottleneck(now, bytes) else {
             self.stats.queue_drops += 1;
             return Fate::QueueFull;
