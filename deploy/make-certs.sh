@@ -8,7 +8,9 @@
 # DIR/NAME.key, valid for NAME, localhost, 127.0.0.1 and the names in $PIXELGRID_CERT_SANS
 # (comma-separated, e.g. "orchestrator.example.com,IP:192.0.2.10"). The CA key stays in DIR/ca.key:
 # keep it offline. Certificates signed by the same CA also serve as client certificates for
-# mutual TLS (--tls-client-ca DIR/ca.crt).
+# mutual TLS (--tls-client-ca DIR/ca.crt). It also writes DIR/turn.secret when missing: the
+# secret the orchestrators sign TURN credentials with (--turn-secret-file) and coturn checks them
+# with (static-auth-secret).
 set -euo pipefail
 dir="${1:?usage: make-certs.sh DIR NAME...}"
 shift
@@ -32,3 +34,7 @@ for name in "$@"; do
   chmod 600 "$dir/$name.key"
   echo "$dir/$name.crt ($sans)"
 done
+if [ ! -f "$dir/turn.secret" ]; then
+  (umask 077 && head -c32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/turn.secret")
+  echo "$dir/turn.secret (TURN shared secret)"
+fi

@@ -126,6 +126,9 @@ pub struct LaunchOptions {
     /// Reach the node only through the TURN relays the orchestrator hands out (as a player
     /// behind a NAT that lets nothing else through would); fails when it hands out none.
     pub relay_only: bool,
+    /// Reach the node over ICE-TCP only, opening no UDP socket at all, as a player whose
+    /// network blocks UDP would (nodes offer TCP candidates beside UDP ones).
+    pub tcp_only: bool,
 }
 
 impl Default for LaunchOptions {
@@ -144,6 +147,7 @@ impl Default for LaunchOptions {
             reconnect: true,
             node_lost_after: Duration::from_millis(1500),
             relay_only: false,
+            tcp_only: false,
         }
     }
 }
@@ -586,6 +590,7 @@ impl Client {
             &crate::whep::IceRoute {
                 servers: chosen.ice_servers.clone(),
                 relay_only: options.relay_only,
+                tcp_only: options.tcp_only,
             },
             sinks,
         )

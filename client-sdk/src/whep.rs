@@ -119,6 +119,8 @@ pub struct IceRoute {
     pub servers: Vec<pixelgrid_proto::orchestrator::v1::IceServer>,
     /// Use TURN relays only.
     pub relay_only: bool,
+    /// Use ICE-TCP only (no UDP socket at all).
+    pub tcp_only: bool,
 }
 
 /// Offers `codec` to the WHEP endpoint at `whep_url` with `token`, relaying through
@@ -228,7 +230,16 @@ pub async fn connect(
         )
         .with_interceptor_registry(registry)
         .with_handler(handler)
-        .with_udp_addrs(vec![local.to_string()])
+        .with_udp_addrs(if route.tcp_only {
+            vec![]
+        } else {
+            vec![local.to_string()]
+        })
+        .with_tcp_addrs(if route.tcp_only {
+            vec![local.to_string()]
+        } else {
+            vec![]
+        })
         .build()
         .await
         .map_err(fail)?;
@@ -291,8 +302,29 @@ pub async fn connect(
         .find(|(k, _)| k == "location")
         .map(|(_, v)| v.clone())
         .ok_or_else(|| refused("WHEP answer without Location".into()))?;
+    let passive_tcp: Vec<String> = answer
+        .body
+        .lines()
+        .filter(|l| {
+            l.starts_with("a=candidate:") && l.contains(" tcp ") && l.contains("tcptype passive")
+        })
+        .map(|l| l.trim_start_matches("a=").trim_end().to_owned())
+        .collect();
     let description = RTCSessionDescription::answer(answer.body).map_err(fail)?;
     pc.set_remote_description(description).await.map_err(fail)?;
+    if route.tcp_only {
+        // webrtc-rs 0.21 opens the TCP connection to a passive candidate only when it is added
+        // on its own, not when it arrives inside the answer: hand the answer's ones over again.
+        for candidate in passive_tcp {
+            let _ = pc
+                .add_ice_candidate(rtc::peer_connection::transport::RTCIceCandidateInit {
+                    candidate,
+                    sdp_mline_index: Some(0),
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
     Ok(WhepConnection {
         pc,
         channel,

@@ -561,6 +561,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|ip| std::net::SocketAddr::new(*ip, 0))
                 .collect(),
+            // ICE-TCP beside UDP: the way in for players whose networks block UDP.
+            tcp_addrs: ice_ips
+                .iter()
+                .map(|ip| std::net::SocketAddr::new(*ip, 0))
+                .collect(),
             ice_servers,
             input_limits: Default::default(),
             congestion_control: !args.no_congestion_control,

@@ -160,7 +160,12 @@ struct FramePush {
     keyframe_requested: bool,
     /// Encode one tick in this many (the congestion ladder halves the frame rate with 2).
     frame_divisor: u64,
+    /// Session time of the last keyframe forced by a request.
+    last_forced_keyframe: Option<Duration>,
 }
+
+/// The shortest time between two keyframes forced by requests (PLI, FIR, a player's message).
+pub const KEYFRAME_GAP: Duration = Duration::from_millis(300);
 
 impl FramePush {
     fn new(
@@ -181,6 +186,7 @@ impl FramePush {
             pending,
             keyframe_requested: false,
             frame_divisor: 1,
+            last_forced_keyframe: None,
         }
     }
 
@@ -195,7 +201,17 @@ impl FramePush {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(frame);
-        let keyframe = std::mem::take(&mut self.keyframe_requested);
+        // Forced keyframes are at least KEYFRAME_GAP apart: every player's loss asks for one, and
+        // a keyframe is several frames' worth of bits on a link that is already losing packets.
+        // A request inside the gap waits for it to pass rather than being dropped.
+        let keyframe = self.keyframe_requested
+            && self
+                .last_forced_keyframe
+                .is_none_or(|t| pts.saturating_sub(t) >= KEYFRAME_GAP);
+        if keyframe {
+            self.keyframe_requested = false;
+            self.last_forced_keyframe = Some(pts);
+        }
         self.encoder.push(buffer, pts, keyframe)?;
         self.counters
             .frames_rendered

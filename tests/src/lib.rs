@@ -55,6 +55,7 @@ impl TestNode {
             node_id: NODE_ID.into(),
             peer: PeerSettings {
                 udp_addrs: vec![SocketAddr::new(ip, 0)],
+                tcp_addrs: vec![SocketAddr::new(ip, 0)],
                 ice_servers: vec![],
                 input_limits: Default::default(),
                 congestion_control: true,
@@ -565,6 +566,7 @@ impl TestGrid {
                 node_id: agent.node_id(),
                 peer: PeerSettings {
                     udp_addrs: vec![SocketAddr::new(addr.ip(), 0)],
+                    tcp_addrs: vec![SocketAddr::new(addr.ip(), 0)],
                     ice_servers: vec![],
                     input_limits: Default::default(),
                     congestion_control,

@@ -64,6 +64,9 @@ const AUDIO_QUEUE: usize = 5;
 pub struct PeerSettings {
     /// Addresses to gather host candidates on (explicit; `0.0.0.0` gathers no loopback).
     pub udp_addrs: Vec<SocketAddr>,
+    /// Addresses to offer ICE-TCP (passive) candidates on, for players whose networks block
+    /// UDP; empty for none.
+    pub tcp_addrs: Vec<SocketAddr>,
     /// STUN/TURN servers, also advertised to players in WHEP `Link` headers.
     pub ice_servers: Vec<IceServer>,
     /// Limits for player input.
@@ -564,6 +567,7 @@ pub(crate) async fn open(
         .with_interceptor_registry(registry)
         .with_handler(handler)
         .with_udp_addrs(settings.udp_addrs.clone())
+        .with_tcp_addrs(settings.tcp_addrs.clone())
         .build()
         .await
         .map_err(|e| Error::Webrtc(format!("peer connection: {e}")))?;
