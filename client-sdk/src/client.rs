@@ -288,6 +288,7 @@ pub struct Session {
     current: Arc<Mutex<(String, String)>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     supervisor: tokio::task::JoinHandle<()>,
+    launch_timings: LaunchTimings,
 }
 
 fn codec_of(c: Codec) -> types::VideoCodec {
@@ -316,10 +317,28 @@ async fn measure_rtt(probe_address: &str) -> Option<u32> {
     best
 }
 
+/// Where a launch's time went, ms: the first placement of a session, in order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LaunchTimings {
+    /// Getting a launch grant (0 with an API key: minted on the way).
+    pub grant_ms: f64,
+    /// CreateSession: the candidates.
+    pub create_session_ms: f64,
+    /// Round trips to each candidate's probe (concurrent, best of two).
+    pub probes_ms: f64,
+    /// ChooseNode: the reservation and the session token.
+    pub choose_node_ms: f64,
+    /// The peer connection set up and its candidates gathered.
+    pub offer_ms: f64,
+    /// WHEP POST → answer: the node starts the session (game, renderer, encoder) meanwhile.
+    pub answer_ms: f64,
+}
+
 /// A placed and connected session.
 struct Placed {
     connection: Connection,
     rtt_ms: u32,
+    timings: LaunchTimings,
 }
 
 impl Client {
@@ -447,6 +466,7 @@ impl Client {
             format: options.frame_format,
         };
         let placed = self.place(game, &options, &[], sinks.clone()).await?;
+        let launch_timings = placed.timings;
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let _ = events_tx.send(Event::Connected {
             node_id: placed.connection.node_id.clone(),
@@ -483,6 +503,7 @@ impl Client {
             current,
             stop: Some(stop_tx),
             supervisor,
+            launch_timings,
         })
     }
 
@@ -502,7 +523,15 @@ impl Client {
                 s.message()
             ))
         };
+        let mut timings = LaunchTimings::default();
+        let mut phase = Instant::now();
+        let mut lap = move || {
+            let ms = phase.elapsed().as_secs_f64() * 1e3;
+            phase = Instant::now();
+            ms
+        };
         let grant = self.grant(game).await?;
+        timings.grant_ms = lap();
         let launch = grpc
             .create_session(authorised(
                 pb::CreateSessionRequest {
@@ -528,6 +557,7 @@ impl Client {
             .await
             .map_err(status)?
             .into_inner();
+        timings.create_session_ms = lap();
         let mut probes = tokio::task::JoinSet::new();
         for c in launch.candidates {
             let Some(id) = c.node_id.map(|n| n.hex) else {
@@ -549,6 +579,7 @@ impl Client {
                 None => unreachable.push(id),
             }
         }
+        timings.probes_ms = lap();
         if latencies.is_empty() {
             return Err(Error::NoReachableNode(format!(
                 "{} unreachable",
@@ -572,6 +603,7 @@ impl Client {
             .await
             .map_err(status)?
             .into_inner();
+        timings.choose_node_ms = lap();
         let session = chosen
             .session
             .ok_or_else(|| Error::Orchestrator("ChooseNode answered without a session".into()))?;
@@ -595,8 +627,10 @@ impl Client {
             sinks,
         )
         .await?;
+        (timings.offer_ms, timings.answer_ms) = connection.whep_timings();
         Ok(Placed {
             rtt_ms: rtt_of(&node_id),
+            timings,
             connection,
         })
     }
@@ -755,6 +789,11 @@ async fn relaunch(s: &Supervisor, lost: &str) -> Result<Placed> {
 }
 
 impl Session {
+    /// Where the launch's time went (the first placement).
+    pub fn launch_timings(&self) -> LaunchTimings {
+        self.launch_timings
+    }
+
     /// The next decoded frame; `None` once the session has ended.
     pub async fn next_frame(&mut self) -> Option<Frame> {
         self.frames.recv().await

@@ -64,6 +64,13 @@ pub(crate) struct Connection {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+impl Connection {
+    /// (offer, answer) times of its WHEP exchange, ms.
+    pub fn whep_timings(&self) -> (f64, f64) {
+        (self.whep.offer_ms, self.whep.answer_ms)
+    }
+}
+
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")

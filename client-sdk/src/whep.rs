@@ -36,6 +36,10 @@ pub struct WhepConnection {
     pub resource: String,
     /// The bearer token used.
     pub token: String,
+    /// Setting up the peer connection and gathering candidates, ms.
+    pub offer_ms: f64,
+    /// The WHEP POST until the node's answer (the node starts the session meanwhile), ms.
+    pub answer_ms: f64,
 }
 
 impl std::fmt::Debug for WhepConnection {
@@ -136,6 +140,7 @@ pub async fn connect(
     handler: Arc<dyn PeerConnectionEventHandler>,
     gathered: Gathered,
 ) -> Result<WhepConnection> {
+    let started = std::time::Instant::now();
     let (addr, path) = split_url(whep_url).await?;
     let (ice_servers, relay_only) = (&route.servers, route.relay_only);
     if relay_only
@@ -275,6 +280,8 @@ pub async fn connect(
         .await
         .ok_or_else(|| refused("no local description".into()))?
         .sdp;
+    let offer_ms = started.elapsed().as_secs_f64() * 1e3;
+    let posted = std::time::Instant::now();
     let auth = format!("Bearer {token}");
     let answer = pixelgrid_proto::http::request(
         addr,
@@ -289,6 +296,7 @@ pub async fn connect(
     )
     .await
     .map_err(|e| refused(format!("WHEP POST: {e}")))?;
+    let answer_ms = posted.elapsed().as_secs_f64() * 1e3;
     if answer.status != 201 {
         return Err(refused(format!(
             "WHEP POST answered {}: {}",
@@ -331,6 +339,8 @@ pub async fn connect(
         addr,
         resource,
         token: token.to_owned(),
+        offer_ms,
+        answer_ms,
     })
 }
 

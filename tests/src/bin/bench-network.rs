@@ -123,7 +123,11 @@ fn quantile(v: &[f64], q: f64) -> Option<f64> {
 }
 
 fn ms(v: Option<f64>) -> String {
-    v.map_or("–".into(), |v| format!("{v:.0} ms"))
+    match v {
+        None => "–".into(),
+        Some(v) if v.abs() < 10.0 => format!("{v:.1} ms"),
+        Some(v) => format!("{v:.0} ms"),
+    }
 }
 
 fn secs(v: Option<f64>) -> String {
@@ -274,23 +278,46 @@ async fn impaired_scenario(rig: &Rig, a: &Args, link: LinkConfig) -> ImpairedRow
     }
 }
 
-/// Launch → first frame (p50, p95) over `n` launches, and glass-to-glass p50 of 5 s of play.
-async fn path_scenario(
-    rig: &Rig,
-    a: &Args,
-    relay_only: bool,
-) -> (Option<f64>, Option<f64>, Option<f64>) {
+/// One path's launches: launch → first frame (p50, p95), glass-to-glass p50 of 5 s of play,
+/// and the median of each phase of the launch (grant, CreateSession, probes, ChooseNode, offer,
+/// WHEP answer, answer → first frame), ms.
+struct PathRow {
+    first_p50: Option<f64>,
+    first_p95: Option<f64>,
+    g2g_p50: Option<f64>,
+    phases: [Option<f64>; 7],
+}
+
+async fn path_scenario(rig: &Rig, a: &Args, relay_only: bool) -> PathRow {
     let client = rig.grid.player().await;
     let mut firsts = Vec::new();
     let mut g2g = Vec::new();
+    let mut phases: [Vec<f64>; 7] = Default::default();
     for i in 0..a.launches {
         let t = Instant::now();
         let mut s = client
             .launch("arena", options(a, relay_only))
             .await
             .expect("a launch");
+        let launched = t.elapsed().as_secs_f64() * 1e3;
         if s.next_frame().await.is_some() {
-            firsts.push(t.elapsed().as_secs_f64() * 1e3);
+            let first = t.elapsed().as_secs_f64() * 1e3;
+            firsts.push(first);
+            let l = s.launch_timings();
+            for (k, v) in [
+                l.grant_ms,
+                l.create_session_ms,
+                l.probes_ms,
+                l.choose_node_ms,
+                l.offer_ms,
+                l.answer_ms,
+                first - launched,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                phases[k].push(v);
+            }
         }
         if i == 0 {
             let start = Instant::now();
@@ -300,11 +327,12 @@ async fn path_scenario(
         }
         s.end().await;
     }
-    (
-        quantile(&firsts, 0.5),
-        quantile(&firsts, 0.95),
-        quantile(&g2g, 0.5),
-    )
+    PathRow {
+        first_p50: quantile(&firsts, 0.5),
+        first_p95: quantile(&firsts, 0.95),
+        g2g_p50: quantile(&g2g, 0.5),
+        phases: phases.map(|p| quantile(&p, 0.5)),
+    }
 }
 
 fn main() {
@@ -410,7 +438,21 @@ fn main() {
     let direct = rt.block_on(path_scenario(&r, &a, false));
     println!("\n| path | launch → first frame p50 | p95 | glass-to-glass p50 |");
     println!("|---|---|---|---|");
-    for (label, (p50, p95, g)) in [("relay-only via coturn", relayed), ("direct", direct)] {
-        println!("| {label} | {} | {} | {} |", ms(p50), ms(p95), ms(g));
+    for (label, row) in [("relay-only via coturn", &relayed), ("direct", &direct)] {
+        println!(
+            "| {label} | {} | {} | {} |",
+            ms(row.first_p50),
+            ms(row.first_p95),
+            ms(row.g2g_p50)
+        );
+    }
+    println!("\nWhere a launch's time goes (medians):\n");
+    println!(
+        "| path | grant | CreateSession | probes | ChooseNode | offer (ICE gathering) | WHEP answer (node starts the session) | answer → first frame |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (label, row) in [("relay-only via coturn", &relayed), ("direct", &direct)] {
+        let cells: Vec<String> = row.phases.iter().map(|p| ms(*p)).collect();
+        println!("| {label} | {} |", cells.join(" | "));
     }
 }
