@@ -31,6 +31,7 @@ pub mod client;
 mod decoder;
 mod error;
 mod player;
+pub mod reorder;
 pub mod stats;
 pub mod whep;
 

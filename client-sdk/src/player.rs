@@ -3,6 +3,7 @@
 //! A [`crate::Session`] holds one at a time and replaces it when its node is lost.
 
 use crate::decoder::{Codec, Decoder, FrameFormat, Output};
+use crate::reorder::Reorder;
 use crate::stats::StatsMeter;
 use crate::whep::{Gathered, WhepConnection};
 use crate::{AccessUnit, Frame, Result};
@@ -15,6 +16,9 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnectionEventHandler, RTCIceGatheringState};
 
 pub(crate) use pixelgrid_proto::clock::unix_ms_f64 as unix_ms;
+
+/// Video packets held at most behind a gap (about a second of 720p60).
+const REORDER_CAPACITY: usize = 512;
 
 /// The node's clock origin from its `hello`: a frame with RTP timestamp `rtp` was captured at
 /// `epoch_unix_ms + (rtp − rtp_epoch) / 90`.
@@ -114,7 +118,30 @@ impl PeerConnectionEventHandler for Handler {
         let codec = self.codec;
         tokio::spawn(async move {
             let mut decoder: Option<Decoder> = None;
-            while let Some(ev) = track.poll().await {
+            // Packets wait here for a lost one's retransmission before the depacketiser sees
+            // them (see `reorder`).
+            let mut reorder = Reorder::<(Vec<u8>, u32)>::new(REORDER_CAPACITY);
+            loop {
+                let wake = reorder.deadline().map(|d| (d - unix_ms()).max(0.0));
+                let ev = match wake {
+                    Some(ms) => {
+                        match tokio::time::timeout(Duration::from_secs_f64(ms / 1e3), track.poll())
+                            .await
+                        {
+                            Ok(ev) => ev,
+                            Err(_) => {
+                                for (bytes, ts) in reorder.poll(unix_ms()) {
+                                    if let Some(d) = decoder.as_mut() {
+                                        d.push(bytes, ts);
+                                    }
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    None => track.poll().await,
+                };
+                let Some(ev) = ev else { break };
                 let packet = match ev {
                     TrackRemoteEvent::OnRtpPacket(p) => p,
                     TrackRemoteEvent::OnEnded => break,
@@ -126,11 +153,13 @@ impl PeerConnectionEventHandler for Handler {
                 let Ok(bytes) = packet.marshal() else {
                     continue;
                 };
-                sinks
-                    .meter
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .on_packet(now, seq, ts, bytes.len());
+                {
+                    let mut meter = sinks.meter.lock().unwrap_or_else(|p| p.into_inner());
+                    meter.on_packet(now, seq, ts, bytes.len());
+                    if let Some(rtt) = meter.rtt_ms() {
+                        reorder.set_rtt(rtt);
+                    }
+                }
                 if decoder.is_none() {
                     match start_decoder(&sinks, codec, packet.header.payload_type, &origin) {
                         Ok(d) => decoder = Some(d),
@@ -140,8 +169,10 @@ impl PeerConnectionEventHandler for Handler {
                         }
                     }
                 }
-                if let Some(d) = decoder.as_mut() {
-                    d.push(bytes.to_vec(), ts);
+                for (bytes, ts) in reorder.push(now, seq, (bytes.to_vec(), ts)) {
+                    if let Some(d) = decoder.as_mut() {
+                        d.push(bytes, ts);
+                    }
                 }
             }
         });

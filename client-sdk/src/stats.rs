@@ -167,6 +167,11 @@ impl StatsMeter {
         }
     }
 
+    /// The latest round trip to the node, ms.
+    pub fn rtt_ms(&self) -> Option<f64> {
+        self.rtt_ms
+    }
+
     /// A round trip to the node was measured.
     pub fn on_rtt(&mut self, rtt_ms: f64) {
         self.rtt_ms = Some(rtt_ms);

@@ -44,6 +44,9 @@ struct Args {
     /// Launches timed on each path (relay, direct).
     #[arg(long, default_value_t = 8)]
     launches: usize,
+    /// Only the launch paths (relay, direct), not the impaired links.
+    #[arg(long)]
+    paths_only: bool,
 }
 
 /// A grid whose single node runs congestion control or not, reached through coturn behind an
@@ -347,6 +350,19 @@ fn main() {
         "bench-network: arena {}x{}@{} (full bitrate {full_kbps} kbit/s), relay-only through coturn behind the impairment relay, {} s phases\n",
         a.width, a.height, a.fps, a.phase_s
     );
+    let share = |v: f64| format!("{:.1} %", v * 100.0);
+    if !a.paths_only {
+        impaired_links(&rt, &a, full_kbps, share);
+    }
+    paths(&rt, &a);
+}
+
+fn impaired_links(
+    rt: &tokio::runtime::Runtime,
+    a: &Args,
+    full_kbps: u64,
+    share: impl Fn(f64) -> String,
+) {
     let random = LinkConfig {
         loss: Loss::Random(0.02),
         ..LinkConfig::default()
@@ -359,7 +375,6 @@ fn main() {
         delay: Duration::from_millis(50),
         ..LinkConfig::default()
     };
-    let share = |v: f64| format!("{:.1} %", v * 100.0);
     println!("| scenario | figure | congestion control on | off |");
     println!("|---|---|---|---|");
     let table = |scenario: &str, figure: &str, on: String, off: String| {
@@ -367,12 +382,12 @@ fn main() {
     };
     let mut results = Vec::new();
     for cc in [true, false] {
-        let r = rig(&rt, cc);
-        let cap = rt.block_on(cap_scenario(&r, &a, full_kbps));
-        let base = rt.block_on(impaired_scenario(&r, &a, LinkConfig::default()));
-        let random = rt.block_on(impaired_scenario(&r, &a, random));
-        let bursty = rt.block_on(impaired_scenario(&r, &a, bursty));
-        let delayed = rt.block_on(impaired_scenario(&r, &a, delayed));
+        let r = rig(rt, cc);
+        let cap = rt.block_on(cap_scenario(&r, a, full_kbps));
+        let base = rt.block_on(impaired_scenario(&r, a, LinkConfig::default()));
+        let random = rt.block_on(impaired_scenario(&r, a, random));
+        let bursty = rt.block_on(impaired_scenario(&r, a, bursty));
+        let delayed = rt.block_on(impaired_scenario(&r, a, delayed));
         results.push((cap, base, random, bursty, delayed));
     }
     let (on, off) = (&results[0], &results[1]);
@@ -432,10 +447,12 @@ fn main() {
         format!("{} / {}", ms(on.1.g2g_p50), ms(on.1.g2g_p95)),
         format!("{} / {}", ms(off.1.g2g_p50), ms(off.1.g2g_p95)),
     );
+}
 
-    let r = rig(&rt, true);
-    let relayed = rt.block_on(path_scenario(&r, &a, true));
-    let direct = rt.block_on(path_scenario(&r, &a, false));
+fn paths(rt: &tokio::runtime::Runtime, a: &Args) {
+    let r = rig(rt, true);
+    let relayed = rt.block_on(path_scenario(&r, a, true));
+    let direct = rt.block_on(path_scenario(&r, a, false));
     println!("\n| path | launch → first frame p50 | p95 | glass-to-glass p50 |");
     println!("|---|---|---|---|");
     for (label, row) in [("relay-only via coturn", &relayed), ("direct", &direct)] {
