@@ -687,6 +687,7 @@ pub(crate) async fn open(
         channel: Arc::clone(&channel),
         connected: connected_rx,
         estimate,
+        unconstrained_bps: initial_bps as u64,
         ctx,
     }));
     Ok((
@@ -728,6 +729,8 @@ struct SendLoop {
     connected: tokio::sync::watch::Receiver<bool>,
     /// This viewer's link estimate, which paces each frame.
     estimate: SharedEstimate,
+    /// At or above this estimate the link carries the mode's full rate: no pacing.
+    unconstrained_bps: u64,
     ctx: ViewerContext,
 }
 
@@ -808,6 +811,7 @@ async fn send_frames(mut s: SendLoop) {
             bytes,
             payloads.len(),
             s.estimate.load(Ordering::Relaxed),
+            s.unconstrained_bps,
             Duration::from_secs(1) / fps as u32,
         );
         for (i, payload) in payloads.into_iter().enumerate() {
