@@ -47,6 +47,9 @@ struct Args {
     /// Only the launch paths (relay, direct), not the impaired links.
     #[arg(long)]
     paths_only: bool,
+    /// Only the cap scenario with congestion control, printing its trace second by second.
+    #[arg(long)]
+    trace_cap: bool,
 }
 
 /// A grid whose single node runs congestion control or not, reached through coturn behind an
@@ -225,6 +228,27 @@ async fn cap_scenario(rig: &Rig, a: &Args, full_kbps: u64) -> CapRow {
     .await;
     s.end().await;
 
+    if a.trace_cap {
+        println!("| s | send kbit/s | target kbit/s | frames | g2g p50 ms |");
+        let mut t = 0.0;
+        while t + 0.5 < lift + 5.0 {
+            let frames = trace.frames_between(t, t + 0.5);
+            let target = trace
+                .samples
+                .iter()
+                .find(|(s, _, _)| *s >= t)
+                .and_then(|(_, _, k)| *k);
+            println!(
+                "| {t:.1} | {:.0} | {target:?} | {} | {} |",
+                trace.send_rate(t, 0.5).unwrap_or(0.0) / 1e3,
+                frames.len(),
+                ms(quantile(&frames, 0.5))
+            );
+            t += 0.5;
+        }
+        let (down, _) = rig.relay.stats();
+        println!("relay downlink: {down:?}");
+    }
     // The first half-second window after the cap whose send rate is under it.
     let mut under = None;
     let mut t = warm;
@@ -351,6 +375,11 @@ fn main() {
         a.width, a.height, a.fps, a.phase_s
     );
     let share = |v: f64| format!("{:.1} %", v * 100.0);
+    if a.trace_cap {
+        let r = rig(&rt, true);
+        rt.block_on(cap_scenario(&r, &a, full_kbps));
+        return;
+    }
     if !a.paths_only {
         impaired_links(&rt, &a, full_kbps, share);
     }
