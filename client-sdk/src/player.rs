@@ -121,8 +121,11 @@ impl PeerConnectionEventHandler for Handler {
             // Packets wait here for a lost one's retransmission before the depacketiser sees
             // them (see `reorder`).
             let mut reorder = Reorder::<(Vec<u8>, u32)>::new(REORDER_CAPACITY);
+            // Its own monotonic clock: a wall-clock step must not flush or stall held packets.
+            let t0 = std::time::Instant::now();
+            let mono_ms = move || t0.elapsed().as_secs_f64() * 1e3;
             loop {
-                let wake = reorder.deadline().map(|d| (d - unix_ms()).max(0.0));
+                let wake = reorder.deadline().map(|d| (d - mono_ms()).max(0.0));
                 let ev = match wake {
                     Some(ms) => {
                         match tokio::time::timeout(Duration::from_secs_f64(ms / 1e3), track.poll())
@@ -130,7 +133,7 @@ impl PeerConnectionEventHandler for Handler {
                         {
                             Ok(ev) => ev,
                             Err(_) => {
-                                for (bytes, ts) in reorder.poll(unix_ms()) {
+                                for (bytes, ts) in reorder.poll(mono_ms()) {
                                     if let Some(d) = decoder.as_mut() {
                                         d.push(bytes, ts);
                                     }
@@ -169,7 +172,7 @@ impl PeerConnectionEventHandler for Handler {
                         }
                     }
                 }
-                for (bytes, ts) in reorder.push(now, seq, (bytes.to_vec(), ts)) {
+                for (bytes, ts) in reorder.push(mono_ms(), seq, (bytes.to_vec(), ts)) {
                     if let Some(d) = decoder.as_mut() {
                         d.push(bytes, ts);
                     }

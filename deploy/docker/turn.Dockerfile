@@ -10,7 +10,10 @@ FROM debian:bookworm-slim
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends coturn \
- && rm -rf /var/lib/apt/lists/*
-USER turnserver
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 pixelgrid \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home pixelgrid
+USER 10001:10001
 EXPOSE 3478/udp 3478/tcp 49160-49400/udp
+# The compose file and the DaemonSet append the shared secret to a private copy of this config.
 CMD ["turnserver", "-c", "/etc/pixelgrid/turn/turnserver.conf", "--log-file=stdout"]

@@ -162,6 +162,8 @@ struct FramePush {
     frame_divisor: u64,
     /// Session time of the last keyframe forced by a request.
     last_forced_keyframe: Option<Duration>,
+    /// The frame-clock tick of the last frame pushed.
+    last_tick_encoded: Option<u64>,
 }
 
 /// The shortest time between two keyframes forced by requests (PLI, FIR, a player's message).
@@ -187,16 +189,20 @@ impl FramePush {
             keyframe_requested: false,
             frame_divisor: 1,
             last_forced_keyframe: None,
+            last_tick_encoded: None,
         }
     }
 
-    /// True when the ladder's frame rate leaves out `tick`; the game still advances.
+    /// True when the ladder's frame rate leaves out `tick` (it comes less than `frame_divisor`
+    /// ticks after the last frame encoded); the game still advances.
     fn skips(&self, tick: u64) -> bool {
-        !tick.is_multiple_of(self.frame_divisor)
+        self.last_tick_encoded
+            .is_some_and(|last| tick < last + self.frame_divisor)
     }
 
     fn push(&mut self, buffer: gstreamer::Buffer, frame: PendingFrame) -> Result<()> {
         let pts = frame.pts;
+        self.last_tick_encoded = Some(frame.number);
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -1,7 +1,8 @@
-//! Any bytes as a player's RTCP (transport-cc feedback, NACK, PLI, anything): the node's
-//! feedback path must not panic, and its estimate and the encoder settings the ladder derives
-//! must stay within their configured bounds. Each input is split at 0xFF 0xFF into several
-//! datagrams, fed 50 ms apart with a few packets sent between them.
+//! Any bytes as a player's RTCP (transport-cc feedback or any other packet type) into the node's
+//! congestion-feedback path: it must not panic, and its estimate and the encoder settings the
+//! ladder derives must stay within their configured bounds (both are clamped; the assertions
+//! guard the clamps). Each input is split at every 0xFF byte into datagrams, fed 50 ms apart
+//! with a few packets sent between them.
 #![no_main]
 
 use edge_node::stream::congestion::{FeedbackPath, MIN_KBPS};

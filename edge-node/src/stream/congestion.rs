@@ -230,7 +230,8 @@ impl RetransmitBudget {
         let elapsed = self.last.map_or(Self::DEPTH_S, |t| {
             now.saturating_duration_since(t).as_secs_f64()
         });
-        self.last = Some(now);
+        // Time running backwards (a caller's bug) neither refills nor moves the mark back.
+        self.last = Some(self.last.map_or(now, |t| t.max(now)));
         self.tokens_bits = (self.tokens_bits + elapsed * rate).min(depth);
         let bits = bytes as f64 * 8.0;
         if self.tokens_bits >= bits {
@@ -587,8 +588,16 @@ mod tests {
             .filter(|_| b.admit(later, 1_000_000, 1_200))
             .count();
         assert_eq!(burst, 3, "30 kbit of depth = three 9.6 kbit packets");
-        // Time running backwards (a caller's bug) grants nothing.
-        assert!(!b.admit(t0, 1_000_000, 1_200));
+        // Time running backwards (a caller's bug) grants nothing, even to an empty-ish bucket
+        // that a forward step would have refilled.
+        let mut fresh = RetransmitBudget::default();
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        while fresh.admit(t1, 1_000_000, 1_200) {}
+        assert!(!fresh.admit(t0, 1_000_000, 1_200));
+        assert!(
+            !fresh.admit(t1, 1_000_000, 1_200),
+            "the mark did not move back to t0"
+        );
     }
 
     /// A transport-cc feedback packet for the path's stream reporting packets `first..first+n`

@@ -48,6 +48,15 @@ fn metrics_label(session_id: &str) -> String {
     pixelgrid_proto::token::hex(&sha2::Sha256::digest(session_id.as_bytes())[..6])
 }
 
+/// Is this `candidate:` attribute a passive TCP candidate (one the node would connect out to)?
+fn is_passive_tcp(candidate: &str) -> bool {
+    let fields: Vec<&str> = candidate.split_whitespace().collect();
+    fields.get(2).is_some_and(|t| t.eq_ignore_ascii_case("tcp"))
+        && fields
+            .windows(2)
+            .any(|w| w[0] == "tcptype" && w[1].eq_ignore_ascii_case("passive"))
+}
+
 /// Wall-clock now, Unix milliseconds.
 pub use pixelgrid_proto::clock::unix_ms_f64 as unix_ms;
 
@@ -545,6 +554,7 @@ impl StreamNode {
         };
         if live.viewers.len() >= MAX_VIEWERS {
             // Others joined while this one was connecting.
+            live.counters.forget_viewer(&viewer_id);
             drop(sessions);
             let _ = viewer.pc.close().await;
             return Err(Error::Unavailable(format!(
@@ -702,6 +712,12 @@ impl StreamNode {
             ));
         }
         for line in sdpfrag.lines().filter_map(|l| l.trim().strip_prefix("a=")) {
+            // A trickled passive TCP candidate makes webrtc-rs open a TCP connection to wherever
+            // it names: a player could aim the node at its own network. Players that reach the
+            // node over TCP connect to it (active), so it never needs one.
+            if line.starts_with("candidate:") && is_passive_tcp(line) {
+                continue;
+            }
             if line.starts_with("candidate:") {
                 let init = rtc::peer_connection::transport::RTCIceCandidateInit {
                     candidate: line.to_owned(),
@@ -858,14 +874,14 @@ impl StreamNode {
                 &per_session(&|s| s.counters.bytes_sent.load(Ordering::Relaxed) as f64),
             )
             .gauge(
-                "pixelgrid_edge_link_estimate_bits_per_second",
+                "pixelgrid_edge_link_estimate_bytes_per_second",
                 "Congestion-control estimate of the link to the session's players (the lowest of its viewers'); 0 before the first feedback.",
-                &per_session(&|s| s.counters.estimate_bps.load(Ordering::Relaxed) as f64),
+                &per_session(&|s| s.counters.estimate_bps.load(Ordering::Relaxed) as f64 / 8.0),
             )
             .gauge(
-                "pixelgrid_edge_target_bitrate_bits_per_second",
-                "The encoder's target bitrate, set from the link estimate.",
-                &per_session(&|s| s.counters.target_kbps.load(Ordering::Relaxed) as f64 * 1000.0),
+                "pixelgrid_edge_encoder_target_bytes_per_second",
+                "The encoder's target rate, set from the link estimate (× 8 for its bitrate).",
+                &per_session(&|s| s.counters.target_kbps.load(Ordering::Relaxed) as f64 * 125.0),
             )
             .counter(
                 "pixelgrid_edge_retransmissions_refused_total",
@@ -1024,4 +1040,23 @@ fn random_id() -> String {
     let mut b = [0u8; 12];
     let _ = getrandom::fill(&mut b);
     pixelgrid_proto::token::hex(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passive_tcp_candidates_are_told_apart() {
+        assert!(super::is_passive_tcp(
+            "candidate:1 1 tcp 2124414975 10.0.0.5 2379 typ host tcptype passive"
+        ));
+        assert!(super::is_passive_tcp(
+            "candidate:1 1 TCP 1 169.254.169.254 80 typ host tcptype PASSIVE"
+        ));
+        assert!(!super::is_passive_tcp(
+            "candidate:1 1 tcp 2128609279 127.0.0.1 9 typ host tcptype active"
+        ));
+        assert!(!super::is_passive_tcp(
+            "candidate:2 1 udp 2130706431 127.0.0.1 5000 typ host"
+        ));
+    }
 }

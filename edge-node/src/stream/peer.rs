@@ -104,6 +104,16 @@ pub(crate) fn offer_wants_opus(sdp: &str) -> bool {
     false
 }
 
+/// Does the offer carry TCP candidates (a player that may be unable to use UDP)?
+pub(crate) fn offer_has_tcp_candidates(sdp: &str) -> bool {
+    sdp.lines().any(|l| {
+        l.starts_with("a=candidate:")
+            && l.split_whitespace()
+                .nth(2)
+                .is_some_and(|t| t.eq_ignore_ascii_case("tcp"))
+    })
+}
+
 /// The Opus track's codec: stereo, in-band FEC, 10 ms minimum packet time.
 fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
@@ -486,6 +496,7 @@ pub(crate) async fn open(
     tracing::debug!(%offer, "WHEP offer");
     let controls = Arc::clone(&ctx.controls);
     let audio_epoch = ctx.audio_rtp_epoch.filter(|_| offer_wants_opus(&offer));
+    let wants_tcp = offer_has_tcp_candidates(&offer);
     let offer =
         RTCSessionDescription::offer(offer).map_err(|e| Error::invalid("sdp", e.to_string()))?;
     let mut engine = media_engine(ctx.codec)?;
@@ -514,24 +525,26 @@ pub(crate) async fn open(
                 Slot::from(2_500usize),
                 EstimateTap::new(Arc::clone(&estimate)),
             )
-            // Between the NACK responder (4_000) and the TWCC numbering (2_000) on the write leg.
-            .with(
-                Slot::from(3_000usize),
-                RetransmitLimiter::new(
-                    Arc::clone(&estimate),
-                    Arc::clone(&ctx.counters.retransmits_dropped),
-                ),
-            )
     } else {
         registry
     };
-    let registry = registry.with(
-        Slot::from(14_000),
-        KeyframeRequests {
-            read: VecDeque::new(),
-            write: VecDeque::new(),
-        },
-    );
+    let registry = registry
+        // Between the NACK responder (4_000) and the TWCC numbering (2_000) on the write leg;
+        // without congestion control the estimate stays 0 and the budget at its floor.
+        .with(
+            Slot::from(3_000usize),
+            RetransmitLimiter::new(
+                Arc::clone(&estimate),
+                Arc::clone(&ctx.counters.retransmits_dropped),
+            ),
+        )
+        .with(
+            Slot::from(14_000),
+            KeyframeRequests {
+                read: VecDeque::new(),
+                write: VecDeque::new(),
+            },
+        );
     let ice_servers = settings
         .ice_servers
         .iter()
@@ -570,7 +583,13 @@ pub(crate) async fn open(
         .with_interceptor_registry(registry)
         .with_handler(handler)
         .with_udp_addrs(settings.udp_addrs.clone())
-        .with_tcp_addrs(settings.tcp_addrs.clone())
+        // A TCP listener only for a player whose offer carries TCP candidates: one listener per
+        // viewer for everyone would be a socket any stranger can pile connections onto.
+        .with_tcp_addrs(if wants_tcp {
+            settings.tcp_addrs.clone()
+        } else {
+            vec![]
+        })
         .build()
         .await
         .map_err(|e| Error::Webrtc(format!("peer connection: {e}")))?;
@@ -814,9 +833,12 @@ async fn send_frames(mut s: SendLoop) {
             s.unconstrained_bps,
             Duration::from_secs(1) / fps as u32,
         );
+        let paced_from = tokio::time::Instant::now();
         for (i, payload) in payloads.into_iter().enumerate() {
             if i > 0 && i % pacing.burst == 0 && !pacing.gap.is_zero() {
-                tokio::time::sleep(pacing.gap).await;
+                // Deadlines from the frame's start, so timer slack does not add up.
+                let burst = (i / pacing.burst) as u32;
+                tokio::time::sleep_until(paced_from + pacing.gap * burst).await;
             }
             let mut packet = rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {
