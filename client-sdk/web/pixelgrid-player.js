@@ -29,10 +29,11 @@ const PROTOCOL = 1;
 const GAMEPAD_AXIS_EPSILON = 0.02;
 
 export class PixelGridPlayer {
-  constructor(video, { onStats, audio = true } = {}) {
+  constructor(video, { onStats, audio = true, relayOnly = false } = {}) {
     this.video = video;
     this.onStats = onStats || (() => {});
     this.audio = audio;         // false: offer no audio m-line, the node sends no sound
+    this.relayOnly = relayOnly; // true: reach the node only through the session's TURN relays
     this.stream = null;
     this.pc = null;
     this.dc = null;
@@ -55,7 +56,7 @@ export class PixelGridPlayer {
   // expiring credentials), for players behind NAT.
   async connect(whepUrl, token, iceServers = []) {
     this.token = token;
-    const pc = new RTCPeerConnection({ iceServers });
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: this.relayOnly ? "relay" : "all" });
     this.pc = pc;
     const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
     this.receiver = transceiver.receiver;
@@ -192,7 +193,11 @@ export class PixelGridPlayer {
         s.audioLevel = r.audioLevel;
         s.audioJitterBufferMs = r.jitterBufferEmittedCount ? 1000 * r.jitterBufferDelay / r.jitterBufferEmittedCount : null;
       }
-      if (r.type === "candidate-pair" && r.nominated && r.currentRoundTripTime !== undefined) s.iceRttMs = 1000 * r.currentRoundTripTime;
+      if (r.type === "candidate-pair" && r.nominated && r.currentRoundTripTime !== undefined) {
+        s.iceRttMs = 1000 * r.currentRoundTripTime;
+        const local = report.get(r.localCandidateId);
+        if (local) s.localCandidateType = local.candidateType;
+      }
     });
     if (s.codecId) { const c = report.get(s.codecId); s.codec = c && c.mimeType; }
     this.lastStats = s;

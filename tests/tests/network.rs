@@ -184,3 +184,29 @@ fn a_player_whose_network_blocks_udp_plays_over_ice_tcp() {
         s.end().await;
     });
 }
+
+/// Chromium as the player, restricted to relay candidates (`iceTransportPolicy: "relay"`), plays
+/// through coturn with the per-session credential the orchestrator handed out.
+#[test]
+fn chromium_allowed_only_relays_plays_through_coturn() {
+    if !pixelgrid_tests::in_own_network_namespace(
+        "chromium_allowed_only_relays_plays_through_coturn",
+    ) {
+        return;
+    }
+    let coturn = Coturn::start();
+    let turn = coturn.turn_config(coturn.addr);
+    let grid =
+        TestGrid::start_configured(Arc::new(EmbeddedStore::new()), 1, 2, |g| g.with_turn(turn));
+    let url = format!(
+        "http://{}/?autotest=play&mode=640x360@30&relay=1",
+        grid.gateway
+    );
+    let r = pixelgrid_tests::chromium_result(&url, Duration::from_secs(40));
+    eprintln!("result: {r}");
+    assert!(r["framesDecoded"].as_u64().unwrap_or(0) >= 60, "{r}");
+    assert_eq!(
+        r["localCandidateType"], "relay",
+        "the browser's media went through the TURN relay: {r}"
+    );
+}
