@@ -9,7 +9,8 @@
 //! estimate that sets the encoder's bitrate and paces each frame (see [`super::congestion`]).
 
 use super::congestion::{
-    EstimateTap, FramePacing, Ladder, MIN_KBPS, RetransmitLimiter, SharedEstimate,
+    ESTIMATE_HEADROOM, EstimateTap, FramePacing, Ladder, MIN_KBPS, RetransmitLimiter,
+    SharedEstimate,
 };
 use super::protocol::{GateOutcome, InputGate, InputLimits, NodeMessage, PlayerMessage};
 use super::{StreamCounters, unix_ms};
@@ -514,7 +515,7 @@ pub(crate) async fn open(
                 CongestionControlBuilder::new(Gcc::new(
                     initial_bps,
                     f64::from(MIN_KBPS) * 1000.0,
-                    initial_bps * 1.5,
+                    initial_bps * ESTIMATE_HEADROOM,
                 ))
                 .build(),
             )
