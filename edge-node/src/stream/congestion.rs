@@ -252,17 +252,26 @@ impl RetransmitBudget {
 pub(crate) struct RetransmitLimiter {
     budget: RetransmitBudget,
     estimate: SharedEstimate,
+    /// What the budget follows while there is no estimate (none yet, or congestion control
+    /// off): the rate the mode's full bitrate needs.
+    fallback_bps: u64,
     dropped: Arc<AtomicU64>,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
 }
 
 impl RetransmitLimiter {
-    /// Follows `estimate`; counts what it holds back in `dropped`.
-    pub(crate) fn new(estimate: SharedEstimate, dropped: Arc<AtomicU64>) -> Self {
+    /// Follows `estimate` (`fallback_bps` while it is 0); counts what it holds back in
+    /// `dropped`.
+    pub(crate) fn new(
+        estimate: SharedEstimate,
+        fallback_bps: u64,
+        dropped: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             budget: RetransmitBudget::default(),
             estimate,
+            fallback_bps,
             dropped,
             read: VecDeque::new(),
             write: VecDeque::new(),
@@ -289,7 +298,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RetransmitLimiter {
             && msg.message.has(&Attribute::Retransmission)
         {
             let bytes = p.payload.len() + 12;
-            let estimate = self.estimate.load(Ordering::Relaxed);
+            let estimate = match self.estimate.load(Ordering::Relaxed) {
+                0 => self.fallback_bps,
+                e => e,
+            };
             if !self.budget.admit(msg.now, estimate, bytes) {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return Ok(());

@@ -531,11 +531,12 @@ pub(crate) async fn open(
     };
     let registry = registry
         // Between the NACK responder (4_000) and the TWCC numbering (2_000) on the write leg;
-        // without congestion control the estimate stays 0 and the budget at its floor.
+        // without congestion control the budget follows the mode's full rate.
         .with(
             Slot::from(3_000usize),
             RetransmitLimiter::new(
                 Arc::clone(&estimate),
+                initial_bps as u64,
                 Arc::clone(&ctx.counters.retransmits_dropped),
             ),
         )
