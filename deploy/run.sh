@@ -50,7 +50,7 @@ token_public_key=$($bin/orchestrator --token-key "$state/token.key" public-key)
 # The page on this local grid hands anonymous players grants of the "demo" studio.
 $bin/orchestrator --listen 127.0.0.1:50051 --http-listen "$host:8000" \
   --token-key "$state/token.key" --operator-key-file "$state/operator.key" \
-  --demo-studio demo "${etcd_args[@]}" &
+  --state-file "$state/orchestrator-state.db" --demo-studio demo "${etcd_args[@]}" &
 pids+=($!)
 $bin/indexer serve --listen 127.0.0.1:50061 --orchestrator http://127.0.0.1:50051 \
   --ledger "$state/indexer.db" --epoch-ms 60000 --slot-ms 5000 --max-report-delay-ms 10000 &

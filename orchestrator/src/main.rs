@@ -28,6 +28,14 @@ struct Cli {
     /// etcd endpoints (comma-separated); without them the store is embedded in this process.
     #[arg(long, env = "PIXELGRID_ETCD", value_delimiter = ',')]
     etcd: Vec<String>,
+    /// Without --etcd: the file the embedded store keeps its state in (SQLite), so a restart
+    /// loses no node, session or studio. `:memory:` keeps nothing.
+    #[arg(
+        long,
+        env = "PIXELGRID_STATE_FILE",
+        default_value = "orchestrator-state.db"
+    )]
+    state_file: std::path::PathBuf,
     /// File holding the session-token signing key (hex seed; created 0600 when missing).
     /// Every replica of one grid must use the same key.
     #[arg(
@@ -205,8 +213,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let signer = TokenSigner::from_seed(&seed);
     let store: Arc<dyn Store> = if cli.etcd.is_empty() {
-        tracing::info!("no --etcd given: embedded store (single replica)");
-        Arc::new(EmbeddedStore::new())
+        if cli.state_file.as_os_str() == ":memory:" {
+            tracing::info!("no --etcd given: embedded store in memory (single replica)");
+            Arc::new(EmbeddedStore::new())
+        } else {
+            tracing::info!(file = %cli.state_file.display(), "no --etcd given: embedded store (single replica)");
+            Arc::new(EmbeddedStore::open(&cli.state_file)?)
+        }
     } else {
         Arc::new(EtcdStore::connect(&cli.etcd).await?)
     };

@@ -18,7 +18,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Runs `suite` against a fresh embedded store and a fresh real etcd.
+/// Runs `suite` against a fresh embedded store (in memory, and durable in a file) and a fresh
+/// real etcd.
 fn on_both<F, Fut>(suite: F)
 where
     F: Fn(Arc<dyn Store>) -> Fut,
@@ -26,6 +27,9 @@ where
 {
     let rt = runtime();
     rt.block_on(suite(Arc::new(EmbeddedStore::new())));
+    let dir = tempfile::tempdir().unwrap();
+    let durable = EmbeddedStore::open(&dir.path().join("state.db")).expect("a store file");
+    rt.block_on(suite(Arc::new(durable)));
     let etcd = Etcd::start();
     let store = rt
         .block_on(EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)))
@@ -285,5 +289,74 @@ fn a_watch_sees_every_change_after_its_snapshot_including_lease_expiry() {
                 "delete /w/leased"
             ]
         );
+    });
+}
+
+/// The embedded store kept in a file survives its process: a restart finds the keys, the
+/// revision and the leases (each with its whole TTL again, as etcd does), and a lease nobody
+/// keeps alive after the restart still expires.
+#[test]
+fn a_durable_embedded_store_comes_back_after_a_restart_with_keys_revision_and_leases() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let (kept_lease, lapsing_lease, revision) = rt.block_on(async {
+        let store = EmbeddedStore::open(&path).unwrap();
+        store.put("/a/plain", b"1".to_vec(), 0).await.unwrap();
+        let kept = store.grant_lease(Duration::from_secs(3)).await.unwrap();
+        let lapsing = store.grant_lease(Duration::from_secs(1)).await.unwrap();
+        store.put("/a/kept", b"2".to_vec(), kept).await.unwrap();
+        store
+            .put("/a/lapsing", b"3".to_vec(), lapsing)
+            .await
+            .unwrap();
+        store.put("/a/gone", b"4".to_vec(), 0).await.unwrap();
+        assert!(store.delete("/a/gone").await.unwrap());
+        let out = store
+            .txn(
+                vec![Compare::ModRevision("/a/txn".into(), 0)],
+                vec![Op::Put {
+                    key: "/a/txn".into(),
+                    value: b"5".to_vec(),
+                    lease: 0,
+                }],
+            )
+            .await
+            .unwrap();
+        assert!(out.succeeded);
+        (kept, lapsing, out.revision)
+        // The store is dropped here, as a killed process drops it: nothing is flushed on exit.
+    });
+    rt.block_on(async {
+        let store = EmbeddedStore::open(&path).unwrap();
+        let keys: Vec<String> = store
+            .range("/a/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, ["/a/kept", "/a/lapsing", "/a/plain", "/a/txn"]);
+        assert_eq!(
+            store.get("/a/txn").await.unwrap().unwrap().mod_revision,
+            revision
+        );
+        // Revisions go on from where they were.
+        assert!(store.put("/a/next", b"6".to_vec(), 0).await.unwrap() > revision);
+        // Leases are back: one is kept alive, the other lapses and takes its key along.
+        assert!(store.keep_alive(kept_lease).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        assert!(store.keep_alive(kept_lease).await.unwrap());
+        assert!(store.get("/a/lapsing").await.unwrap().is_none());
+        assert!(!store.keep_alive(lapsing_lease).await.unwrap());
+        // New leases do not reuse an old id.
+        let fresh = store.grant_lease(Duration::from_secs(5)).await.unwrap();
+        assert!(fresh > kept_lease.max(lapsing_lease));
+    });
+    // And the expiry itself was written down.
+    rt.block_on(async {
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert!(store.get("/a/lapsing").await.unwrap().is_none());
+        assert!(store.get("/a/kept").await.unwrap().is_some());
     });
 }
