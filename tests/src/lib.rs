@@ -343,6 +343,79 @@ pub struct TestGrid {
     pub trusted_token_keys: Vec<String>,
     /// Whether nodes added from now on run congestion control (on by default).
     pub congestion_control: bool,
+    /// The control plane's server, gateway and leader tasks, and what stops them.
+    control: Vec<tokio::task::JoinHandle<()>>,
+    stop_control: tokio::sync::watch::Sender<bool>,
+    control_runtime: Option<tokio::runtime::Runtime>,
+    operator_config: orchestrator::grid::GridConfig,
+}
+
+fn control_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The test grids' control-plane settings (short leases, so tests of node loss are quick).
+fn config_for_restart() -> orchestrator::grid::GridConfig {
+    orchestrator::grid::GridConfig {
+        heartbeat_interval: Duration::from_millis(300),
+        node_lease_ttl: Duration::from_secs(2),
+        reservation_ttl: Duration::from_secs(3),
+        ..orchestrator::grid::GridConfig::default()
+    }
+}
+
+/// Serves `grid`'s gRPC API and gateway (on `at`'s addresses, or free ports) and runs its
+/// leader loop until `stop` says true; returns the addresses and the tasks.
+async fn serve_control_plane(
+    at: Option<(SocketAddr, SocketAddr)>,
+    grid: &Arc<orchestrator::grid::Grid>,
+    leading: &Arc<std::sync::atomic::AtomicBool>,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> ((SocketAddr, SocketAddr), Vec<tokio::task::JoinHandle<()>>) {
+    let bind = |addr: Option<SocketAddr>| async move {
+        let addr = addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        // A restarted control plane takes its old ports back; the old sockets may linger a
+        // moment.
+        for _ in 0..50 {
+            if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot bind {addr}")
+    };
+    let listener = bind(at.map(|a| a.0)).await;
+    let http = bind(at.map(|a| a.1)).await;
+    let addrs = (listener.local_addr().unwrap(), http.local_addr().unwrap());
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let tasks = vec![
+        tokio::spawn({
+            let f = orchestrator::serve_gateway(http, Arc::clone(grid), stopped(stop.subscribe()));
+            async move {
+                let _ = f.await;
+            }
+        }),
+        tokio::spawn({
+            let f = orchestrator::serve(listener, Arc::clone(grid), stopped(stop.subscribe()));
+            async move {
+                let _ = f.await;
+            }
+        }),
+        tokio::spawn(orchestrator::leader::run(
+            Arc::clone(grid),
+            "test".into(),
+            Duration::from_secs(2),
+            Duration::from_millis(200),
+            Arc::clone(leading),
+        )),
+    ];
+    (addrs, tasks)
 }
 
 /// Seed of every [`TestGrid`]'s token signing key.
@@ -375,18 +448,13 @@ impl TestGrid {
         max_sessions: u32,
         configure: impl FnOnce(orchestrator::grid::Grid) -> orchestrator::grid::Grid,
     ) -> Self {
-        use orchestrator::grid::{Grid, GridConfig};
+        use orchestrator::grid::Grid;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let config = GridConfig {
-            heartbeat_interval: Duration::from_millis(300),
-            node_lease_ttl: Duration::from_secs(2),
-            reservation_ttl: Duration::from_secs(3),
-            ..GridConfig::default()
-        };
+        let config = config_for_restart();
         let cache = runtime
             .block_on(orchestrator::cache::RegistryCache::start(Arc::clone(
                 &store,
@@ -435,34 +503,20 @@ impl TestGrid {
             .expect("test studio")
             .api_key;
         let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (orchestrator, gateway) = runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let gateway = http.local_addr().unwrap();
-            tokio::spawn(orchestrator::serve_gateway(
-                http,
-                Arc::clone(&grid),
-                std::future::pending(),
-            ));
-            tokio::spawn(orchestrator::serve(
-                listener,
-                Arc::clone(&grid),
-                std::future::pending(),
-            ));
-            tokio::spawn(orchestrator::leader::run(
-                Arc::clone(&grid),
-                "test".into(),
-                Duration::from_secs(2),
-                Duration::from_millis(200),
-                Arc::clone(&leading),
-            ));
-            (addr, gateway)
-        });
+        let (stop, _) = tokio::sync::watch::channel(false);
+        // The control plane runs on a runtime of its own, so a restart can take all of it away
+        // at once (connections included), as the end of a process does.
+        let control_runtime = control_runtime();
+        let ((orchestrator, gateway), control) =
+            control_runtime.block_on(serve_control_plane(None, &grid, &leading, &stop));
         let mut me = Self {
             orchestrator,
             gateway,
             grid,
+            control,
+            stop_control: stop,
+            control_runtime: Some(control_runtime),
+            operator_config: config_for_restart(),
             nodes: Vec::new(),
             leading,
             reporting: None,
@@ -477,6 +531,51 @@ impl TestGrid {
             me.add_node(i as u8, max_sessions);
         }
         me
+    }
+
+    /// Stops the control plane (server, gateway, leader) and starts a new one on `store` at the
+    /// same addresses, as an orchestrator process restarted on its state would be; the nodes
+    /// keep running and find it again.
+    pub fn restart_orchestrator(&mut self, store: Arc<dyn orchestrator::store::Store>) {
+        use orchestrator::grid::Grid;
+        // Gone at once, as with kill -9: every task of the old control plane, its connections
+        // to the nodes included.
+        self.stop_control.send_replace(true);
+        for t in std::mem::take(&mut self.control) {
+            t.abort();
+        }
+        if let Some(old) = self.control_runtime.take() {
+            old.shutdown_background();
+        }
+        let at = (self.orchestrator, self.gateway);
+        let config = self.operator_config.clone();
+        let operator = self.operator.clone();
+        let runtime = control_runtime();
+        let (grid, leading, control, stop) = runtime.block_on(async move {
+            let cache = orchestrator::cache::RegistryCache::start(Arc::clone(&store))
+                .await
+                .expect("registry cache");
+            let grid = Arc::new(
+                Grid::new(
+                    store,
+                    TokenSigner::from_seed(&GRID_TOKEN_SEED),
+                    orchestrator::placement::Policy::default(),
+                    config,
+                )
+                .with_cache(cache)
+                .with_operator(&operator)
+                .with_demo_studio(TEST_STUDIO),
+            );
+            let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (stop, _) = tokio::sync::watch::channel(false);
+            let (_, control) = serve_control_plane(Some(at), &grid, &leading, &stop).await;
+            (grid, leading, control, stop)
+        });
+        self.control_runtime = Some(runtime);
+        self.grid = grid;
+        self.leading = leading;
+        self.control = control;
+        self.stop_control = stop;
     }
 
     /// Starts one more edge node (identity from `seed`) and registers it.
