@@ -327,7 +327,8 @@ pub struct Grid {
     pub(crate) signer: TokenSigner,
     pub(crate) policy: Policy,
     pub(crate) config: GridConfig,
-    heartbeat_seq: Mutex<HashMap<String, u64>>,
+    /// Per registered node: (its registration's lease, the last heartbeat sequence seen).
+    heartbeat_seq: Mutex<HashMap<String, (crate::store::LeaseId, u64)>>,
     pub(crate) cache: Option<Arc<crate::cache::RegistryCache>>,
     /// Keys whose tokens and grants this grid accepts: the signer's, plus a previous one
     /// during a rotation.
@@ -686,9 +687,23 @@ impl Grid {
                 format!("at most {MAX_NODE_SESSIONS}"),
             ));
         }
+        // The registration first: a key that never registered leaves nothing behind here.
+        let (record, _) = self.node_record(&id).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "node {id} (its registration lapsed; register again)"
+            ))
+        })?;
         {
+            // Sequences count within one registration, named by its lease, which every replica
+            // reads from the store: a node that restarts and registers again (from 1, perhaps
+            // through another replica) starts afresh everywhere, while a replayed heartbeat of
+            // the current registration is still refused.
             let mut seqs = self.heartbeat_seq.lock().unwrap_or_else(|p| p.into_inner());
-            let last = seqs.entry(id.clone()).or_insert(0);
+            let (lease, last) = seqs.entry(id.clone()).or_insert((record.lease, 0));
+            if *lease != record.lease {
+                *lease = record.lease;
+                *last = 0;
+            }
             if hb.sequence <= *last {
                 return Err(invalid(
                     "sequence",
@@ -700,11 +715,6 @@ impl Grid {
             }
             *last = hb.sequence;
         }
-        let (record, _) = self.node_record(&id).await?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "node {id} (its registration lapsed; register again)"
-            ))
-        })?;
         // A node runs at most its registered capacity; more ids than that is not a real report.
         let most = record.view.capacity as usize;
         if hb.active_session_ids.len() > most
@@ -1575,6 +1585,14 @@ impl Grid {
             out.push((kv, record));
         }
         Ok(out)
+    }
+
+    /// Nodes this replica keeps heartbeat state for.
+    pub fn heartbeat_states(&self) -> usize {
+        self.heartbeat_seq
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// The leader's periodic work: expire reservations nobody used, fail sessions of lost nodes,
