@@ -309,3 +309,119 @@ enum Beat {
     Lapsed,
     Broken,
 }
+
+/// Where players and indexers reach this node, from `--public-url` (or the listen address):
+/// (the WHEP base URL, the probe's `host:port`). A URL without a port gets its scheme's; a host
+/// name must resolve now, and an unspecified address (0.0.0.0) is refused, so a node never
+/// registers an address its probes cannot reach.
+pub fn public_endpoints(
+    public_url: Option<&str>,
+    listen: std::net::SocketAddr,
+) -> std::result::Result<(String, String), String> {
+    let public = match public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None if listen.ip().is_unspecified() => {
+            return Err(format!(
+                "listening on {listen}, which nobody can reach by that address: give --public-url (http://HOST:PORT players reach this node at)"
+            ));
+        }
+        None => format!("http://{listen}"),
+    };
+    let (scheme, rest) = public
+        .split_once("://")
+        .ok_or_else(|| format!("--public-url {public:?} is not a URL (http://HOST:PORT)"))?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        other => {
+            return Err(format!(
+                "--public-url {public:?}: scheme {other:?}, not http or https"
+            ));
+        }
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("--public-url {public:?} names no host"));
+    }
+    // host:port, [v6]:port, or either without a port.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
+            let port: u16 = p
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("--public-url {public:?}: {p:?} is not a port"))?;
+            (h.to_owned(), port)
+        }
+        _ => (authority.to_owned(), default_port),
+    };
+    let probe = format!("{host}:{port}");
+    use std::net::ToSocketAddrs as _;
+    let resolved: Vec<std::net::SocketAddr> = probe
+        .to_socket_addrs()
+        .map_err(|e| format!("--public-url host {host} does not resolve: {e}"))?
+        .collect();
+    if resolved.is_empty() || resolved.iter().any(|a| a.ip().is_unspecified()) {
+        return Err(format!(
+            "--public-url host {host} resolves to no address players can reach"
+        ));
+    }
+    Ok((format!("{scheme}://{host}:{port}/whep"), probe))
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::public_endpoints;
+
+    #[test]
+    fn a_public_url_becomes_a_whep_base_and_a_reachable_probe_address() {
+        let listen = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(
+            public_endpoints(None, listen).unwrap(),
+            ("http://127.0.0.1:8080/whep".into(), "127.0.0.1:8080".into())
+        );
+        assert_eq!(
+            public_endpoints(Some("http://127.0.0.1:9000/"), listen).unwrap(),
+            ("http://127.0.0.1:9000/whep".into(), "127.0.0.1:9000".into())
+        );
+        // No port: the scheme's, not the listen address's.
+        assert_eq!(
+            public_endpoints(Some("http://localhost"), listen)
+                .unwrap()
+                .1,
+            "localhost:80"
+        );
+        assert_eq!(
+            public_endpoints(Some("https://[::1]"), listen).unwrap().1,
+            "[::1]:443"
+        );
+        assert_eq!(
+            public_endpoints(Some("http://[::1]:8081"), listen)
+                .unwrap()
+                .1,
+            "[::1]:8081"
+        );
+    }
+
+    #[test]
+    fn an_address_nobody_can_reach_is_refused_with_the_reason() {
+        let anywhere = "0.0.0.0:8080".parse().unwrap();
+        let listen = "127.0.0.1:8080".parse().unwrap();
+        for (url, at, says) in [
+            (None, anywhere, "give --public-url"),
+            (Some("127.0.0.1:8080"), listen, "not a URL"),
+            (Some("ftp://127.0.0.1:8080"), listen, "not http or https"),
+            (Some("http://127.0.0.1:99999"), listen, "is not a port"),
+            (Some("http:///whep"), listen, "names no host"),
+            (Some("http://node.invalid:8080"), listen, "does not resolve"),
+            (
+                Some("http://0.0.0.0:8080"),
+                listen,
+                "no address players can reach",
+            ),
+        ] {
+            let e = public_endpoints(url, at).unwrap_err();
+            assert!(e.contains(says), "{url:?}: {e}");
+        }
+    }
+}

@@ -618,13 +618,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let (verifier, agent) = match (&args.orchestrator, verifier, &identity) {
             (Some(url), verifier, Some(key)) if dev_signer.is_none() || verifier.is_none() => {
                 let key = key.clone();
-                let public = args
-                    .public_url
-                    .clone()
-                    .unwrap_or_else(|| format!("http://{addr}"));
-                let agent =
-                    Agent::register(agent_config(&host, url, &public, addr, &args.listing)?, key)
-                        .await?;
+                let agent = Agent::register(
+                    agent_config(&host, url, args.public_url.as_deref(), addr, &args.listing)?,
+                    key,
+                )
+                .await?;
                 let verifier = verifier.context("no orchestrator key to trust")?;
                 let signs_with = &agent.registration.token_public_key_hex;
                 anyhow::ensure!(
@@ -756,24 +754,21 @@ struct Listing {
 fn agent_config(
     host: &SessionHost,
     orchestrator: &str,
-    public: &str,
+    public: Option<&str>,
     addr: std::net::SocketAddr,
     listing: &Listing,
 ) -> anyhow::Result<AgentConfig> {
     use pixelgrid_proto::types::v1 as types;
     let info = host.vulkan().info();
     let choice = host.encoder_for(Codec::H264)?;
+    // Players and indexers probe the address they reach the node at: checked here, so a node
+    // never registers one its probes cannot reach.
+    let (whep_base_url, probe_address) =
+        edge_node::agent::public_endpoints(public, addr).map_err(|e| anyhow::anyhow!(e))?;
     Ok(AgentConfig {
         orchestrator: orchestrator.to_owned(),
-        whep_base_url: format!("{}/whep", public.trim_end_matches('/')),
-        // Players and indexers probe the address they reach the node at.
-        probe_address: public
-            .split_once("://")
-            .map_or(public, |(_, rest)| rest)
-            .split('/')
-            .next()
-            .filter(|hostport| hostport.contains(':'))
-            .map_or_else(|| addr.to_string(), str::to_owned),
+        whep_base_url,
+        probe_address,
         region: listing.region.clone(),
         price: listing.price,
         max_sessions: listing.max_sessions,
@@ -983,11 +978,13 @@ fn onboard(args: OnboardArgs) -> anyhow::Result<()> {
     if let (Some(url), Ok(h)) = (&args.orchestrator, &host)
         && checks.iter().all(|c| c.ok)
     {
-        let public = args
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", args.listen));
-        let config = agent_config(h, url, &public, args.listen, &args.listing)?;
+        let config = agent_config(
+            h,
+            url,
+            args.public_url.as_deref(),
+            args.listen,
+            &args.listing,
+        )?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

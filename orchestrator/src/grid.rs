@@ -264,6 +264,15 @@ pub const ADDRESS_PER_MINUTE: u32 = 300;
 /// Most sessions one node may hold, and so the most session ids one heartbeat may carry.
 pub const MAX_NODE_SESSIONS: u32 = 1024;
 
+/// `host:port` or `[v6]:port` with a real port: what a probe can be sent to.
+fn is_host_and_port(address: &str) -> bool {
+    address.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+            && port.parse::<u16>().is_ok_and(|p| p != 0)
+    })
+}
+
 /// Bounds on what a node may register: every field is stored and served to others.
 fn check_registration_sizes(
     req: &pb::RegisterNodeRequest,
@@ -589,6 +598,15 @@ impl Grid {
         }
         if !req.whep_base_url.starts_with("http://") && !req.whep_base_url.starts_with("https://") {
             return Err(invalid("whep_base_url", "must be an http(s) URL"));
+        }
+        if !is_host_and_port(&req.probe_address) {
+            return Err(invalid(
+                "probe_address",
+                format!(
+                    "{:?} is not host:port; players and indexers probe the node there",
+                    req.probe_address
+                ),
+            ));
         }
         check_registration_sizes(&req, &caps, capacity)?;
         let drained = self.store.get(&drained_key(&id)).await?.is_some();
@@ -1768,4 +1786,25 @@ pub fn games_listing(views: &[NodeView]) -> Vec<pb::GameListing> {
         }
     }
     out.into_values().collect()
+}
+
+#[cfg(test)]
+mod probe_address_tests {
+    #[test]
+    fn a_probe_address_needs_a_host_and_a_port() {
+        for ok in ["127.0.0.1:8080", "node-7.example.net:443", "[::1]:8081"] {
+            assert!(super::is_host_and_port(ok), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "node.example.net",
+            ":8080",
+            "host:0",
+            "host:99999",
+            "::1:80",
+            "",
+        ] {
+            assert!(!super::is_host_and_port(bad), "{bad}");
+        }
+    }
 }
