@@ -41,9 +41,16 @@ fn onboarding_checks_the_machine_keeps_the_key_and_registers() {
         format!("http://{addr}")
     });
     let dir = tempfile::tempdir().unwrap();
+    // The port `serve` will listen on is the one registered for probes: a real one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
     let (code, table, report) = onboard(
         dir.path(),
-        &["--listen", "127.0.0.1:0", "--orchestrator", &orchestrator],
+        &["--listen", &listen, "--orchestrator", &orchestrator],
     );
     assert_eq!(code, 0, "{table}");
     let node_id = report["node_id"].as_str().unwrap().to_owned();
