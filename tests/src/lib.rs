@@ -347,7 +347,6 @@ pub struct TestGrid {
     control: Vec<tokio::task::JoinHandle<()>>,
     stop_control: tokio::sync::watch::Sender<bool>,
     control_runtime: Option<tokio::runtime::Runtime>,
-    operator_config: orchestrator::grid::GridConfig,
 }
 
 fn control_runtime() -> tokio::runtime::Runtime {
@@ -358,14 +357,31 @@ fn control_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The test grids' control-plane settings (short leases, so tests of node loss are quick).
-fn config_for_restart() -> orchestrator::grid::GridConfig {
-    orchestrator::grid::GridConfig {
+/// A test grid's control plane on `store`: short leases (so tests of node loss are quick), the
+/// registry cache, `operator`'s credential, and the player page handing out grants of the test
+/// studio (loopback only).
+async fn control_plane(
+    store: Arc<dyn orchestrator::store::Store>,
+    operator: &str,
+) -> orchestrator::grid::Grid {
+    let config = orchestrator::grid::GridConfig {
         heartbeat_interval: Duration::from_millis(300),
         node_lease_ttl: Duration::from_secs(2),
         reservation_ttl: Duration::from_secs(3),
         ..orchestrator::grid::GridConfig::default()
-    }
+    };
+    let cache = orchestrator::cache::RegistryCache::start(Arc::clone(&store))
+        .await
+        .expect("registry cache");
+    orchestrator::grid::Grid::new(
+        store,
+        TokenSigner::from_seed(&GRID_TOKEN_SEED),
+        orchestrator::placement::Policy::default(),
+        config,
+    )
+    .with_cache(cache)
+    .with_operator(operator)
+    .with_demo_studio(TEST_STUDIO)
 }
 
 /// Serves `grid`'s gRPC API and gateway (on `at`'s addresses, or free ports) and runs its
@@ -448,31 +464,13 @@ impl TestGrid {
         max_sessions: u32,
         configure: impl FnOnce(orchestrator::grid::Grid) -> orchestrator::grid::Grid,
     ) -> Self {
-        use orchestrator::grid::Grid;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let config = config_for_restart();
-        let cache = runtime
-            .block_on(orchestrator::cache::RegistryCache::start(Arc::clone(
-                &store,
-            )))
-            .expect("registry cache");
         let operator = orchestrator::auth::new_operator_credential(&[0x11; 32]);
-        let grid = Arc::new(configure(
-            Grid::new(
-                store,
-                TokenSigner::from_seed(&GRID_TOKEN_SEED),
-                orchestrator::placement::Policy::default(),
-                config,
-            )
-            .with_cache(cache)
-            .with_operator(&operator)
-            // Loopback only: the player page gets grants of the test studio.
-            .with_demo_studio(TEST_STUDIO),
-        ));
+        let grid = Arc::new(configure(runtime.block_on(control_plane(store, &operator))));
         let api_key = runtime
             .block_on(grid.create_studio(
                 &orchestrator::auth::Caller::Operator,
@@ -516,7 +514,6 @@ impl TestGrid {
             control,
             stop_control: stop,
             control_runtime: Some(control_runtime),
-            operator_config: config_for_restart(),
             nodes: Vec::new(),
             leading,
             reporting: None,
@@ -537,7 +534,6 @@ impl TestGrid {
     /// same addresses, as an orchestrator process restarted on its state would be; the nodes
     /// keep running and find it again.
     pub fn restart_orchestrator(&mut self, store: Arc<dyn orchestrator::store::Store>) {
-        use orchestrator::grid::Grid;
         // Gone at once, as with kill -9: every task of the old control plane, its connections
         // to the nodes included.
         self.stop_control.send_replace(true);
@@ -548,24 +544,10 @@ impl TestGrid {
             old.shutdown_background();
         }
         let at = (self.orchestrator, self.gateway);
-        let config = self.operator_config.clone();
         let operator = self.operator.clone();
         let runtime = control_runtime();
         let (grid, leading, control, stop) = runtime.block_on(async move {
-            let cache = orchestrator::cache::RegistryCache::start(Arc::clone(&store))
-                .await
-                .expect("registry cache");
-            let grid = Arc::new(
-                Grid::new(
-                    store,
-                    TokenSigner::from_seed(&GRID_TOKEN_SEED),
-                    orchestrator::placement::Policy::default(),
-                    config,
-                )
-                .with_cache(cache)
-                .with_operator(&operator)
-                .with_demo_studio(TEST_STUDIO),
-            );
+            let grid = Arc::new(control_plane(store, &operator).await);
             let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let (stop, _) = tokio::sync::watch::channel(false);
             let (_, control) = serve_control_plane(Some(at), &grid, &leading, &stop).await;
