@@ -155,6 +155,10 @@ struct ServeArgs {
     /// Reports kept per indexer while it is unreachable (a day at one a minute).
     #[arg(long, default_value_t = 1_440)]
     report_buffer: usize,
+    /// Where unacknowledged reports are kept across restarts (default: `reports/` beside the
+    /// identity key).
+    #[arg(long, env = "PIXELGRID_REPORT_OUTBOX")]
+    report_outbox: Option<std::path::PathBuf>,
     /// This node's identity key file (created 0600 on first run; its public key is the node id).
     #[arg(long, env = "PIXELGRID_IDENTITY", default_value = "node.key")]
     identity: std::path::PathBuf,
@@ -656,6 +660,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 indexers: args.indexer.clone(),
                 interval: std::time::Duration::from_millis(args.report_interval_ms.max(100)),
                 outbox_capacity: args.report_buffer,
+                outbox_dir: Some(args.report_outbox.clone().unwrap_or_else(|| {
+                    args.identity
+                        .parent()
+                        .unwrap_or(std::path::Path::new("."))
+                        .join("reports")
+                })),
             };
             let mut stop = stop_rx.clone();
             tokio::spawn(edge_node::reporter::run(

@@ -10,7 +10,13 @@
 //! outbox is full the oldest report is dropped (and counted): an indexer down for longer than
 //! the outbox holds loses the oldest uptime first.
 //!
-//! [`Outbox`] and [`DeliveryMeter`] are the clock-free cores; [`run`] is the shell.
+//! With an outbox directory each outbox is also a file, rewritten atomically (temporary file,
+//! fsync, rename) whenever a report is queued or acknowledged, so a node killed with `kill -9`
+//! sends what was not acknowledged when it starts again, and its sequence and report time go on
+//! from where they were even if the clock went back meanwhile.
+//!
+//! [`Outbox`], [`DeliveryMeter`] and [`ReportClock`] are the clock-free cores; [`run`] is the
+//! shell.
 
 use crate::stream::StreamNode;
 use crate::telemetry::TelemetrySource;
@@ -30,7 +36,15 @@ pub struct Outbox {
     capacity: usize,
     queue: VecDeque<SignedNodeReport>,
     dropped: u64,
+    /// The latest report ever queued here, `(sequence, sent_unix_ms)`, kept after it is
+    /// acknowledged so a restarted node never reuses a sequence or a time.
+    high_water: (u64, u64),
 }
+
+/// What an outbox file starts with (format version 1).
+const OUTBOX_MAGIC: &[u8; 8] = b"PGOUTBX1";
+/// The largest report an outbox file may hold, bytes (a report is a few hundred).
+const MAX_STORED_REPORT: usize = 1 << 20;
 
 fn sequence(r: &SignedNodeReport) -> u64 {
     r.report.as_ref().map_or(0, |r| r.sequence)
@@ -43,6 +57,7 @@ impl Outbox {
             capacity: capacity.max(1),
             queue: VecDeque::new(),
             dropped: 0,
+            high_water: (0, 0),
         }
     }
 
@@ -52,7 +67,62 @@ impl Outbox {
             self.queue.pop_front();
             self.dropped += 1;
         }
+        let sent = report.report.as_ref().map_or(0, |r| r.sent_unix_ms);
+        self.high_water = self.high_water.max((sequence(&report), sent));
         self.queue.push_back(report);
+    }
+
+    /// The latest `(sequence, sent_unix_ms)` ever queued.
+    pub fn high_water(&self) -> (u64, u64) {
+        self.high_water
+    }
+
+    /// The outbox as file bytes: magic, high-water sequence and time, then each queued report
+    /// (length-prefixed protobuf), oldest first.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        use prost::Message;
+        let mut out = OUTBOX_MAGIC.to_vec();
+        out.extend_from_slice(&self.high_water.0.to_le_bytes());
+        out.extend_from_slice(&self.high_water.1.to_le_bytes());
+        for r in &self.queue {
+            let bytes = r.encode_to_vec();
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        out
+    }
+
+    /// Reads an outbox back from [`Outbox::to_bytes`]; keeps the newest `capacity` reports.
+    pub fn from_bytes(bytes: &[u8], capacity: usize) -> Result<Self, String> {
+        use prost::Message;
+        let rest = bytes
+            .strip_prefix(OUTBOX_MAGIC)
+            .ok_or("not an outbox file (wrong magic)")?;
+        let word = |b: &[u8], at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+        };
+        let (Some(seq), Some(sent)) = (word(rest, 0), word(rest, 8)) else {
+            return Err("truncated header".into());
+        };
+        let mut outbox = Self::new(capacity);
+        let mut at = 16;
+        while at < rest.len() {
+            let len = rest
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+                .ok_or("truncated length")?;
+            if len > MAX_STORED_REPORT {
+                return Err(format!("a stored report claims {len} bytes"));
+            }
+            let body = rest.get(at + 4..at + 4 + len).ok_or("truncated report")?;
+            let report = SignedNodeReport::decode(body)
+                .map_err(|e| format!("a stored report does not decode: {e}"))?;
+            outbox.push(report);
+            at += 4 + len;
+        }
+        outbox.high_water = outbox.high_water.max((seq, sent));
+        outbox.dropped = 0;
+        Ok(outbox)
     }
 
     /// Queued reports with a sequence after `sent_upto`, oldest first.
@@ -161,6 +231,99 @@ pub fn next_sequence(last: u64, now_ms: u64) -> u64 {
     (last + 1).max(now_ms)
 }
 
+/// The sequence and time of each report: both strictly increase, whatever the wall clock does
+/// (the indexer refuses a report whose time is not after the previous one's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportClock {
+    sequence: u64,
+    sent_ms: u64,
+}
+
+impl ReportClock {
+    /// Goes on after the latest report sent before, `(sequence, sent_unix_ms)`.
+    pub fn after(high_water: (u64, u64)) -> Self {
+        Self {
+            sequence: high_water.0,
+            sent_ms: high_water.1,
+        }
+    }
+
+    /// The next report's `(sequence, sent_unix_ms)` at wall-clock `now_ms`.
+    pub fn next(&mut self, now_ms: u64) -> (u64, u64) {
+        self.sequence = next_sequence(self.sequence, now_ms);
+        self.sent_ms = (self.sent_ms + 1).max(now_ms);
+        (self.sequence, self.sent_ms)
+    }
+}
+
+/// An [`Outbox`] kept in a file as well (see the module docs).
+#[derive(Debug)]
+struct StoredOutbox {
+    outbox: Outbox,
+    path: Option<std::path::PathBuf>,
+}
+
+impl StoredOutbox {
+    /// Opens the outbox file for `indexer` in `dir` (none: memory only). A damaged file is set
+    /// aside with a warning rather than stopping the node.
+    fn open(dir: Option<&std::path::Path>, indexer: &str, capacity: usize) -> Self {
+        let Some(dir) = dir else {
+            return Self {
+                outbox: Outbox::new(capacity),
+                path: None,
+            };
+        };
+        let name = {
+            use sha2::Digest;
+            let h = sha2::Sha256::digest(indexer.as_bytes());
+            format!("{}.outbox", pixelgrid_proto::token::hex(&h[..8]))
+        };
+        let path = dir.join(name);
+        let outbox = match std::fs::read(&path) {
+            Ok(bytes) => Outbox::from_bytes(&bytes, capacity).unwrap_or_else(|e| {
+                let aside = path.with_extension("damaged");
+                tracing::warn!(path = %path.display(), error = %e, aside = %aside.display(), "outbox file damaged; set aside, starting empty");
+                let _ = std::fs::rename(&path, &aside);
+                Outbox::new(capacity)
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Outbox::new(capacity),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the outbox file; starting empty");
+                Outbox::new(capacity)
+            }
+        };
+        if !outbox.is_empty() {
+            tracing::info!(
+                indexer,
+                waiting = outbox.len(),
+                "reports kept from before a restart"
+            );
+        }
+        Self {
+            outbox,
+            path: Some(path),
+        }
+    }
+
+    /// Writes the outbox to its file, atomically.
+    fn save(&self) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        let written = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&self.outbox.to_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the outbox; a crash now would lose unacknowledged reports");
+        }
+    }
+}
+
 /// Where and how often to report.
 #[derive(Debug, Clone)]
 pub struct ReporterConfig {
@@ -170,6 +333,8 @@ pub struct ReporterConfig {
     pub interval: Duration,
     /// Reports kept per indexer while it is unreachable.
     pub outbox_capacity: usize,
+    /// Where the outboxes are kept across restarts (created if missing); none: memory only.
+    pub outbox_dir: Option<std::path::PathBuf>,
 }
 
 /// Reports until `stop`; see the module docs.
@@ -179,11 +344,20 @@ pub async fn run(
     node: Arc<StreamNode>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let outboxes: Vec<(Arc<Mutex<Outbox>>, Arc<tokio::sync::Notify>)> = config
+    if let Some(dir) = &config.outbox_dir
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the outbox directory; reports kept in memory only");
+    }
+    let dir = config.outbox_dir.as_deref().filter(|d| d.is_dir());
+    let mut high_water = (0, 0);
+    let outboxes: Vec<(Arc<Mutex<StoredOutbox>>, Arc<tokio::sync::Notify>)> = config
         .indexers
         .iter()
         .map(|url| {
-            let outbox = Arc::new(Mutex::new(Outbox::new(config.outbox_capacity)));
+            let stored = StoredOutbox::open(dir, url, config.outbox_capacity);
+            high_water = high_water.max(stored.outbox.high_water());
+            let outbox = Arc::new(Mutex::new(stored));
             let ready = Arc::new(tokio::sync::Notify::new());
             tokio::spawn(deliver(
                 url.clone(),
@@ -193,9 +367,9 @@ pub async fn run(
             (outbox, ready)
         })
         .collect();
+    let mut clock = ReportClock::after(high_water);
     let telemetry = TelemetrySource::open();
     let mut meter = DeliveryMeter::default();
-    let mut last_sequence = 0;
     let mut tick = tokio::time::interval(config.interval);
     tokio::pin!(stop);
     loop {
@@ -220,7 +394,7 @@ pub async fn run(
                 age_ms: (s.stats.elapsed_s * 1000.0) as u64,
             })
             .collect();
-        last_sequence = next_sequence(last_sequence, now);
+        let (sequence, sent_unix_ms) = clock.next(now);
         let digest = {
             use sha2::Digest;
             let sample = serde_json::to_vec(&telemetry.sample()).unwrap_or_default();
@@ -229,8 +403,8 @@ pub async fn run(
         let report = sign_report(
             NodeReport {
                 node_id: Some(NodeId { hex: key.node_id() }),
-                sequence: last_sequence,
-                sent_unix_ms: now,
+                sequence,
+                sent_unix_ms,
                 state: if node.is_draining() {
                     ReportedState::Draining
                 } else {
@@ -242,23 +416,24 @@ pub async fn run(
             &key,
         );
         for (outbox, ready) in &outboxes {
-            outbox
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(report.clone());
+            let mut stored = outbox.lock().unwrap_or_else(|p| p.into_inner());
+            stored.outbox.push(report.clone());
+            // On disk before it is sent: a crash from here on resends it.
+            stored.save();
+            drop(stored);
             ready.notify_one();
         }
     }
 }
 
 /// Sends one indexer its outbox, reconnecting as needed.
-async fn deliver(url: String, outbox: Arc<Mutex<Outbox>>, ready: Arc<tokio::sync::Notify>) {
+async fn deliver(url: String, outbox: Arc<Mutex<StoredOutbox>>, ready: Arc<tokio::sync::Notify>) {
     let lock = || outbox.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let mut client = match pixelgrid_proto::transport::connect(&url).await {
             Ok(c) => IndexerClient::new(c),
             Err(e) => {
-                tracing::debug!(indexer = %url, error = %e, waiting = lock().len(), "indexer unreachable; keeping reports");
+                tracing::debug!(indexer = %url, error = %e, waiting = lock().outbox.len(), "indexer unreachable; keeping reports");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
@@ -275,10 +450,10 @@ async fn deliver(url: String, outbox: Arc<Mutex<Outbox>>, ready: Arc<tokio::sync
                 continue;
             }
         };
-        tracing::info!(indexer = %url, waiting = lock().len(), "reporting to the indexer");
+        tracing::info!(indexer = %url, waiting = lock().outbox.len(), "reporting to the indexer");
         let mut sent_upto = 0;
         'stream: loop {
-            let pending = lock().after(sent_upto);
+            let pending = lock().outbox.after(sent_upto);
             for r in pending {
                 sent_upto = sequence(&r);
                 if tx.send(r).await.is_err() {
@@ -292,7 +467,9 @@ async fn deliver(url: String, outbox: Arc<Mutex<Outbox>>, ready: Arc<tokio::sync
                         if ack.verdict != ReportVerdict::Accepted as i32 {
                             tracing::warn!(indexer = %url, sequence = ack.sequence, verdict = ?ReportVerdict::try_from(ack.verdict).unwrap_or_default(), detail = %ack.detail, "report refused");
                         }
-                        lock().acknowledge(ack.sequence);
+                        let mut stored = lock();
+                        stored.outbox.acknowledge(ack.sequence);
+                        stored.save();
                     }
                     Ok(None) | Err(_) => break 'stream,
                 },
@@ -373,5 +550,65 @@ mod tests {
     fn sequences_increase_even_when_the_clock_goes_back() {
         assert_eq!(next_sequence(0, 1_000), 1_000);
         assert_eq!(next_sequence(1_000, 900), 1_001);
+        let mut clock = ReportClock::after((5_000, 5_000));
+        assert_eq!(clock.next(4_000), (5_001, 5_001), "the clock went back");
+        assert_eq!(clock.next(4_000), (5_002, 5_002));
+        assert_eq!(clock.next(9_000), (9_000, 9_000), "and caught up");
+    }
+
+    fn signed(seq: u64) -> SignedNodeReport {
+        let mut r = report(seq);
+        r.report.as_mut().unwrap().sent_unix_ms = seq * 10;
+        r
+    }
+
+    #[test]
+    fn an_outbox_file_brings_back_the_queue_and_the_high_water() {
+        let mut o = Outbox::new(4);
+        for s in 1..=3 {
+            o.push(signed(s));
+        }
+        o.acknowledge(1);
+        let back = Outbox::from_bytes(&o.to_bytes(), 4).unwrap();
+        assert_eq!(back.after(0), o.after(0));
+        assert_eq!(back.high_water(), (3, 30));
+        o.acknowledge(3);
+        let empty = Outbox::from_bytes(&o.to_bytes(), 4).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(
+            empty.high_water(),
+            (3, 30),
+            "kept after everything was acknowledged"
+        );
+        // A smaller capacity on restart keeps the newest.
+        let mut full = Outbox::new(10);
+        for s in 1..=6 {
+            full.push(signed(s));
+        }
+        let seqs: Vec<u64> = Outbox::from_bytes(&full.to_bytes(), 2)
+            .unwrap()
+            .after(0)
+            .iter()
+            .map(sequence)
+            .collect();
+        assert_eq!(seqs, vec![5, 6]);
+    }
+
+    #[test]
+    fn a_damaged_outbox_file_is_an_error_not_a_panic() {
+        let mut o = Outbox::new(4);
+        o.push(signed(1));
+        let good = o.to_bytes();
+        for cut in 0..good.len() {
+            let _ = Outbox::from_bytes(&good[..cut], 4);
+        }
+        assert!(Outbox::from_bytes(b"hello", 4).is_err());
+        let mut huge = good[..24].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Outbox::from_bytes(&huge, 4).unwrap_err().contains("claims"));
+        let mut garbage = good[..24].to_vec();
+        garbage.extend_from_slice(&3u32.to_le_bytes());
+        garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(Outbox::from_bytes(&garbage, 4).is_err());
     }
 }

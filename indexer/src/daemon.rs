@@ -41,12 +41,14 @@ pub struct DaemonConfig {
     pub probes_per_slot: u32,
     /// How often the node set is re-read.
     pub registry_refresh: Duration,
+    /// How long a node may be missing from the registry before it is no longer probed.
+    pub forget_after: Duration,
 }
 
 /// Reports by verdict and probes by outcome, since start.
 #[derive(Debug, Default)]
 pub struct Counters {
-    verdicts: [AtomicU64; 8],
+    verdicts: [AtomicU64; 10],
     /// Probes answered with a valid signature.
     pub probes_passed: AtomicU64,
     /// Probes unanswered or answered wrongly.
@@ -56,7 +58,7 @@ pub struct Counters {
 }
 
 /// Every verdict, in the order [`Counters::reports`] lists them.
-pub const VERDICTS: [Verdict; 8] = [
+pub const VERDICTS: [Verdict; 10] = [
     Verdict::Accepted,
     Verdict::Malformed,
     Verdict::UnknownNode,
@@ -65,6 +67,8 @@ pub const VERDICTS: [Verdict; 8] = [
     Verdict::TooLate,
     Verdict::Replayed,
     Verdict::EpochClosed,
+    Verdict::OutOfRange,
+    Verdict::TimeWentBack,
 ];
 
 impl Counters {
@@ -88,6 +92,8 @@ struct Core {
     ledger: Ledger,
     /// Node id → host:port of its probe endpoint.
     probe_targets: BTreeMap<String, String>,
+    /// Probed nodes the registry no longer lists, and since when.
+    missing_since: BTreeMap<String, tokio::time::Instant>,
     /// The next epoch to close.
     next_to_close: Option<u64>,
 }
@@ -117,7 +123,21 @@ fn detail(v: Verdict, r: Option<&pb::NodeReport>, rules: &TallyConfig) -> String
     let seq = r.map_or(0, |r| r.sequence);
     match v {
         Verdict::Accepted => String::new(),
-        Verdict::Malformed => "the report or its node id is missing".into(),
+        Verdict::Malformed => {
+            "the report or its node id is missing, or the node id is not 64 lower-case hex digits"
+                .into()
+        }
+        Verdict::OutOfRange => format!(
+            "a number is out of range: sequence and sent_unix_ms must be below 2^63, at most {} \
+             sessions of ids up to {} bytes",
+            crate::tally::MAX_SESSIONS_PER_REPORT,
+            crate::tally::MAX_SESSION_ID_BYTES
+        ),
+        Verdict::TimeWentBack => format!(
+            "sent_unix_ms {} is not after the node's previous accepted report: time must advance \
+             with the sequence",
+            r.map_or(0, |r| r.sent_unix_ms)
+        ),
         Verdict::UnknownNode => {
             "this node is not in the orchestrator's registry; register it first".into()
         }
@@ -149,6 +169,8 @@ fn to_proto(v: Verdict) -> pb::ReportVerdict {
         Verdict::ClockSkew => P::ClockSkew,
         Verdict::TooLate | Verdict::EpochClosed => P::OutOfWindow,
         Verdict::Replayed => P::Replayed,
+        Verdict::OutOfRange => P::OutOfRange,
+        Verdict::TimeWentBack => P::TimeWentBack,
     }
 }
 
@@ -158,7 +180,7 @@ impl Indexer {
         let ledger = Ledger::open(&config.ledger, &config.rules)?;
         let mut tally = Tally::new(config.rules.clone());
         let rebuilt = ledger.rebuild(&mut tally)?;
-        let probe_targets = ledger.nodes()?.into_iter().collect();
+        let probe_targets = ledger.probe_targets()?.into_iter().collect();
         let next_to_close = ledger.epochs(1)?.first().map(|e| e.number + 1);
         tracing::info!(
             ledger = %config.ledger.display(),
@@ -173,6 +195,7 @@ impl Indexer {
                 tally,
                 ledger,
                 probe_targets,
+                missing_since: BTreeMap::new(),
                 next_to_close,
             }),
             config,
@@ -216,24 +239,77 @@ impl Indexer {
                 .await
                 .map_err(unreachable)?,
         );
-        let nodes = client
-            .list_nodes(ListNodesRequest::default())
-            .await
-            .map_err(|e| unreachable(e.message().to_owned()))?
-            .into_inner()
-            .nodes;
+        // The whole node set, page by page (one message could not hold a large grid).
+        let mut listed: BTreeMap<String, String> = BTreeMap::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_nodes(ListNodesRequest {
+                    region_code: String::new(),
+                    page_size: NODES_PAGE,
+                    page_token,
+                })
+                .await
+                .map_err(|e| unreachable(e.message().to_owned()))?
+                .into_inner();
+            for n in page.nodes {
+                if let Some(id) = n.node_id.map(|i| i.hex)
+                    && pixelgrid_proto::identity::canonical_node_id(&id).is_ok()
+                {
+                    listed.insert(id, n.probe_address);
+                }
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        let now = tokio::time::Instant::now();
         let mut core = self.core();
-        for n in nodes {
-            let Some(id) = n.node_id.map(|i| i.hex) else {
-                continue;
-            };
-            if core.probe_targets.get(&id) != Some(&n.probe_address) {
-                core.ledger.add_node(&id, &n.probe_address)?;
-                core.tally.add_node(&id);
-                core.probe_targets.insert(id, n.probe_address);
+        let Core {
+            ledger,
+            tally,
+            probe_targets,
+            missing_since,
+            ..
+        } = &mut *core;
+        let changed: Vec<(&str, &str)> = listed
+            .iter()
+            .filter(|(id, addr)| probe_targets.get(*id) != Some(*addr))
+            .map(|(id, addr)| (id.as_str(), addr.as_str()))
+            .collect();
+        ledger.add_nodes(&changed)?;
+        for (id, addr) in changed {
+            tally.add_node(id);
+            probe_targets.insert(id.to_owned(), addr.to_owned());
+        }
+        // Nodes gone from the registry are probed a while longer (a restart re-registers), then
+        // no more; their ledger rows stay, so what they earned stays provable.
+        missing_since.retain(|id, _| !listed.contains_key(id));
+        let gone: Vec<String> = probe_targets
+            .keys()
+            .filter(|id| !listed.contains_key(*id))
+            .cloned()
+            .collect();
+        let mut forgotten = Vec::new();
+        for id in gone {
+            let since = *missing_since.entry(id.clone()).or_insert(now);
+            if now.duration_since(since) >= self.config.forget_after {
+                forgotten.push(id);
             }
         }
-        Ok(core.probe_targets.len())
+        if !forgotten.is_empty() {
+            ledger.stop_probing(&forgotten)?;
+            for id in &forgotten {
+                probe_targets.remove(id);
+                missing_since.remove(id);
+            }
+            tracing::info!(
+                nodes = forgotten.len(),
+                "no longer probing nodes gone from the registry"
+            );
+        }
+        Ok(probe_targets.len())
     }
 
     /// Verifies, tallies and commits a batch of reports that arrived at `now_ms`; returns one
@@ -328,6 +404,11 @@ impl Indexer {
         Ok(closed)
     }
 
+    /// A node's accepted reports, `(sequence, sent_unix_ms)`, in sequence order.
+    pub fn reports_of(&self, node_id: &str) -> Result<Vec<(u64, u64)>> {
+        self.core().ledger.reports_of(node_id)
+    }
+
     /// Closed epochs, most recent first.
     pub fn epochs(&self, limit: usize) -> Result<Vec<EpochRow>> {
         self.core().ledger.epochs(limit)
@@ -406,7 +487,7 @@ impl Indexer {
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                         let at = now_ms();
-                        let passed = probe(&node, &addr, timeout).await;
+                        let passed = probe_with_retries(&node, &addr, timeout, at, slot).await;
                         if let Err(e) = me.record_probe(&node, at, passed) {
                             tracing::error!(error = %e, "cannot record a probe; exiting so a restart rebuilds from the ledger");
                             std::process::exit(70);
@@ -424,6 +505,33 @@ fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).expect("the OS has randomness");
     u64::from_le_bytes(b)
+}
+
+/// Tries past a failed probe, within the same slot: one lost packet must not cost a slot.
+const PROBE_RETRIES: u32 = 2;
+
+/// Challenges a node, retrying a failed challenge (a fresh nonce each time) while time is left
+/// in the slot of `at_ms`; passes when any try passes.
+async fn probe_with_retries(
+    node_id: &str,
+    addr: &str,
+    timeout: Duration,
+    at_ms: u64,
+    slot_ms: u64,
+) -> bool {
+    let slot_end = (at_ms / slot_ms + 1) * slot_ms;
+    for attempt in 0..=PROBE_RETRIES {
+        if probe(node_id, addr, timeout).await {
+            return true;
+        }
+        let backoff = Duration::from_millis((slot_ms / 20).clamp(20, 1_000) << attempt);
+        if attempt == PROBE_RETRIES || now_ms() + (backoff + timeout).as_millis() as u64 >= slot_end
+        {
+            break;
+        }
+        tokio::time::sleep(backoff).await;
+    }
+    false
 }
 
 /// Challenges one node: passes only when it signs our fresh nonce with its own key in time.
@@ -469,6 +577,9 @@ impl Service {
         Self { indexer }
     }
 }
+
+/// Nodes asked for in one `ListNodes` page.
+const NODES_PAGE: u32 = 5_000;
 
 /// Most reports verified as one batch.
 const MAX_BATCH: usize = 256;

@@ -7,7 +7,7 @@
 //! | table | rows |
 //! | --- | --- |
 //! | `meta` | `rules`: the tally rules (JSON) the ledger was written under |
-//! | `nodes` | node id (hex public key), probe address |
+//! | `nodes` | node id (hex public key), probe address, whether it is still probed |
 //! | `reports` | accepted reports: node, sequence, epoch, arrival ms, `SignedNodeReport` protobuf |
 //! | `probes` | node, time, epoch, passed |
 //! | `epochs` | closed epochs: number, bounds, Merkle root, total, nodes paid |
@@ -23,7 +23,11 @@ use std::path::Path;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, probe_address TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY,
+    probe_address TEXT NOT NULL,
+    probed INTEGER NOT NULL DEFAULT 1
+);
 CREATE TABLE IF NOT EXISTS reports (
     id INTEGER PRIMARY KEY,
     node_id TEXT NOT NULL,
@@ -184,23 +188,58 @@ impl Ledger {
     }
 
     /// Records a node (or its new probe address).
-    pub fn add_node(&self, node_id: &str, probe_address: &str) -> Result<()> {
-        self.db
-            .execute(
-                "INSERT INTO nodes (node_id, probe_address) VALUES (?1, ?2)
-                 ON CONFLICT (node_id) DO UPDATE SET probe_address = excluded.probe_address",
-                params![node_id, probe_address],
-            )
-            .map_err(sql)?;
-        Ok(())
+    pub fn add_node(&mut self, node_id: &str, probe_address: &str) -> Result<()> {
+        self.add_nodes(&[(node_id, probe_address)])
+    }
+
+    /// Records nodes (or their new probe addresses), `(node id, probe address)`, in one
+    /// transaction; each is probed from now on.
+    pub fn add_nodes(&mut self, nodes: &[(&str, &str)]) -> Result<()> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.transaction().map_err(sql)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO nodes (node_id, probe_address, probed) VALUES (?1, ?2, 1)
+                     ON CONFLICT (node_id) DO UPDATE
+                     SET probe_address = excluded.probe_address, probed = 1",
+                )
+                .map_err(sql)?;
+            for (id, addr) in nodes {
+                insert.execute(params![id, addr]).map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Stops probing nodes (gone from the registry); they stay known, with what they earned.
+    pub fn stop_probing(&mut self, nodes: &[String]) -> Result<()> {
+        let tx = self.db.transaction().map_err(sql)?;
+        {
+            let mut update = tx
+                .prepare_cached("UPDATE nodes SET probed = 0 WHERE node_id = ?1")
+                .map_err(sql)?;
+            for id in nodes {
+                update.execute(params![id]).map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Nodes still probed, with their probe addresses.
+    pub fn probe_targets(&self) -> Result<Vec<(String, String)>> {
+        self.node_rows("SELECT node_id, probe_address FROM nodes WHERE probed = 1 ORDER BY node_id")
     }
 
     /// Every known node with its probe address.
     pub fn nodes(&self) -> Result<Vec<(String, String)>> {
-        let mut q = self
-            .db
-            .prepare("SELECT node_id, probe_address FROM nodes ORDER BY node_id")
-            .map_err(sql)?;
+        self.node_rows("SELECT node_id, probe_address FROM nodes ORDER BY node_id")
+    }
+
+    fn node_rows(&self, query: &str) -> Result<Vec<(String, String)>> {
+        let mut q = self.db.prepare(query).map_err(sql)?;
         q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(sql)?
             .collect::<rusqlite::Result<_>>()
@@ -234,6 +273,27 @@ impl Ledger {
             }
         }
         tx.commit().map_err(sql)
+    }
+
+    /// A node's accepted reports, `(sequence, sent_unix_ms)`, in sequence order.
+    pub fn reports_of(&self, node_id: &str) -> Result<Vec<(u64, u64)>> {
+        let mut q = self
+            .db
+            .prepare_cached("SELECT signed FROM reports WHERE node_id = ?1 ORDER BY sequence")
+            .map_err(sql)?;
+        let rows = q
+            .query_map(params![node_id], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(sql)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let bytes = row.map_err(sql)?;
+            let r = SignedNodeReport::decode(bytes.as_slice())
+                .ok()
+                .and_then(|s| s.report)
+                .ok_or_else(|| Error::Ledger("a stored report does not decode".into()))?;
+            out.push((r.sequence, r.sent_unix_ms));
+        }
+        Ok(out)
     }
 
     /// Appends one probe result.

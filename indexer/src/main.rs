@@ -99,12 +99,16 @@ struct ServeArgs {
     /// Micro-credits taken back per session a node dropped.
     #[arg(long, default_value_t = 50_000)]
     refund_per_dropped_session: u64,
-    /// Probes per node per slot, at random moments.
-    #[arg(long, default_value_t = 1)]
+    /// Probes per node per slot, at random moments (each retried within the slot when it
+    /// fails; the slot is up when any passed).
+    #[arg(long, default_value_t = 2)]
     probes_per_slot: u32,
     /// How often the node set is re-read from the orchestrator, ms.
     #[arg(long, default_value_t = 10_000)]
     registry_refresh_ms: u64,
+    /// How long a node may be missing from the registry before it is no longer probed, s.
+    #[arg(long, default_value_t = 3_600)]
+    forget_after_s: u64,
 }
 
 impl ServeArgs {
@@ -116,6 +120,7 @@ impl ServeArgs {
             self.slot_ms
         );
         Ok(TallyConfig {
+            revision: indexer::tally::RULES_REVISION,
             epoch_ms: self.epoch_ms,
             slot_ms: self.slot_ms,
             max_clock_skew_ms: self.max_clock_skew_ms,
@@ -153,6 +158,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         orchestrator: args.orchestrator.clone(),
         probes_per_slot: args.probes_per_slot,
         registry_refresh: Duration::from_millis(args.registry_refresh_ms.max(100)),
+        forget_after: Duration::from_secs(args.forget_after_s),
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,7 +5,9 @@
 //! probe period). A node is **up for a slot** only when it sent an accepted report in that slot
 //! **and** answered one of the indexer's own probes in it (a fresh nonce signed with its key
 //! proves it was up; an unanswered probe can be the network's or the indexer's fault, so it
-//! takes nothing away): self-reports alone earn nothing, as with Aethir's checker nodes. Delivered play time counts only at the promised
+//! takes nothing away; a probe is retried within its slot, and the slot is up when any try passed):
+//! self-reports alone earn nothing, as with Aethir's checker nodes. A slot in which the indexer
+//! probed nobody (it was down or restarting) is not charged to a node that reported in it. Delivered play time counts only at the promised
 //! quality, and a session's reported time is capped by the time since the node's previous report,
 //! so it cannot be inflated. Money is integer micro-credits:
 //!
@@ -24,9 +26,16 @@ use pixelgrid_proto::token::unhex;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The revision of the tally's arithmetic. 2: range checks, time must advance with the
+/// sequence, slots the indexer probed nobody in are not charged.
+pub const RULES_REVISION: u32 = 2;
+
 /// The rules; the same everywhere, or roots will not match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TallyConfig {
+    /// Which revision of these rules' arithmetic ([`RULES_REVISION`]): a ledger written under
+    /// another one is refused rather than silently re-tallied differently.
+    pub revision: u32,
     /// Epoch length, ms (divisible by `slot_ms`).
     pub epoch_ms: u64,
     /// Report and probe period, ms.
@@ -49,6 +58,7 @@ pub struct TallyConfig {
 impl Default for TallyConfig {
     fn default() -> Self {
         Self {
+            revision: RULES_REVISION,
             epoch_ms: 3_600_000,
             slot_ms: 60_000,
             max_clock_skew_ms: 30_000,
@@ -81,7 +91,20 @@ pub enum Verdict {
     Replayed,
     /// It falls in an epoch already closed.
     EpochClosed,
+    /// A number the ledger cannot hold (sequence or time ≥ 2^63), or more sessions, or longer
+    /// session ids, than a report may carry.
+    OutOfRange,
+    /// Its time is not after the time of the node's previous accepted report (the sequence went
+    /// up while the clock went back).
+    TimeWentBack,
 }
+
+/// The largest sequence or time a report may carry: the ledger keeps them as SQLite integers.
+pub const MAX_REPORT_NUMBER: u64 = i64::MAX as u64;
+/// Most session entries one report may carry (far above any node's capacity).
+pub const MAX_SESSIONS_PER_REPORT: usize = 256;
+/// Longest session id a report may carry, bytes.
+pub const MAX_SESSION_ID_BYTES: usize = 128;
 
 #[derive(Debug, Clone, Default)]
 struct NodeEpoch {
@@ -162,6 +185,8 @@ pub struct Tally {
     nodes: BTreeSet<String>,
     last: BTreeMap<String, LastReport>,
     open: BTreeMap<(u64, String), NodeEpoch>,
+    /// Per open epoch, the slots in which the indexer probed anyone (it was running).
+    probing: BTreeMap<u64, BTreeSet<u64>>,
     closed: BTreeMap<u64, ClosedEpoch>,
     /// Every epoch before this one is closed (in the ledger, not necessarily held here).
     closed_before: u64,
@@ -179,6 +204,7 @@ impl Tally {
             nodes: BTreeSet::new(),
             last: BTreeMap::new(),
             open: BTreeMap::new(),
+            probing: BTreeMap::new(),
             closed: BTreeMap::new(),
             closed_before: 0,
         }
@@ -192,6 +218,11 @@ impl Tally {
     /// Knows a node (from the orchestrator's registry).
     pub fn add_node(&mut self, node_id: &str) {
         self.nodes.insert(node_id.to_owned());
+    }
+
+    /// Forgets a node (deregistered long enough ago): its later reports are refused as unknown.
+    pub fn remove_node(&mut self, node_id: &str) {
+        self.nodes.remove(node_id);
     }
 
     /// True when the node is known (reports from unknown nodes are refused).
@@ -225,11 +256,13 @@ impl Tally {
     pub fn restore_closed_before(&mut self, epoch: u64) {
         self.closed_before = self.closed_before.max(epoch);
         self.open.retain(|(e, _), _| *e >= epoch);
+        self.probing.retain(|e, _| *e >= epoch);
     }
 
     /// Restores an epoch the ledger closed earlier: it stays exactly as it was.
     pub fn restore_closed(&mut self, closed: ClosedEpoch) {
         self.open.retain(|(epoch, _), _| *epoch != closed.epoch);
+        self.probing.remove(&closed.epoch);
         self.closed.insert(closed.epoch, closed);
     }
 
@@ -262,6 +295,19 @@ impl Tally {
         let Some(node) = report.node_id.as_ref().map(|n| n.hex.clone()) else {
             return Verdict::Malformed;
         };
+        if pixelgrid_proto::identity::canonical_node_id(&node).is_err() {
+            return Verdict::Malformed;
+        }
+        if report.sequence > MAX_REPORT_NUMBER
+            || report.sent_unix_ms > MAX_REPORT_NUMBER
+            || report.sessions.len() > MAX_SESSIONS_PER_REPORT
+            || report
+                .sessions
+                .iter()
+                .any(|s| s.session_id.len() > MAX_SESSION_ID_BYTES)
+        {
+            return Verdict::OutOfRange;
+        }
         if !self.nodes.contains(&node) {
             return Verdict::UnknownNode;
         }
@@ -285,6 +331,9 @@ impl Tally {
         let epoch = self.epoch_of(report.sent_unix_ms);
         if self.is_closed(epoch) {
             return Verdict::EpochClosed;
+        }
+        if last.is_some_and(|l| report.sent_unix_ms <= l.sent_ms) {
+            return Verdict::TimeWentBack;
         }
         // Time a session can have been played since the node's previous report.
         let since_last = last.map_or(self.config.slot_ms, |l| {
@@ -318,18 +367,19 @@ impl Tally {
         Verdict::Accepted
     }
 
-    /// Records the indexer's own probe of `node_id` at `at_ms` (only a passed one counts).
+    /// Records the indexer's own probe of `node_id` at `at_ms` (with its retries: passed when
+    /// any try passed).
     pub fn record_probe(&mut self, node_id: &str, at_ms: u64, passed: bool) {
         let epoch = self.epoch_of(at_ms);
-        if !passed || self.is_closed(epoch) || !self.nodes.contains(node_id) {
+        if self.is_closed(epoch) || !self.nodes.contains(node_id) {
             return;
         }
         let slot = at_ms / self.config.slot_ms;
-        self.open
-            .entry((epoch, node_id.to_owned()))
-            .or_default()
-            .probe_ok
-            .insert(slot);
+        self.probing.entry(epoch).or_default().insert(slot);
+        let e = self.open.entry((epoch, node_id.to_owned())).or_default();
+        if passed {
+            e.probe_ok.insert(slot);
+        }
     }
 
     /// Closes `epoch` (idempotent: closing again returns the same result and changes nothing).
@@ -345,10 +395,17 @@ impl Tally {
                 .range((epoch, String::new())..(epoch + 1, String::new()))
                 .map(|(k, _)| k.clone())
                 .collect();
+            let probing = self.probing.remove(&epoch).unwrap_or_default();
             let mut payouts = Vec::new();
             for key in keys {
                 let e = self.open.remove(&key).expect("listed");
-                let up_slots = e.reported.iter().filter(|s| e.probe_ok.contains(s)).count() as u64;
+                // A reported slot is up when a probe in it passed, or when the indexer probed
+                // nobody in it (it was down: its outage is not the node's fault).
+                let up_slots = e
+                    .reported
+                    .iter()
+                    .filter(|s| e.probe_ok.contains(s) || !probing.contains(s))
+                    .count() as u64;
                 let uptime_ms = up_slots * c.slot_ms;
                 let sla_met = u128::from(uptime_ms) * 1_000_000
                     >= u128::from(c.sla_floor_ppm) * u128::from(c.epoch_ms);
@@ -543,6 +600,9 @@ mod tests {
             t.ingest(&report(&key, 2, 2 * MIN, vec![inflated, dropped]), 2 * MIN),
             Verdict::Accepted
         );
+        // Probed and unanswered: no readiness, so the sum is delivery and refund alone.
+        t.record_probe(&key.node_id(), MIN + 1, false);
+        t.record_probe(&key.node_id(), 2 * MIN + 1, false);
         let p = &t.close_epoch(0).payouts[0];
         assert_eq!(
             p.delivered_ms,
@@ -609,6 +669,119 @@ mod tests {
         assert_eq!(b.ingest_batch(&batch, MIN), one_by_one);
         assert_eq!(one_by_one[2], Verdict::BadSignature);
         assert_eq!(one_by_one[4], Verdict::Replayed);
+    }
+
+    #[test]
+    fn numbers_the_ledger_cannot_hold_are_refused_and_the_node_goes_on() {
+        let key = NodeKey::from_seed(&[30; 32]);
+        let mut t = Tally::new(config());
+        t.add_node(&key.node_id());
+        for seq in [1 << 63, u64::MAX, (1 << 63) + 1] {
+            assert_eq!(
+                t.ingest(&report(&key, seq, MIN, vec![]), MIN),
+                Verdict::OutOfRange,
+                "sequence {seq}"
+            );
+        }
+        assert_eq!(
+            t.ingest(&report(&key, 1, u64::MAX, vec![]), MIN),
+            Verdict::OutOfRange
+        );
+        let many = vec![SessionDelivery::default(); MAX_SESSIONS_PER_REPORT + 1];
+        assert_eq!(
+            t.ingest(&report(&key, 2, MIN, many), MIN),
+            Verdict::OutOfRange
+        );
+        let long_id = SessionDelivery {
+            session_id: "x".repeat(MAX_SESSION_ID_BYTES + 1),
+            ..Default::default()
+        };
+        assert_eq!(
+            t.ingest(&report(&key, 3, MIN, vec![long_id]), MIN),
+            Verdict::OutOfRange
+        );
+        // None of them moved the node's sequence: its next ordinary report is taken.
+        assert_eq!(
+            t.ingest(&report(&key, 4, MIN, vec![]), MIN),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            t.ingest(&report(&key, MAX_REPORT_NUMBER, MIN + 1, vec![]), MIN),
+            Verdict::Accepted,
+            "the largest sequence the ledger holds is fine"
+        );
+    }
+
+    #[test]
+    fn time_must_advance_with_the_sequence_and_ids_have_one_spelling() {
+        let key = NodeKey::from_seed(&[31; 32]);
+        let mut t = Tally::new(config());
+        t.add_node(&key.node_id());
+        assert_eq!(
+            t.ingest(&report(&key, 1, 5 * MIN, vec![]), 5 * MIN),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            t.ingest(&report(&key, 2, 4 * MIN, vec![]), 5 * MIN),
+            Verdict::TimeWentBack,
+            "a higher sequence with an earlier time"
+        );
+        assert_eq!(
+            t.ingest(&report(&key, 3, 5 * MIN, vec![]), 5 * MIN),
+            Verdict::TimeWentBack,
+            "the same time again"
+        );
+        assert_eq!(
+            t.ingest(&report(&key, 4, 6 * MIN, vec![]), 6 * MIN),
+            Verdict::Accepted
+        );
+        let mut shouting = report(&key, 5, 7 * MIN, vec![]);
+        shouting.report.as_mut().unwrap().node_id = Some(NodeId {
+            hex: key.node_id().to_uppercase(),
+        });
+        assert_eq!(t.ingest(&shouting, 7 * MIN), Verdict::Malformed);
+    }
+
+    #[test]
+    fn a_lost_probe_retried_and_an_indexer_outage_cost_nothing_but_a_dead_probe_does() {
+        let key = NodeKey::from_seed(&[32; 32]);
+        let other = NodeKey::from_seed(&[33; 32]);
+        let mut t = Tally::new(config());
+        t.add_node(&key.node_id());
+        t.add_node(&other.node_id());
+        for m in 0..60 {
+            let at = m * MIN + 1_000;
+            assert_eq!(
+                t.ingest(&report(&key, m + 1, at, vec![]), at),
+                Verdict::Accepted
+            );
+            match m {
+                // Minutes 10–19: the indexer was down and probed nobody.
+                10..20 => {}
+                // Minute 30: the first try was lost, a retry in the same slot passed.
+                30 => {
+                    t.record_probe(&key.node_id(), at + 5_000, false);
+                    t.record_probe(&key.node_id(), at + 6_000, true);
+                }
+                // Minutes 40–44: probed, never answered: down, whatever it reported.
+                40..45 => t.record_probe(&key.node_id(), at + 5_000, false),
+                _ => t.record_probe(&key.node_id(), at + 5_000, true),
+            }
+            if !(10..20).contains(&m) {
+                t.record_probe(&other.node_id(), at + 7_000, true);
+            }
+        }
+        let e = t.close_epoch(0);
+        let p = e
+            .payouts
+            .iter()
+            .find(|p| p.node_id == key.node_id())
+            .unwrap();
+        assert_eq!(
+            p.uptime_ms,
+            55 * MIN,
+            "only the five unanswered minutes are lost"
+        );
     }
 
     #[test]

@@ -133,6 +133,7 @@ fn reporting_to(indexers: &[&IndexerProcess]) -> edge_node::reporter::ReporterCo
         indexers: indexers.iter().map(|i| i.url()).collect(),
         interval: Duration::from_millis(250),
         outbox_capacity: 1_000,
+        outbox_dir: None,
     }
 }
 
@@ -248,6 +249,17 @@ fn bad_reports_are_refused_with_reasons_and_a_node_failing_probes_earns_no_uptim
             acks.message().await.unwrap().expect("an acknowledgement")
         };
         let t = now_ms();
+        let shouting = indexer::report::sign(
+            pb::NodeReport {
+                node_id: Some(pixelgrid_proto::types::v1::NodeId {
+                    hex: silent.node_id().to_uppercase(),
+                }),
+                sequence: 8,
+                sent_unix_ms: t + 3,
+                ..Default::default()
+            },
+            &silent,
+        );
         let mut forged = ready(&silent, 2, t, vec![]);
         forged.report.as_mut().unwrap().sequence = 3;
         let cases = [
@@ -276,6 +288,23 @@ fn bad_reports_are_refused_with_reasons_and_a_node_failing_probes_earns_no_uptim
                 ready(&silent, 6, t - 60_000, vec![]),
                 pb::ReportVerdict::OutOfWindow,
                 "after its time",
+            ),
+            // Once crashed the indexer: two sequences the ledger cannot hold, one after the other.
+            (
+                ready(&silent, 1 << 63, t + 1, vec![]),
+                pb::ReportVerdict::OutOfRange,
+                "2^63",
+            ),
+            (
+                ready(&silent, u64::MAX, t + 2, vec![]),
+                pb::ReportVerdict::OutOfRange,
+                "2^63",
+            ),
+            (shouting, pb::ReportVerdict::Malformed, "lower-case"),
+            (
+                ready(&silent, 7, t - 1, vec![]),
+                pb::ReportVerdict::TimeWentBack,
+                "time must advance",
             ),
         ];
         for (r, verdict, why) in cases {
@@ -311,4 +340,120 @@ fn bad_reports_are_refused_with_reasons_and_a_node_failing_probes_earns_no_uptim
             "the real node beside it is up"
         );
     });
+}
+
+/// The node set of a large grid comes in pages (one `ListNodes` reply could not hold it), and a
+/// node gone from the registry for longer than `forget_after` is no longer probed.
+#[test]
+fn the_node_set_of_100_000_nodes_is_read_in_pages_and_departed_nodes_stop_being_probed() {
+    use orchestrator::grid::{Grid, GridConfig};
+    use pixelgrid_proto::identity::SignedRequest;
+    use pixelgrid_proto::orchestrator::v1 as opb;
+    const NODES: usize = 100_000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store: Arc<dyn orchestrator::store::Store> = Arc::new(EmbeddedStore::new());
+        let cache = orchestrator::cache::RegistryCache::start(Arc::clone(&store))
+            .await
+            .unwrap();
+        let grid = Arc::new(
+            Grid::new(
+                store,
+                pixelgrid_proto::token::TokenSigner::from_seed(&[9; 32]),
+                orchestrator::placement::Policy::default(),
+                GridConfig {
+                    node_lease_ttl: Duration::from_secs(3_600),
+                    ..GridConfig::default()
+                },
+            )
+            .with_cache(cache),
+        );
+        let registering = std::time::Instant::now();
+        let keys = orchestrator::bench::register_nodes(&grid, NODES)
+            .await
+            .unwrap();
+        eprintln!("registered {NODES} nodes in {:?}", registering.elapsed());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(orchestrator::serve(
+            listener,
+            Arc::clone(&grid),
+            std::future::pending(),
+        ));
+        let mut client = opb::orchestrator_client::OrchestratorClient::connect(url.clone())
+            .await
+            .unwrap();
+        // A page too large or a token that was never handed out is refused with a reason.
+        for (req, why) in [
+            (
+                opb::ListNodesRequest {
+                    page_size: 1_000_000,
+                    ..Default::default()
+                },
+                "page_size",
+            ),
+            (
+                opb::ListNodesRequest {
+                    page_token: "not a token".into(),
+                    ..Default::default()
+                },
+                "page_token",
+            ),
+        ] {
+            let e = client.list_nodes(req).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+            assert!(e.message().contains(why), "{e:?}");
+        }
+        let first = client
+            .list_nodes(opb::ListNodesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.nodes.len(), 1_000, "the default page");
+        assert!(!first.next_page_token.is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        let indexer = indexer::daemon::Indexer::open(indexer::daemon::DaemonConfig {
+            rules: indexer::tally::TallyConfig::default(),
+            ledger: dir.path().join("l.db"),
+            orchestrator: Some(url),
+            probes_per_slot: 1,
+            registry_refresh: Duration::from_secs(3_600),
+            forget_after: Duration::ZERO,
+        })
+        .unwrap();
+        let reading = std::time::Instant::now();
+        assert_eq!(indexer.refresh_registry().await.unwrap(), NODES);
+        eprintln!("read {NODES} nodes in pages in {:?}", reading.elapsed());
+
+        // Ten nodes leave; with forget_after = 0 the next read stops probing them.
+        for key in &keys[..10] {
+            grid.deregister(
+                opb::DeregisterNodeRequest {
+                    node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: key.node_id() }),
+                    sent_unix_ms: now_ms(),
+                    signature: None,
+                }
+                .sign_with(key),
+            )
+            .await
+            .unwrap();
+        }
+        assert!(
+            eventually_async(|| async { indexer.refresh_registry().await.unwrap() == NODES - 10 })
+                .await,
+            "departed nodes are still probed"
+        );
+    });
+}
+
+/// Polls `check` for up to ten seconds.
+async fn eventually_async<F: std::future::Future<Output = bool>>(check: impl Fn() -> F) -> bool {
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

@@ -249,6 +249,12 @@ pub(crate) fn random_id() -> String {
     pixelgrid_proto::token::hex(&b)
 }
 
+/// A node request's `node_id` must be spelt canonically: one key, one node.
+fn signer_canonical(id: Option<&str>) -> Result<()> {
+    pixelgrid_proto::identity::canonical_node_id(id.unwrap_or_default())
+        .map_err(|reason| invalid("node_id", reason))
+}
+
 pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
     Error::InvalidArgument {
         field,
@@ -566,6 +572,7 @@ impl Grid {
         &self,
         req: pb::RegisterNodeRequest,
     ) -> Result<pb::RegisterNodeResponse> {
+        signer_canonical(req.signer_id())?;
         if !req.verify_signature() {
             return Err(Error::Unauthenticated(
                 "RegisterNode is not signed by the key its node_id names".into(),
@@ -677,6 +684,7 @@ impl Grid {
     }
 
     async fn heartbeat_inner(&self, hb: pb::HeartbeatRequest) -> Result<pb::HeartbeatResponse> {
+        signer_canonical(hb.signer_id())?;
         if !hb.verify_signature() {
             return Err(Error::Unauthenticated(
                 "heartbeat is not signed by the key its node_id names".into(),
@@ -1452,6 +1460,7 @@ impl Grid {
         &self,
         req: pb::DeregisterNodeRequest,
     ) -> Result<pb::DeregisterNodeResponse> {
+        signer_canonical(req.signer_id())?;
         if !req.verify_signature() {
             return Err(Error::Unauthenticated(
                 "DeregisterNode is not signed by the key its node_id names".into(),

@@ -13,6 +13,11 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// Nodes in one `ListNodes` page unless the caller asks for fewer.
+const DEFAULT_NODES_PAGE: u32 = 1_000;
+/// The largest `ListNodes` page (a page must stay well under gRPC's 4 MiB message limit).
+const MAX_NODES_PAGE: u32 = 5_000;
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let msg = e.to_string();
@@ -149,18 +154,50 @@ impl Orchestrator for OrchestratorService {
         r: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let full_view = self.caller(&r).await? == Caller::Operator;
-        let region = r.into_inner().region_code;
+        let req = r.into_inner();
+        let region = req.region_code;
         if region.len() > 32 {
             return Err(Status::invalid_argument(
                 "invalid region_code: at most 32 characters",
             ));
         }
-        let records = self.grid.registry().await.map_err(Status::from)?;
-        let mut nodes = Vec::new();
-        for (r, _) in records
+        if req.page_size > MAX_NODES_PAGE {
+            return Err(Status::invalid_argument(format!(
+                "invalid page_size: at most {MAX_NODES_PAGE} nodes in one page"
+            )));
+        }
+        let page_size = match req.page_size {
+            0 => DEFAULT_NODES_PAGE,
+            n => n,
+        } as usize;
+        // The token is the last node id of the previous page (node ids are ordered and stable).
+        let after = req.page_token;
+        if !after.is_empty() && pixelgrid_proto::identity::canonical_node_id(&after).is_err() {
+            return Err(Status::invalid_argument(
+                "invalid page_token: pass back the next_page_token of the previous page",
+            ));
+        }
+        let mut records: Vec<_> = self
+            .grid
+            .registry()
+            .await
+            .map_err(Status::from)?
             .into_iter()
-            .filter(|(r, _)| region.is_empty() || r.view.region == region)
-        {
+            .map(|(r, _)| r)
+            .filter(|r| r.view.id > after && (region.is_empty() || r.view.region == region))
+            .collect();
+        records.sort_unstable_by(|a, b| a.view.id.cmp(&b.view.id));
+        let next_page_token = if records.len() > page_size {
+            records.truncate(page_size);
+            records
+                .last()
+                .map(|r| r.view.id.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut nodes = Vec::new();
+        for r in records {
             let status = if full_view {
                 self.grid.status(&r.view.id).await?.unwrap_or_default()
             } else {
@@ -211,7 +248,10 @@ impl Orchestrator for OrchestratorService {
                 last_heartbeat_unix_ms: status.last_heartbeat_ms,
             });
         }
-        Ok(Response::new(pb::ListNodesResponse { nodes }))
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes,
+            next_page_token,
+        }))
     }
 
     async fn list_games(

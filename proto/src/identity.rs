@@ -81,8 +81,31 @@ pub fn load_or_create_seed(path: &Path) -> std::io::Result<([u8; 32], bool)> {
     }
 }
 
-/// True when `signature` over `bytes` verifies for the node whose id is `node_id_hex`.
+/// Checks that `id` is a node id in its one canonical form: 64 lower-case hex digits (an
+/// ed25519 public key). Any other spelling of the same key is refused rather than folded, so one
+/// key can never stand for two nodes.
+pub fn canonical_node_id(id: &str) -> Result<(), String> {
+    if id.len() != 64 {
+        return Err(format!(
+            "{:?} is not a node id: it has {} characters, a node id has 64 lower-case hex digits",
+            id.chars().take(80).collect::<String>(),
+            id.chars().count()
+        ));
+    }
+    if !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(format!(
+            "{id:?} is not a node id in canonical form: use lower-case hex digits only"
+        ));
+    }
+    Ok(())
+}
+
+/// True when `signature` over `bytes` verifies for the node whose id is `node_id_hex` (which
+/// must be in canonical form, see [`canonical_node_id`]).
 pub fn verify(node_id_hex: &str, bytes: &[u8], signature: &[u8]) -> bool {
+    if canonical_node_id(node_id_hex).is_err() {
+        return false;
+    }
     let Some(key) = unhex(node_id_hex).and_then(|b| <[u8; 32]>::try_from(b).ok()) else {
         return false;
     };
@@ -200,9 +223,32 @@ mod tests {
             hex: NodeKey::from_seed(&[6; 32]).node_id(),
         });
         assert!(!impostor.verify_signature());
-        let mut unsigned = req;
+        let mut unsigned = req.clone();
         unsigned.signature = None;
         assert!(!unsigned.verify_signature());
+        let mut shouting = req;
+        shouting.node_id = Some(NodeId {
+            hex: key.node_id().to_uppercase(),
+        });
+        assert!(
+            !shouting.sign_with(&key).verify_signature(),
+            "the same key spelt in upper case is not a second identity"
+        );
+    }
+
+    #[test]
+    fn node_ids_have_one_canonical_form() {
+        let id = NodeKey::from_seed(&[9; 32]).node_id();
+        assert!(canonical_node_id(&id).is_ok());
+        for bad in [
+            id.to_uppercase(),
+            format!("{id}00"),
+            id[2..].to_owned(),
+            format!(" {}", &id[1..]),
+        ] {
+            let e = canonical_node_id(&bad).unwrap_err();
+            assert!(e.contains("node id"), "{e}");
+        }
     }
 
     #[test]

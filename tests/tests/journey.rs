@@ -42,6 +42,7 @@ impl Journey {
             orchestrator: Some(format!("http://{}", grid.orchestrator)),
             probes_per_slot: 2,
             registry_refresh: Duration::from_millis(500),
+            forget_after: std::time::Duration::from_secs(3_600),
         })
         .unwrap();
         let url = grid.runtime.block_on(async {
@@ -58,6 +59,7 @@ impl Journey {
             indexers: vec![url],
             interval: Duration::from_millis(1_000),
             outbox_capacity: 100,
+            outbox_dir: None,
         });
         Self {
             grid,

@@ -54,6 +54,7 @@ fn every_daemon_serves_metrics_promtool_accepts_and_health_endpoints() {
         orchestrator: Some(format!("http://{}", grid.orchestrator)),
         probes_per_slot: 1,
         registry_refresh: Duration::from_millis(300),
+        forget_after: std::time::Duration::from_secs(3_600),
     })
     .unwrap();
     let (indexer_grpc, indexer_http) = grid.runtime.block_on(async {
@@ -76,6 +77,7 @@ fn every_daemon_serves_metrics_promtool_accepts_and_health_endpoints() {
         indexers: vec![format!("http://{indexer_grpc}")],
         interval: Duration::from_millis(250),
         outbox_capacity: 100,
+        outbox_dir: None,
     });
     let node = grid.add_node(1, 1);
 

@@ -287,17 +287,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", render(&games, cli.json));
         }
         Command::Nodes { region } => {
-            let nodes = c
-                .list_nodes(studios::with_credential(
-                    pb::ListNodesRequest {
-                        region_code: region,
-                    },
-                    credential,
-                )?)
-                .await
-                .map_err(status)?
-                .into_inner()
-                .nodes;
+            let mut nodes = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = c
+                    .list_nodes(studios::with_credential(
+                        pb::ListNodesRequest {
+                            region_code: region.clone(),
+                            page_size: 0,
+                            page_token,
+                        },
+                        credential,
+                    )?)
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                nodes.extend(page.nodes);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             let rows: Vec<NodeRow> = nodes.iter().map(NodeRow::from).collect();
             println!("{}", render(&rows, cli.json));
         }
