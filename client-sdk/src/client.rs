@@ -592,11 +592,16 @@ impl Client {
                 .find(|l| l.node_id.as_ref().is_some_and(|n| n.hex == id))
                 .map_or(0, |l| l.rtt_ms)
         };
+        // A key pair for this session only: it signs the delivery receipts that let the node
+        // prove it streamed to this player.
+        let player_key = pixelgrid_proto::receipt::PlayerKey::generate()
+            .map_err(|e| Error::Orchestrator(format!("no randomness for a player key: {e}")))?;
         let chosen = grpc
             .choose_node(authorised(
                 pb::ChooseNodeRequest {
                     launch_id: launch.launch_id,
                     latencies: latencies.clone(),
+                    player_key: player_key.public_bytes().to_vec(),
                 },
                 &grant,
             )?)
@@ -625,6 +630,7 @@ impl Client {
                 tcp_only: options.tcp_only,
             },
             sinks,
+            Some(player_key),
         )
         .await?;
         (timings.offer_ms, timings.answer_ms) = connection.whep_timings();

@@ -253,11 +253,11 @@ fn start_decoder(
                     rtp_timestamp,
                 } => {
                     let capture = origin.map(|o| o.capture_ms(rtp_timestamp));
-                    sinks
-                        .meter
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .on_frame(now, capture.map(|c| now - c));
+                    {
+                        let mut meter = sinks.meter.lock().unwrap_or_else(|p| p.into_inner());
+                        meter.on_frame(now, capture.map(|c| now - c));
+                        meter.on_frame_size(width, height);
+                    }
                     // A player that does not keep up loses frames, never latency.
                     let _ = sinks.frames.try_send(Frame {
                         width,
@@ -289,7 +289,9 @@ fn start_decoder(
 }
 
 impl Connection {
-    /// Connects to the session at `whep_url` with `token`, offering `codec` only.
+    /// Connects to the session at `whep_url` with `token`, offering `codec` only; signs
+    /// delivery receipts with `player_key` (the key registered with the launch) once a second.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         node_id: &str,
         session_id: &str,
@@ -298,6 +300,7 @@ impl Connection {
         codec: Codec,
         route: &crate::whep::IceRoute,
         sinks: Sinks,
+        player_key: Option<pixelgrid_proto::receipt::PlayerKey>,
     ) -> Result<Self> {
         let gathered = Gathered::default();
         let origin: Arc<Mutex<Option<Origin>>> = Arc::default();
@@ -331,6 +334,7 @@ impl Connection {
             Arc::clone(&sinks.meter),
             Arc::clone(&ended),
             Arc::clone(&last_packet_ms),
+            player_key.map(|k| (k, session_id.to_owned())),
         ))];
         Ok(Self {
             node_id: node_id.to_owned(),
@@ -366,8 +370,19 @@ impl Connection {
     }
 }
 
+/// The `receipt` message a player sends (see `pixelgrid_proto::receipt`).
+pub fn receipt_message(r: &pixelgrid_proto::receipt::Receipt, signature: &[u8]) -> String {
+    serde_json::json!({
+        "type": "receipt", "v": 1, "seq": r.sequence, "frames": r.frames,
+        "played_ms": r.played_ms, "width": r.width, "height": r.height, "fps": r.fps,
+        "at": r.at_unix_ms, "sig": pixelgrid_proto::token::hex(signature),
+    })
+    .to_string()
+}
+
 /// Reads the node's messages (`hello` fixes the capture-time origin, `pong` gives the RTT,
-/// `ended` says the node ended the session and why) and pings once a second.
+/// `ended` says the node ended the session and why), pings once a second and, with a player
+/// key, signs a delivery receipt once a second.
 async fn run_channel(
     dc: Arc<dyn DataChannel>,
     open: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
@@ -375,9 +390,11 @@ async fn run_channel(
     meter: Arc<Mutex<StatsMeter>>,
     ended: Arc<Mutex<Option<String>>>,
     heard: Arc<AtomicU64>,
+    receipts: Option<(pixelgrid_proto::receipt::PlayerKey, String)>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut is_open = false;
+    let mut receipt_sequence = 0;
     loop {
         tokio::select! {
             event = dc.poll() => match event {
@@ -420,8 +437,16 @@ async fn run_channel(
                 Some(_) => {}
             },
             _ = tick.tick(), if is_open => {
-                let ping = serde_json::json!({"type": "ping", "v": 1, "t": unix_ms()}).to_string();
+                let now = unix_ms();
+                let ping = serde_json::json!({"type": "ping", "v": 1, "t": now}).to_string();
                 let _ = dc.try_send_text(&ping).await;
+                let receipt = meter.lock().unwrap_or_else(|p| p.into_inner()).receipt(now);
+                if let (Some((key, session)), Some(mut r)) = (&receipts, receipt) {
+                    receipt_sequence += 1;
+                    r.sequence = receipt_sequence;
+                    r.at_unix_ms = now as u64;
+                    let _ = dc.try_send_text(&receipt_message(&r, &key.sign(session, &r))).await;
+                }
             }
         }
     }

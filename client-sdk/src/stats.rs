@@ -66,6 +66,8 @@ pub struct StatsMeter {
     audio_base_seq: Option<u64>,
     audio_highest_seq: u64,
     audio_latency: VecDeque<f64>,
+    first_frame_ms: Option<f64>,
+    frame_size: (u32, u32),
 }
 
 /// Extends a 16-bit sequence number to 64 bits next to `reference`.
@@ -134,6 +136,7 @@ impl StatsMeter {
     /// A frame was decoded at `now_ms`, `glass_to_glass_ms` after its capture (when known).
     pub fn on_frame(&mut self, now_ms: f64, glass_to_glass_ms: Option<f64>) {
         self.frames_decoded += 1;
+        self.first_frame_ms.get_or_insert(now_ms);
         self.frames.push_back(now_ms);
         if let Some(g) = glass_to_glass_ms {
             if self.g2g.len() == G2G_SAMPLES {
@@ -181,6 +184,27 @@ impl StatsMeter {
     /// rate (kbit/s, kbit/s, fps).
     pub fn on_node_link(&mut self, estimate_kbps: u64, target_kbps: u64, fps: u64) {
         self.node_link = Some((estimate_kbps, target_kbps, fps));
+    }
+
+    /// The size of the pictures being decoded.
+    pub fn on_frame_size(&mut self, width: u32, height: u32) {
+        self.frame_size = (width, height);
+    }
+
+    /// What the player can attest at `now_ms` (sequence and time left for the caller): frames
+    /// decoded, play time since the first frame, decoded size and measured frame rate. None
+    /// before the first frame.
+    pub fn receipt(&mut self, now_ms: f64) -> Option<pixelgrid_proto::receipt::Receipt> {
+        let first = self.first_frame_ms?;
+        self.expire(now_ms);
+        Some(pixelgrid_proto::receipt::Receipt {
+            frames: self.frames_decoded,
+            played_ms: (now_ms - first).max(0.0) as u64,
+            width: self.frame_size.0,
+            height: self.frame_size.1,
+            fps: (self.frames.len() as f64 * 1000.0 / WINDOW_MS).round() as u32,
+            ..Default::default()
+        })
     }
 
     /// The statistics at `now_ms`.

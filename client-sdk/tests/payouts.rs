@@ -78,15 +78,33 @@ fn the_cli_reads_a_running_indexer_and_the_proof_it_prints_verifies() {
     use pixelgrid_proto::indexer::v1::SessionDelivery;
     use pixelgrid_proto::types::v1::VideoMode;
     let dir = tempfile::tempdir().unwrap();
+    let orchestrator = pixelgrid_proto::token::TokenSigner::from_seed(&[11; 32]);
     let rules = TallyConfig {
         epoch_ms: 2_000,
         slot_ms: 500,
         max_clock_skew_ms: 1_000,
         max_report_delay_ms: 500,
         sla_floor_ppm: 0,
+        orchestrator_keys: vec![orchestrator.public_key_hex()],
         ..TallyConfig::default()
     };
     let key = NodeKey::from_seed(&[9; 32]);
+    // The session the orchestrator placed on the node, and its player's receipt key.
+    let player = pixelgrid_proto::receipt::PlayerKey::from_seed(&[10; 32]);
+    let now_s = now_ms() / 1000;
+    let token = orchestrator.sign(&pixelgrid_proto::token::SessionClaims {
+        sid: "s1".into(),
+        nid: key.node_id(),
+        game: "arena".into(),
+        width: 1280,
+        height: 720,
+        fps: 60,
+        iat: pixelgrid_proto::token::format_rfc3339(now_s - 10),
+        exp: pixelgrid_proto::token::format_rfc3339(now_s + 3_600),
+        aud: key.node_id(),
+        nbf: String::new(),
+        pk: player.public_hex(),
+    });
     let ledger = dir.path().join("ledger.db");
     // A node the indexer knows (as if read from the registry); its probe address answers nothing.
     indexer::ledger::Ledger::open(&ledger, &rules)
@@ -122,6 +140,16 @@ fn the_cli_reads_a_running_indexer_and_the_proof_it_prints_verifies() {
     let mut seq = 0;
     while now_ms() < (epoch + 1) * rules.epoch_ms + 100 {
         seq += 1;
+        // What the player signed: 200 ms more play each time, at the promised mode.
+        let receipt = pixelgrid_proto::receipt::Receipt {
+            sequence: seq,
+            frames: seq * 12,
+            played_ms: seq * 200,
+            width: 1280,
+            height: 720,
+            fps: 60,
+            at_unix_ms: now_ms(),
+        };
         let r = ready(
             &key,
             seq,
@@ -132,6 +160,8 @@ fn the_cli_reads_a_running_indexer_and_the_proof_it_prints_verifies() {
                 achieved: mode,
                 delivered_ms: 200,
                 dropped_by_node: false,
+                session_token: token.clone(),
+                receipt: Some(receipt.to_proto(player.sign("s1", &receipt))),
             }],
         );
         daemon.ingest(&[r], now_ms()).unwrap();

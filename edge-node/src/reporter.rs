@@ -174,6 +174,10 @@ pub struct SessionSample {
     pub viewers: usize,
     /// How long the session has run, ms.
     pub age_ms: u64,
+    /// Its session token (the indexer's proof of placement).
+    pub token: String,
+    /// The latest delivery receipt the player signed, as the node kept it.
+    pub receipt: Option<pixelgrid_proto::indexer::v1::DeliveryReceipt>,
 }
 
 /// Turns successive samples of the live sessions into per-report deliveries.
@@ -210,6 +214,8 @@ impl DeliveryMeter {
                         }),
                         delivered_ms: if s.viewers > 0 { elapsed } else { 0 },
                         dropped_by_node: false,
+                        session_token: s.token.clone(),
+                        receipt: s.receipt.clone(),
                     });
                 }
             }
@@ -392,6 +398,8 @@ pub async fn run(
                 frames_encoded: s.stats.frames_encoded,
                 viewers: s.viewers,
                 age_ms: (s.stats.elapsed_s * 1000.0) as u64,
+                token: s.token,
+                receipt: s.receipt,
             })
             .collect();
         let (sequence, sent_unix_ms) = clock.next(now);
@@ -524,6 +532,8 @@ mod tests {
             frames_encoded: frames,
             viewers,
             age_ms,
+            token: String::new(),
+            receipt: None,
         };
         let mut m = DeliveryMeter::default();
         let d = m.measure(&[sample(30, 1, 500)], &[], 1_000);

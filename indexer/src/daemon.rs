@@ -331,7 +331,8 @@ impl Indexer {
             })
             .collect();
         if !accepted.is_empty() {
-            core.ledger.append_reports(&accepted)?;
+            let attested = core.tally.take_attested();
+            core.ledger.append_reports(&accepted, &attested)?;
         }
         Ok(batch
             .iter()

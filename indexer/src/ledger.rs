@@ -9,12 +9,13 @@
 //! | `meta` | `rules`: the tally rules (JSON) the ledger was written under |
 //! | `nodes` | node id (hex public key), probe address, whether it is still probed |
 //! | `reports` | accepted reports: node, sequence, epoch, arrival ms, `SignedNodeReport` protobuf |
+//! | `attested` | play credited from players' receipts: node, session, cumulative played ms, epoch (derived from `reports`; kept so a restart knows what closed epochs credited) |
 //! | `probes` | node, time, epoch, passed |
 //! | `epochs` | closed epochs: number, bounds, Merkle root, total, nodes paid |
 //! | `payouts` | per closed epoch and node: amount, uptime, delivery, refund, SLA, leaf index, proof (32-byte siblings, leaf up) |
 
 use crate::merkle::Proof;
-use crate::tally::{ClosedEpoch, NodePayout, Tally, TallyConfig};
+use crate::tally::{AttestedPlay, ClosedEpoch, NodePayout, Tally, TallyConfig};
 use crate::{Error, Result};
 use pixelgrid_proto::indexer::v1::SignedNodeReport;
 use prost::Message;
@@ -38,6 +39,13 @@ CREATE TABLE IF NOT EXISTS reports (
     UNIQUE (node_id, sequence)
 );
 CREATE INDEX IF NOT EXISTS reports_by_epoch ON reports (epoch);
+CREATE TABLE IF NOT EXISTS attested (
+    node_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    played_ms INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attested_by_epoch ON attested (epoch);
 CREATE TABLE IF NOT EXISTS probes (
     id INTEGER PRIMARY KEY,
     node_id TEXT NOT NULL,
@@ -246,9 +254,27 @@ impl Ledger {
             .map_err(sql)
     }
 
-    /// Appends accepted reports, `(report, epoch, arrived_ms)`, in one transaction.
-    pub fn append_reports(&mut self, accepted: &[(&SignedNodeReport, u64, u64)]) -> Result<()> {
+    /// Appends accepted reports, `(report, epoch, arrived_ms)`, and the play their receipts
+    /// attested, in one transaction.
+    pub fn append_reports(
+        &mut self,
+        accepted: &[(&SignedNodeReport, u64, u64)],
+        attested: &[AttestedPlay],
+    ) -> Result<()> {
         let tx = self.db.transaction().map_err(sql)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO attested (node_id, session_id, played_ms, epoch)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(sql)?;
+            for a in attested {
+                insert
+                    .execute(params![a.node_id, a.session_id, i(a.played_ms), i(a.epoch)])
+                    .map_err(sql)?;
+            }
+        }
         {
             let mut insert = tx
                 .prepare_cached(
@@ -479,6 +505,23 @@ impl Ledger {
                 .map_or(0, |r| r.sent_unix_ms);
             tally.restore_last(&node, sequence, sent);
         }
+        // What players' receipts already credited in closed epochs.
+        let mut attested = self
+            .db
+            .prepare(
+                "SELECT node_id, session_id, MAX(played_ms) FROM attested WHERE epoch < ?1
+                 GROUP BY node_id, session_id",
+            )
+            .map_err(sql)?;
+        let rows = attested
+            .query_map(params![i(first_open)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, u(r.get(2)?)))
+            })
+            .map_err(sql)?;
+        for row in rows {
+            let (node, session, played) = row.map_err(sql)?;
+            tally.restore_attested(&node, &session, played);
+        }
         let mut reports = self
             .db
             .prepare("SELECT signed, arrived_ms FROM reports WHERE epoch >= ?1 ORDER BY id")
@@ -495,6 +538,8 @@ impl Ledger {
             tally.replay(&signed, arrived);
             out.reports += 1;
         }
+        // Replayed credits are in the ledger already.
+        tally.take_attested();
         let mut probes = self
             .db
             .prepare("SELECT node_id, at_ms, passed FROM probes WHERE epoch >= ?1 ORDER BY id")
@@ -550,7 +595,9 @@ mod tests {
             let at = s * 1_000 + 100;
             let r = ready(key, s, at, vec![]);
             if t.ingest(&r, at) == crate::tally::Verdict::Accepted {
-                ledger.append_reports(&[(&r, t.epoch_of(at), at)]).unwrap();
+                ledger
+                    .append_reports(&[(&r, t.epoch_of(at), at)], &t.take_attested())
+                    .unwrap();
             }
             t.record_probe(&key.node_id(), at + 10, true);
             ledger

@@ -75,3 +75,47 @@ pub fn signatures_valid(batch: &[SignedNodeReport]) -> Vec<bool> {
         batch.iter().map(signature_valid).collect()
     }
 }
+
+/// Checks players' receipt signatures, `(signed text, signature, player key hex)`, as one
+/// batch; one flag each, and each checked alone when the batch fails, as for reports.
+pub fn player_signatures_valid(checks: &[(Vec<u8>, Vec<u8>, String)]) -> Vec<bool> {
+    use ed25519_dalek::{Signature, VerifyingKey};
+    let alone = |(text, sig, key): &(Vec<u8>, Vec<u8>, String)| {
+        (|| {
+            let key = VerifyingKey::from_bytes(
+                &<[u8; 32]>::try_from(pixelgrid_proto::token::unhex(key)?).ok()?,
+            )
+            .ok()?;
+            let sig = Signature::from_slice(sig).ok()?;
+            Some(key.verify_strict(text, &sig).is_ok())
+        })()
+        .unwrap_or(false)
+    };
+    let mut signatures = Vec::with_capacity(checks.len());
+    let mut keys = Vec::with_capacity(checks.len());
+    for (_, sig, key) in checks {
+        let parsed = (|| {
+            let key = VerifyingKey::from_bytes(
+                &<[u8; 32]>::try_from(pixelgrid_proto::token::unhex(key)?).ok()?,
+            )
+            .ok()
+            // A weak key takes the strict path alone, so a batch never accepts what a replay,
+            // checking one by one, would refuse.
+            .filter(|k: &VerifyingKey| !k.is_weak())?;
+            Some((Signature::from_slice(sig).ok()?, key))
+        })();
+        match parsed {
+            Some((s, k)) => {
+                signatures.push(s);
+                keys.push(k);
+            }
+            None => return checks.iter().map(alone).collect(),
+        }
+    }
+    let texts: Vec<&[u8]> = checks.iter().map(|(t, _, _)| t.as_slice()).collect();
+    if ed25519_dalek::verify_batch(&texts, &signatures, &keys).is_ok() {
+        vec![true; checks.len()]
+    } else {
+        checks.iter().map(alone).collect()
+    }
+}

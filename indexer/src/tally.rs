@@ -4,12 +4,18 @@
 //! Time is cut into epochs (`epoch_ms`, an hour by default) and slots (`slot_ms`, the report and
 //! probe period). A node is **up for a slot** only when it sent an accepted report in that slot
 //! **and** answered one of the indexer's own probes in it (a fresh nonce signed with its key
-//! proves it was up; an unanswered probe can be the network's or the indexer's fault, so it
-//! takes nothing away; a probe is retried within its slot, and the slot is up when any try passed):
-//! self-reports alone earn nothing, as with Aethir's checker nodes. A slot in which the indexer
-//! probed nobody (it was down or restarting) is not charged to a node that reported in it. Delivered play time counts only at the promised
-//! quality, and a session's reported time is capped by the time since the node's previous report,
-//! so it cannot be inflated. Money is integer micro-credits:
+//! proves it was up). A probe is retried within its slot and the slot is up when any try passed,
+//! so one lost packet costs nothing; self-reports alone earn nothing, as with Aethir's checker
+//! nodes. A slot in which the indexer probed nobody (it was down or restarting) is not charged to
+//! a node that reported in it.
+//!
+//! **Delivered play** counts only as far as the session's player attests it: a report's session
+//! entry must carry the session token the orchestrator signed (so the orchestrator placed that
+//! session on that node, valid at the report's time, naming the player's receipt key) and a
+//! receipt signed by that key, at the promised mode; the credit is the receipt's new play time
+//! (cumulative `played_ms` beyond what earlier receipts were credited), capped by what the node
+//! claims and by the time since its previous report. A node without receipts earns readiness
+//! but no delivery. Money is integer micro-credits:
 //!
 //! ```text
 //! readiness = readiness_reward × uptime / epoch      (0 when uptime is under the SLA floor)
@@ -27,7 +33,8 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The revision of the tally's arithmetic. 2: range checks, time must advance with the
-/// sequence, slots the indexer probed nobody in are not charged.
+/// sequence, slots the indexer probed nobody in are not charged; delivery only as player
+/// receipts attest, for sessions the orchestrator placed.
 pub const RULES_REVISION: u32 = 2;
 
 /// The rules; the same everywhere, or roots will not match.
@@ -53,6 +60,9 @@ pub struct TallyConfig {
     pub delivery_reward_per_minute: u64,
     /// Micro-credits taken back per session the node dropped.
     pub refund_per_dropped_session: u64,
+    /// Hex ed25519 public keys of the orchestrator(s) whose session tokens prove a placement
+    /// (old and new during a key rotation). Without any, no delivery is credited.
+    pub orchestrator_keys: Vec<String>,
 }
 
 impl Default for TallyConfig {
@@ -68,6 +78,7 @@ impl Default for TallyConfig {
             readiness_reward: 1_000_000,
             delivery_reward_per_minute: 10_000,
             refund_per_dropped_session: 50_000,
+            orchestrator_keys: Vec::new(),
         }
     }
 }
@@ -99,6 +110,9 @@ pub enum Verdict {
     TimeWentBack,
 }
 
+/// Session tokens remembered as checked, at most.
+const MAX_CHECKED_TOKENS: usize = 65_536;
+
 /// The largest sequence or time a report may carry: the ledger keeps them as SQLite integers.
 pub const MAX_REPORT_NUMBER: u64 = i64::MAX as u64;
 /// Most session entries one report may carry (far above any node's capacity).
@@ -118,6 +132,19 @@ struct NodeEpoch {
 struct LastReport {
     sequence: u64,
     sent_ms: u64,
+}
+
+/// Play time a player's receipt attested for a session on a node, as far as it was credited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestedPlay {
+    /// Node id.
+    pub node_id: String,
+    /// Session id.
+    pub session_id: String,
+    /// The receipt's `played_ms` (cumulative since the session's first frame).
+    pub played_ms: u64,
+    /// The epoch of the report that carried it.
+    pub epoch: u64,
 }
 
 /// One node's outcome for a closed epoch.
@@ -182,6 +209,16 @@ fn leaves(payouts: &[NodePayout]) -> Vec<([u8; 32], u64)> {
 #[derive(Debug, Clone)]
 pub struct Tally {
     config: TallyConfig,
+    /// Checks session tokens against `config.orchestrator_keys` (none: nothing verifies).
+    placements: Option<pixelgrid_proto::token::TokenVerifier>,
+    /// Per (node, session): the play time already credited from its player's receipts, ms.
+    attested: BTreeMap<(String, String), u64>,
+    /// Receipt credits since the last [`Tally::take_attested`], for the ledger.
+    newly_attested: Vec<AttestedPlay>,
+    /// Session tokens already checked (a node sends the same one with every report): a pure
+    /// function of the token, so it changes no outcome.
+    checked_tokens:
+        std::collections::HashMap<String, Option<pixelgrid_proto::token::SessionClaims>>,
     nodes: BTreeSet<String>,
     last: BTreeMap<String, LastReport>,
     open: BTreeMap<(u64, String), NodeEpoch>,
@@ -199,8 +236,20 @@ impl Tally {
             config.slot_ms > 0 && config.epoch_ms.is_multiple_of(config.slot_ms),
             "epoch_ms must be a multiple of slot_ms"
         );
+        let keys: Vec<&str> = config
+            .orchestrator_keys
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let placements = (!keys.is_empty())
+            .then(|| pixelgrid_proto::token::TokenVerifier::from_hex_keys(&keys).ok())
+            .flatten();
         Self {
             config,
+            placements,
+            attested: BTreeMap::new(),
+            newly_attested: Vec::new(),
+            checked_tokens: std::collections::HashMap::new(),
             nodes: BTreeSet::new(),
             last: BTreeMap::new(),
             open: BTreeMap::new(),
@@ -238,7 +287,7 @@ impl Tally {
     /// Re-applies a report the ledger accepted earlier (its signature was checked then), as it
     /// arrived at `arrived_ms`; used when a restarted indexer rebuilds its open epochs.
     pub fn replay(&mut self, signed: &SignedNodeReport, arrived_ms: u64) -> Verdict {
-        self.ingest_checked(signed, true, arrived_ms)
+        self.ingest_checked(signed, true, arrived_ms, None)
     }
 
     /// Restores a node's last accepted report from the ledger, so replays stay refused.
@@ -269,25 +318,74 @@ impl Tally {
     /// Takes one report that arrived at `now_ms`.
     pub fn ingest(&mut self, signed: &SignedNodeReport, now_ms: u64) -> Verdict {
         let valid = signature_valid(signed);
-        self.ingest_checked(signed, valid, now_ms)
+        self.ingest_checked(signed, valid, now_ms, None)
     }
 
     /// Takes reports that arrived at `now_ms`, verifying their signatures as one batch; the
     /// verdicts are exactly those of ingesting them one by one, in order.
     pub fn ingest_batch(&mut self, batch: &[SignedNodeReport], now_ms: u64) -> Vec<Verdict> {
         let valid = crate::report::signatures_valid(batch);
+        // The players' receipts in validly signed reports, checked as one batch too (their keys
+        // come from the session tokens).
+        let mut checks = Vec::new();
+        let mut at = Vec::new();
+        for (i, signed) in batch.iter().enumerate() {
+            let Some(report) = signed.report.as_ref().filter(|_| valid[i]) else {
+                continue;
+            };
+            for (j, d) in report.sessions.iter().enumerate() {
+                let Some(r) = &d.receipt else { continue };
+                let Some(claims) = self.placement(&d.session_token) else {
+                    continue;
+                };
+                if claims.sid == d.session_id && !claims.pk.is_empty() {
+                    let text =
+                        pixelgrid_proto::receipt::Receipt::from_proto(r).signed_text(&claims.sid);
+                    checks.push((text, r.signature.clone(), claims.pk));
+                    at.push((i, j));
+                }
+            }
+        }
+        let mut receipts_ok: Vec<Vec<bool>> = batch
+            .iter()
+            .map(|s| vec![false; s.report.as_ref().map_or(0, |r| r.sessions.len())])
+            .collect();
+        for ((i, j), ok) in at
+            .into_iter()
+            .zip(crate::report::player_signatures_valid(&checks))
+        {
+            receipts_ok[i][j] = ok;
+        }
         batch
             .iter()
             .zip(valid)
-            .map(|(s, v)| self.ingest_checked(s, v, now_ms))
+            .zip(receipts_ok)
+            .map(|((s, v), r)| self.ingest_checked(s, v, now_ms, Some(&r)))
             .collect()
     }
 
+    /// The claims of a session token signed by a trusted orchestrator key (remembered).
+    fn placement(&mut self, token: &str) -> Option<pixelgrid_proto::token::SessionClaims> {
+        let verifier = self.placements.as_ref()?;
+        if let Some(c) = self.checked_tokens.get(token) {
+            return c.clone();
+        }
+        let c = verifier.verify_timeless(token).ok();
+        if self.checked_tokens.len() >= MAX_CHECKED_TOKENS {
+            self.checked_tokens.clear();
+        }
+        self.checked_tokens.insert(token.to_owned(), c.clone());
+        c
+    }
+
+    /// `receipts_ok`: per session of the report, whether its receipt's signature was already
+    /// found valid (a batch check); `None` checks each here.
     fn ingest_checked(
         &mut self,
         signed: &SignedNodeReport,
         signature_ok: bool,
         now_ms: u64,
+        receipts_ok: Option<&[bool]>,
     ) -> Verdict {
         let Some(report) = &signed.report else {
             return Verdict::Malformed;
@@ -346,25 +444,90 @@ impl Tally {
                 sent_ms: report.sent_unix_ms,
             },
         );
-        let entry = self.open.entry((epoch, node)).or_default();
-        entry
+        self.open
+            .entry((epoch, node.clone()))
+            .or_default()
             .reported
             .insert(report.sent_unix_ms / self.config.slot_ms);
-        for s in &report.sessions {
+        let mut delivered = 0u64;
+        let mut dropped = 0u64;
+        for (j, s) in report.sessions.iter().enumerate() {
             if s.dropped_by_node {
-                entry.dropped += 1;
-            }
-            let (Some(p), Some(a)) = (&s.promised, &s.achieved) else {
+                dropped += 1;
                 continue;
-            };
-            let at_promise = a.width_px >= p.width_px
-                && a.height_px >= p.height_px
-                && u64::from(a.fps) * 100 >= u64::from(p.fps) * 95;
-            if at_promise {
-                entry.delivered_ms += s.delivered_ms.min(since_last);
             }
+            let checked = receipts_ok.map(|r| r.get(j).copied().unwrap_or(false));
+            let attested = self.attested_play(&node, s, report.sent_unix_ms, epoch, checked);
+            delivered = delivered.saturating_add(attested.min(s.delivered_ms).min(since_last));
         }
+        let entry = self.open.entry((epoch, node)).or_default();
+        entry.dropped += dropped;
+        entry.delivered_ms = entry.delivered_ms.saturating_add(delivered);
         Verdict::Accepted
+    }
+
+    /// New play time the player's receipt in `s` attests for a session the orchestrator placed
+    /// on `node`, at the promised mode (0 when anything does not check out), and remembers it.
+    fn attested_play(
+        &mut self,
+        node: &str,
+        s: &pixelgrid_proto::indexer::v1::SessionDelivery,
+        at_ms: u64,
+        epoch: u64,
+        signature_checked: Option<bool>,
+    ) -> u64 {
+        let Some(signed) = &s.receipt else {
+            return 0;
+        };
+        // The orchestrator placed this session on this node, valid at the report's time.
+        let Some(claims) = self.placement(&s.session_token) else {
+            return 0;
+        };
+        if claims.nid != node
+            || claims.sid != s.session_id
+            || claims.pk.is_empty()
+            || !claims.valid_at(at_ms)
+        {
+            return 0;
+        }
+        // Signed by the player key the token names, at the promised mode.
+        let receipt = pixelgrid_proto::receipt::Receipt::from_proto(signed);
+        let at_promise = receipt.width >= claims.width
+            && receipt.height >= claims.height
+            && u64::from(receipt.fps) * 100 >= u64::from(claims.fps) * 95;
+        let signature_ok = signature_checked
+            .unwrap_or_else(|| receipt.verify(&claims.sid, &claims.pk, &signed.signature));
+        if !at_promise || !signature_ok {
+            return 0;
+        }
+        let key = (node.to_owned(), claims.sid);
+        let before = self.attested.get(&key).copied().unwrap_or(0);
+        if receipt.played_ms <= before {
+            return 0;
+        }
+        self.newly_attested.push(AttestedPlay {
+            node_id: key.0.clone(),
+            session_id: key.1.clone(),
+            played_ms: receipt.played_ms,
+            epoch,
+        });
+        self.attested.insert(key, receipt.played_ms);
+        receipt.played_ms - before
+    }
+
+    /// Receipt credits since the last call (the ledger keeps them, so a restarted tally knows
+    /// what closed epochs already credited).
+    pub fn take_attested(&mut self) -> Vec<AttestedPlay> {
+        std::mem::take(&mut self.newly_attested)
+    }
+
+    /// Restores how much of a session's play was credited in closed epochs.
+    pub fn restore_attested(&mut self, node_id: &str, session_id: &str, played_ms: u64) {
+        let e = self
+            .attested
+            .entry((node_id.to_owned(), session_id.to_owned()))
+            .or_default();
+        *e = (*e).max(played_ms);
     }
 
     /// Records the indexer's own probe of `node_id` at `at_ms` (with its retries: passed when
@@ -454,6 +617,7 @@ mod tests {
     use crate::report::ready as report;
     use pixelgrid_proto::identity::NodeKey;
     use pixelgrid_proto::indexer::v1::SessionDelivery;
+    use pixelgrid_proto::receipt::{PlayerKey, Receipt};
     use pixelgrid_proto::types::v1::{NodeId, VideoMode};
 
     const MIN: u64 = 60_000;
@@ -561,58 +725,211 @@ mod tests {
         assert_eq!(t.close_epoch(0).payouts[0].uptime_ms, MIN);
     }
 
-    #[test]
-    fn delivery_counts_only_at_the_promised_quality_and_cannot_be_inflated() {
-        let key = NodeKey::from_seed(&[5; 32]);
-        let mut t = Tally::new(config());
-        t.add_node(&key.node_id());
-        let good = SessionDelivery {
-            session_id: "a".into(),
-            promised: mode(1280, 720, 60),
-            achieved: mode(1280, 720, 58),
-            delivered_ms: MIN,
-            dropped_by_node: false,
+    const ORCHESTRATOR_SEED: [u8; 32] = [40; 32];
+
+    fn placed(node: &NodeKey, sid: &str, player: Option<&PlayerKey>, fps: u32) -> String {
+        use pixelgrid_proto::token::{SessionClaims, TokenSigner, format_rfc3339};
+        TokenSigner::from_seed(&ORCHESTRATOR_SEED).sign(&SessionClaims {
+            sid: sid.into(),
+            nid: node.node_id(),
+            game: "arena".into(),
+            width: 1280,
+            height: 720,
+            fps,
+            iat: format_rfc3339(0),
+            exp: format_rfc3339(86_400),
+            aud: node.node_id(),
+            nbf: String::new(),
+            pk: player.map(PlayerKey::public_hex).unwrap_or_default(),
+        })
+    }
+
+    fn attested(
+        sid: &str,
+        token: String,
+        signer: &PlayerKey,
+        sequence: u64,
+        played_ms: u64,
+        fps: u32,
+        claimed_ms: u64,
+    ) -> SessionDelivery {
+        let r = Receipt {
+            sequence,
+            frames: played_ms * u64::from(fps) / 1000,
+            played_ms,
+            width: 1280,
+            height: 720,
+            fps,
+            at_unix_ms: played_ms,
         };
-        let poor = SessionDelivery {
-            session_id: "b".into(),
-            promised: mode(1280, 720, 60),
-            achieved: mode(640, 360, 60),
-            delivered_ms: MIN,
-            dropped_by_node: false,
-        };
-        let inflated = SessionDelivery {
-            session_id: "c".into(),
+        SessionDelivery {
+            session_id: sid.into(),
             promised: mode(1280, 720, 60),
             achieved: mode(1280, 720, 60),
-            delivered_ms: 100 * MIN,
+            delivered_ms: claimed_ms,
             dropped_by_node: false,
-        };
-        let dropped = SessionDelivery {
-            session_id: "d".into(),
-            dropped_by_node: true,
-            ..Default::default()
-        };
+            session_token: token,
+            receipt: Some(r.to_proto(signer.sign(sid, &r))),
+        }
+    }
+
+    fn receipts_config() -> TallyConfig {
+        TallyConfig {
+            orchestrator_keys: vec![
+                pixelgrid_proto::token::TokenSigner::from_seed(&ORCHESTRATOR_SEED).public_key_hex(),
+            ],
+            ..config()
+        }
+    }
+
+    #[test]
+    fn delivery_counts_only_as_far_as_the_players_receipts_attest() {
+        let node = NodeKey::from_seed(&[5; 32]);
+        let other_node = NodeKey::from_seed(&[6; 32]);
+        let player = PlayerKey::from_seed(&[7; 32]);
+        let stranger = PlayerKey::from_seed(&[8; 32]);
+        let mut t = Tally::new(receipts_config());
+        t.add_node(&node.node_id());
+        let token = placed(&node, "a", Some(&player), 60);
+        // Minute 1: one honest minute, and every cheat beside it.
+        let minute_one = vec![
+            attested("a", token.clone(), &player, 1, MIN, 60, MIN),
+            // An invented session: no token the orchestrator signed.
+            attested("x", String::new(), &player, 1, MIN, 60, MIN),
+            // A session the orchestrator placed on another node.
+            attested(
+                "b",
+                placed(&other_node, "b", Some(&player), 60),
+                &player,
+                1,
+                MIN,
+                60,
+                MIN,
+            ),
+            // A receipt the node signed itself (or any key but the player's).
+            attested(
+                "c",
+                placed(&node, "c", Some(&player), 60),
+                &stranger,
+                1,
+                MIN,
+                60,
+                MIN,
+            ),
+            // A token naming no player key.
+            attested("d", placed(&node, "d", None, 60), &player, 1, MIN, 60, MIN),
+            // Below the promised mode: 30 fps of 60.
+            attested(
+                "e",
+                placed(&node, "e", Some(&player), 60),
+                &player,
+                1,
+                MIN,
+                30,
+                MIN,
+            ),
+            // A token from an orchestrator nobody trusts.
+            {
+                let mut d = attested("f", String::new(), &player, 1, MIN, 60, MIN);
+                d.session_token = pixelgrid_proto::token::TokenSigner::from_seed(&[41; 32]).sign(
+                    &pixelgrid_proto::token::TokenVerifier::from_hex(
+                        &pixelgrid_proto::token::TokenSigner::from_seed(&ORCHESTRATOR_SEED)
+                            .public_key_hex(),
+                    )
+                    .unwrap()
+                    .verify_timeless(&placed(&node, "f", Some(&player), 60))
+                    .unwrap(),
+                );
+                d
+            },
+        ];
         assert_eq!(
-            t.ingest(&report(&key, 1, MIN, vec![good, poor]), MIN),
+            t.ingest(&report(&node, 1, MIN, minute_one), MIN),
             Verdict::Accepted
         );
+        // Minute 2: the same receipt again credits nothing; an inflated claim with a receipt for
+        // one more minute is capped at that minute; a dropped session is refunded.
+        let minute_two = vec![
+            attested("a", token.clone(), &player, 1, MIN, 60, MIN),
+            {
+                let mut d = attested("a", token.clone(), &player, 2, 2 * MIN, 60, 100 * MIN);
+                d.session_id = "a".into();
+                d
+            },
+            SessionDelivery {
+                session_id: "z".into(),
+                dropped_by_node: true,
+                ..Default::default()
+            },
+        ];
         assert_eq!(
-            t.ingest(&report(&key, 2, 2 * MIN, vec![inflated, dropped]), 2 * MIN),
+            t.ingest(&report(&node, 2, 2 * MIN, minute_two), 2 * MIN),
             Verdict::Accepted
         );
         // Probed and unanswered: no readiness, so the sum is delivery and refund alone.
-        t.record_probe(&key.node_id(), MIN + 1, false);
-        t.record_probe(&key.node_id(), 2 * MIN + 1, false);
+        t.record_probe(&node.node_id(), MIN + 1, false);
+        t.record_probe(&node.node_id(), 2 * MIN + 1, false);
         let p = &t.close_epoch(0).payouts[0];
         assert_eq!(
             p.delivered_ms,
             2 * MIN,
-            "one good minute plus the inflated one capped at a minute"
+            "two attested minutes, nothing else"
         );
         assert_eq!(p.refunded, 50_000);
         assert_eq!(
             p.amount, 0,
-            "two minutes of delivery (20,000) minus one refund (50,000), floored at 0"
+            "20,000 of delivery minus a 50,000 refund, floored at 0"
+        );
+    }
+
+    #[test]
+    fn receipts_credit_the_same_after_a_restart_and_in_a_batch() {
+        let node = NodeKey::from_seed(&[9; 32]);
+        let player = PlayerKey::from_seed(&[10; 32]);
+        let token = placed(&node, "a", Some(&player), 60);
+        let reports: Vec<SignedNodeReport> = (1..=5)
+            .map(|m| {
+                report(
+                    &node,
+                    m,
+                    m * MIN,
+                    vec![attested("a", token.clone(), &player, m, m * MIN, 60, MIN)],
+                )
+            })
+            .collect();
+        let mut one_by_one = Tally::new(receipts_config());
+        let mut batched = Tally::new(receipts_config());
+        one_by_one.add_node(&node.node_id());
+        batched.add_node(&node.node_id());
+        for r in &reports {
+            let at = r.report.as_ref().unwrap().sent_unix_ms;
+            assert_eq!(one_by_one.ingest(r, at), Verdict::Accepted);
+            assert_eq!(
+                batched.ingest_batch(std::slice::from_ref(r), at),
+                vec![Verdict::Accepted]
+            );
+        }
+        let credited = one_by_one.take_attested();
+        assert_eq!(credited.len(), 5);
+        // A tally restarted knowing what was credited credits an old receipt again for nothing.
+        let mut restarted = Tally::new(receipts_config());
+        restarted.add_node(&node.node_id());
+        for a in &credited {
+            restarted.restore_attested(&a.node_id, &a.session_id, a.played_ms);
+        }
+        restarted.restore_last(&node.node_id(), 2, 2 * MIN);
+        let again = report(
+            &node,
+            9,
+            9 * MIN,
+            vec![attested("a", token, &player, 3, 3 * MIN, 60, MIN)],
+        );
+        assert_eq!(restarted.ingest(&again, 9 * MIN), Verdict::Accepted);
+        assert!(restarted.take_attested().is_empty(), "already credited");
+        assert_eq!(one_by_one.close_epoch(0), batched.close_epoch(0));
+        assert_eq!(
+            one_by_one.closed(0).unwrap().payouts[0].delivered_ms,
+            5 * MIN
         );
     }
 

@@ -181,6 +181,7 @@ mod tests {
             exp: String::new(),
             aud: String::new(),
             nbf: String::new(),
+            pk: String::new(),
         })
     }
 

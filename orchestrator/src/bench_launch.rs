@@ -271,6 +271,7 @@ async fn launch_once(
             pb::ChooseNodeRequest {
                 launch_id: launch.launch_id,
                 latencies,
+                player_key: Vec::new(),
             },
             grant,
         )?)

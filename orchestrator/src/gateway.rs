@@ -14,7 +14,7 @@
 //! | POST | `/api/grants` | studio API key | `{player_id,game?,ttl_s?}` → `{grant, expires_unix_ms}` — for a studio's backend |
 //! | POST | `/api/demo-grant` | anyone, only with `--demo-studio` | `{grant, expires_unix_ms}` for the demo studio (a local grid) |
 //! | POST | `/api/sessions` | launch grant | `{game,version?,width,height,fps,region}` → `{launch_id, candidates:[{node_id, probe_url}]}`; `404` when no ready node has the game |
-//! | POST | `/api/sessions/{launch_id}/choose` | the same grant | `{rtt_ms:{node_id:ms}}` → `{session_id, node_id, token, whep_url, rejected, ice_servers:[{urls, username, credential}]}` (TURN for this session only) |
+//! | POST | `/api/sessions/{launch_id}/choose` | the same grant | `{rtt_ms:{node_id:ms}, player_key?}` (`player_key`: hex ed25519 key that signs delivery receipts) → `{session_id, node_id, token, whep_url, rejected, ice_servers:[{urls, username, credential}]}` (TURN for this session only) |
 //! | DELETE | `/api/sessions/{session_id}` | session token, its studio, operator | end it |
 //! | GET | `/`, `/player.js` | the player page and browser SDK |
 //! | GET | `/healthz`, `/readyz` | liveness; ready when the store answers (`503` with the reason otherwise) |
@@ -98,6 +98,9 @@ fn fps() -> u32 {
 #[derive(Debug, Deserialize)]
 struct ChooseBody {
     rtt_ms: BTreeMap<String, u32>,
+    /// The player's receipt key for the session, hex (32 bytes), optional.
+    #[serde(default)]
+    player_key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,12 +280,24 @@ async fn choose(
             rtt_ms,
         })
         .collect();
+    let player_key = match b.player_key.as_str() {
+        "" => Vec::new(),
+        h => pixelgrid_proto::token::unhex(h)
+            .filter(|k| k.len() == 32)
+            .ok_or_else(|| {
+                ApiError(crate::grid::invalid(
+                    "player_key",
+                    "must be 64 hex digits (an ed25519 public key)",
+                ))
+            })?,
+    };
     let r = grid
         .choose_node(
             &caller,
             pb::ChooseNodeRequest {
                 launch_id: id,
                 latencies,
+                player_key,
             },
         )
         .await?;

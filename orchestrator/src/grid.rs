@@ -1322,6 +1322,8 @@ impl Grid {
                 "no round trip measured to any candidate",
             ));
         }
+        let player_key = pixelgrid_proto::receipt::player_key_hex(&req.player_key)
+            .map_err(|reason| invalid("player_key", reason))?;
         let preq = Request {
             game: launch.game.clone(),
             version: launch.version.clone(),
@@ -1416,6 +1418,7 @@ impl Grid {
             exp: format_rfc3339(now_s + self.config.session_max.as_secs()),
             aud: reservation.node.clone(),
             nbf: format_rfc3339(now_s),
+            pk: player_key,
         });
         tracing::info!(session = %session_id, node = %reservation.node, slot = reservation.slot, "session placed");
         Ok(pb::ChooseNodeResponse {

@@ -14,6 +14,7 @@ pub mod http;
 pub mod identity;
 pub mod input;
 pub mod metrics;
+pub mod receipt;
 pub mod shutdown;
 pub mod token;
 pub mod transport;

@@ -7,7 +7,8 @@
 //!
 //! Claims (JSON): `sid` session id, `nid` node id (hex public key), `aud` (the same node id, as
 //! PASETO registers the audience), `game`, `width`, `height`, `fps`, `iat`, `nbf` and `exp`
-//! (RFC 3339 UTC, second precision). The footer is `{"kid":"…"}`: the first 16 hex characters
+//! (RFC 3339 UTC, second precision), and `pk`, the player's delivery-receipt key, when the
+//! player registered one. The footer is `{"kid":"…"}`: the first 16 hex characters
 //! of the signing public key, so a verifier trusting several keys (during a rotation) picks the
 //! right one. Launch grants ([`LaunchGrantClaims`]) use the same format with their own claims.
 //!
@@ -50,6 +51,28 @@ pub struct SessionClaims {
     /// Not valid before (RFC 3339 UTC); empty means from `iat`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub nbf: String,
+    /// The player's receipt key for this session (hex ed25519 public key); empty when the
+    /// player registered none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pk: String,
+}
+
+impl SessionClaims {
+    /// True when the token was valid at `unix_ms` (from `nbf`, or `iat`, until `exp`).
+    pub fn valid_at(&self, unix_ms: u64) -> bool {
+        let from = if self.nbf.is_empty() {
+            &self.iat
+        } else {
+            &self.nbf
+        };
+        match (parse_rfc3339(from), parse_rfc3339(&self.exp)) {
+            (Some(from), Some(exp)) => {
+                let s = unix_ms / 1000;
+                s + NBF_LEEWAY_S >= from && s < exp
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A studio's single-use permission for one player to launch (see the orchestrator's
@@ -273,12 +296,46 @@ impl TokenVerifier {
         Ok(claims)
     }
 
+    /// Checks a session token's signature and shape but not its validity period, for those who
+    /// judge a token at a time of their own (the indexer, at the time of the report carrying it:
+    /// [`SessionClaims::valid_at`]).
+    pub fn verify_timeless(&self, token: &str) -> Result<SessionClaims, TokenError> {
+        let message = self.signed_message(token)?;
+        let claims: SessionClaims = serde_json::from_slice(&message)
+            .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
+        if !claims.aud.is_empty() && claims.aud != claims.nid {
+            return Err(TokenError::Malformed("aud and nid differ".into()));
+        }
+        Ok(claims)
+    }
+
     /// Checks the signature, `nbf` and `exp` of any token and parses its claims as `T`.
     pub fn verify_claims<T: serde::de::DeserializeOwned>(
         &self,
         token: &str,
         now_unix_s: u64,
     ) -> Result<T, TokenError> {
+        let message = self.signed_message(token)?;
+        let message = message.as_slice();
+        let validity: Validity = serde_json::from_slice(message)
+            .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
+        let exp = parse_rfc3339(&validity.exp)
+            .ok_or_else(|| TokenError::Malformed("exp is not RFC 3339 UTC".into()))?;
+        if now_unix_s >= exp {
+            return Err(TokenError::Expired(validity.exp));
+        }
+        if !validity.nbf.is_empty() {
+            let nbf = parse_rfc3339(&validity.nbf)
+                .ok_or_else(|| TokenError::Malformed("nbf is not RFC 3339 UTC".into()))?;
+            if now_unix_s + NBF_LEEWAY_S < nbf {
+                return Err(TokenError::NotYetValid(validity.nbf));
+            }
+        }
+        serde_json::from_slice(message).map_err(|e| TokenError::Malformed(format!("claims: {e}")))
+    }
+
+    /// The claims bytes of a token whose signature verifies for a trusted key.
+    fn signed_message(&self, token: &str) -> Result<Vec<u8>, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed(format!(
                 "longer than {MAX_TOKEN_LEN} bytes"
@@ -328,21 +385,7 @@ impl TokenVerifier {
         {
             return Err(TokenError::BadSignature);
         }
-        let validity: Validity = serde_json::from_slice(message)
-            .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
-        let exp = parse_rfc3339(&validity.exp)
-            .ok_or_else(|| TokenError::Malformed("exp is not RFC 3339 UTC".into()))?;
-        if now_unix_s >= exp {
-            return Err(TokenError::Expired(validity.exp));
-        }
-        if !validity.nbf.is_empty() {
-            let nbf = parse_rfc3339(&validity.nbf)
-                .ok_or_else(|| TokenError::Malformed("nbf is not RFC 3339 UTC".into()))?;
-            if now_unix_s + NBF_LEEWAY_S < nbf {
-                return Err(TokenError::NotYetValid(validity.nbf));
-            }
-        }
-        serde_json::from_slice(message).map_err(|e| TokenError::Malformed(format!("claims: {e}")))
+        Ok(message.to_vec())
     }
 }
 
@@ -446,6 +489,7 @@ mod tests {
             exp: format_rfc3339(exp),
             aud: "ab".repeat(32),
             nbf: format_rfc3339(exp - 60),
+            pk: String::new(),
         }
     }
 

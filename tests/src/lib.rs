@@ -112,6 +112,7 @@ impl TestNode {
             exp: format_rfc3339((now + expires_in_s) as u64),
             aud: nid.into(),
             nbf: format_rfc3339((now - 120) as u64),
+            pk: String::new(),
         })
     }
 

@@ -36,6 +36,13 @@ impl Journey {
                 max_clock_skew_ms: 1_000,
                 max_report_delay_ms: 1_000,
                 sla_floor_ppm: 0,
+                // Delivery counts for sessions this grid's orchestrator placed.
+                orchestrator_keys: vec![
+                    pixelgrid_proto::token::TokenSigner::from_seed(
+                        &pixelgrid_tests::GRID_TOKEN_SEED,
+                    )
+                    .public_key_hex(),
+                ],
                 ..Default::default()
             },
             ledger: ledger.path().join("ledger.db"),

@@ -78,6 +78,7 @@ fn player_journey(store: Arc<dyn Store>) {
                 pb::ChooseNodeRequest {
                     launch_id: launch.launch_id.clone(),
                     latencies,
+                    player_key: Vec::new(),
                 },
                 &grant,
             ))
@@ -123,6 +124,7 @@ fn player_journey(store: Arc<dyn Store>) {
                 pb::ChooseNodeRequest {
                     launch_id: launch.launch_id,
                     latencies: vec![],
+                    player_key: Vec::new(),
                 },
                 &grant,
             ))
@@ -280,6 +282,7 @@ fn bad_requests_get_precise_grpc_statuses() {
                 pb::ChooseNodeRequest {
                     launch_id: "nope".into(),
                     latencies: vec![],
+                    player_key: Vec::new(),
                 },
                 &grant,
             ))
@@ -319,6 +322,7 @@ fn bad_requests_get_precise_grpc_statuses() {
                     pb::ChooseNodeRequest {
                         launch_id: launch.launch_id,
                         latencies,
+                        player_key: Vec::new(),
                     },
                     &grant,
                 ))
@@ -424,6 +428,7 @@ async fn place_on(
                 }),
                 rtt_ms: 3,
             }],
+            player_key: Vec::new(),
         },
         &grant,
     ))

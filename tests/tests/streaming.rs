@@ -182,6 +182,7 @@ fn bad_whep_requests_get_precise_statuses_and_start_nothing() {
                 exp: "2099-01-01T00:00:00Z".into(),
                 aud: support::NODE_ID.into(),
                 nbf: String::new(),
+                pk: String::new(),
             }
         )
     );

@@ -67,6 +67,7 @@ async fn launch_with(
         pb::ChooseNodeRequest {
             launch_id: launch.launch_id,
             latencies,
+            player_key: Vec::new(),
         },
         grant,
     ))
@@ -469,6 +470,7 @@ fn a_grant_launches_once_and_an_ended_sessions_token_starts_nothing() {
                     pb::ChooseNodeRequest {
                         launch_id: launch.launch_id,
                         latencies,
+                        player_key: Vec::new(),
                     },
                     &racing,
                 ))
@@ -504,6 +506,7 @@ fn a_grant_launches_once_and_an_ended_sessions_token_starts_nothing() {
                 pb::ChooseNodeRequest {
                     launch_id: launch.launch_id,
                     latencies: vec![],
+                    player_key: Vec::new(),
                 },
                 &third,
             ))

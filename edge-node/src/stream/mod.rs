@@ -9,6 +9,7 @@
 pub mod congestion;
 mod peer;
 pub mod protocol;
+pub mod receipts;
 mod whep;
 
 pub use peer::{IceServer, PeerSettings};
@@ -95,6 +96,8 @@ pub struct StreamCounters {
     pub retransmits_dropped: Arc<AtomicU64>,
     /// Each viewer's latest estimate.
     viewer_estimates: Mutex<Vec<(String, congestion::SharedEstimate)>>,
+    /// The player's delivery receipts, for the node's reports.
+    pub receipts: Mutex<receipts::ReceiptBook>,
 }
 
 impl StreamCounters {
@@ -221,6 +224,12 @@ pub struct LiveSessionInfo {
     pub stats: crate::session::SessionStats,
     /// Token expiry.
     pub expires: String,
+    /// The session token (proof of placement for the indexer); never listed.
+    #[serde(skip)]
+    pub token: String,
+    /// The latest delivery receipt the player signed and the node could match; never listed.
+    #[serde(skip)]
+    pub receipt: Option<pixelgrid_proto::indexer::v1::DeliveryReceipt>,
 }
 
 /// What `POST /dev/sessions` returns.
@@ -430,6 +439,7 @@ impl StreamNode {
             exp: format_rfc3339(now + self.settings.dev_token_ttl.as_secs().max(1)),
             aud: self.settings.node_id.clone(),
             nbf: format_rfc3339(now),
+            pk: String::new(),
         };
         Ok(DevSession {
             whep_url: format!("/whep/{session_id}"),
@@ -443,6 +453,7 @@ impl StreamNode {
     pub async fn add_viewer(
         self: &Arc<Self>,
         claims: SessionClaims,
+        token: &str,
         offer: String,
     ) -> Result<(String, String)> {
         let codec = peer::codec_for_offer(&offer).ok_or_else(|| {
@@ -503,6 +514,11 @@ impl StreamNode {
             let live = sessions.get(&claims.sid).ok_or_else(|| {
                 Error::Unavailable("the session ended before this viewer could join".into())
             })?;
+            live.counters
+                .receipts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_token(token);
             if live.viewers.len() >= MAX_VIEWERS {
                 return Err(Error::Unavailable(format!(
                     "session {} has its {MAX_VIEWERS} viewers",
@@ -598,7 +614,10 @@ impl StreamNode {
             encoder: settings,
         };
         let sinks: FrameSinks = Arc::default();
-        let counters = Arc::new(StreamCounters::default());
+        let counters = Arc::new(StreamCounters {
+            receipts: Mutex::new(receipts::ReceiptBook::new(&claims.sid, &claims.pk)),
+            ..StreamCounters::default()
+        });
         let (frame_sinks, frame_counters) = (Arc::clone(&sinks), Arc::clone(&counters));
         let on_frame = move |frame: SessionFrame| {
             let frame = Arc::new(frame);
@@ -796,15 +815,25 @@ impl StreamNode {
             .lock()
             .await
             .iter()
-            .map(|(id, s)| LiveSessionInfo {
-                session_id: id.clone(),
-                game: s.claims.game.clone(),
-                viewers: s.viewers.len(),
-                width: s.claims.width,
-                height: s.claims.height,
-                fps: s.claims.fps,
-                stats: s.session.stats(),
-                expires: s.claims.exp.clone(),
+            .map(|(id, s)| {
+                let (token, receipt) = s
+                    .counters
+                    .receipts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .for_report();
+                LiveSessionInfo {
+                    session_id: id.clone(),
+                    game: s.claims.game.clone(),
+                    viewers: s.viewers.len(),
+                    width: s.claims.width,
+                    height: s.claims.height,
+                    fps: s.claims.fps,
+                    stats: s.session.stats(),
+                    expires: s.claims.exp.clone(),
+                    token,
+                    receipt,
+                }
             })
             .collect()
     }

@@ -390,6 +390,18 @@ async fn run_input_channel(dc: Arc<dyn DataChannel>, ctx: ViewerContext, limits:
                             }
                             Some(PlayerMessage::Ping { t }) => send(&dc, &NodeMessage::Pong { t, node_unix_ms: unix_ms() }).await,
                             Some(PlayerMessage::Keyframe) => ctx.session.request_keyframe(),
+                            Some(PlayerMessage::Receipt { receipt, signature }) => {
+                                let stats = ctx.session.stats();
+                                let kept = ctx.counters.receipts.lock().unwrap_or_else(|p| p.into_inner()).offer(
+                                    receipt,
+                                    signature,
+                                    stats.frames_encoded,
+                                    (stats.elapsed_s * 1000.0) as u64,
+                                );
+                                if let Err(reason) = kept {
+                                    tracing::debug!(session = %ctx.session_id, %reason, "receipt refused");
+                                }
+                            }
                             None => {}
                         }
                     }

@@ -8,6 +8,7 @@
 //! | player | `input` | `v`: 1, `events`: list of `{t, kind, …}` — `t` is the player's clock in ms, `kind` one of `key` (`code`, `down`), `pointer_move` (`x`, `y` in 0..1), `pointer_motion` (`dx`, `dy`), `mouse_button` (`button`, `down`), `wheel` (`dx`, `dy`), `gamepad_button` (`index`, `pressed`), `gamepad_axis` (`index`, `value`) |
 //! | player | `ping` | `v`: 1, `t`: the player's clock in ms |
 //! | player | `keyframe` | `v`: 1 |
+//! | player | `receipt` | `v`: 1, `seq`, `frames`, `played_ms`, `width`, `height`, `fps`, `at` (Unix ms), `sig` (hex ed25519 signature by the session's player key, see `pixelgrid_proto::receipt`); at most one per 500 ms |
 //! | node | `hello` | session, codec, mode, encoder, `rtp_epoch` and `epoch_unix_ms` (see [`NodeMessage::Hello`]) |
 //! | node | `frame` | per frame: RTP timestamp, capture time, where the time went |
 //! | node | `pong` | the ping's `t` and the node's clock |
@@ -83,7 +84,30 @@ pub enum PlayerMessage {
     },
     /// The player wants a keyframe.
     Keyframe,
+    /// A delivery receipt the player signed (checked against the session by the node).
+    Receipt {
+        /// What it attests.
+        receipt: pixelgrid_proto::receipt::Receipt,
+        /// The player's signature, 64 bytes.
+        signature: Vec<u8>,
+    },
 }
+
+/// A `receipt` message's fields.
+#[derive(Debug, Deserialize)]
+struct ReceiptFields {
+    seq: u64,
+    frames: u64,
+    played_ms: u64,
+    width: u32,
+    height: u32,
+    fps: u32,
+    at: u64,
+    sig: String,
+}
+
+/// Receipts closer together than this are dropped, ms.
+pub const MIN_RECEIPT_INTERVAL_MS: u64 = 500;
 
 /// Why a message (or part of one) was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +128,9 @@ pub enum Dropped {
     /// More than [`InputLimits::max_events_per_message`] events.
     #[error("{0} events in one message is over the limit")]
     TooManyEvents(usize),
+    /// A receipt sooner than [`MIN_RECEIPT_INTERVAL_MS`] after the previous one.
+    #[error("receipts come at most every {MIN_RECEIPT_INTERVAL_MS} ms")]
+    TooFrequent,
 }
 
 /// The outcome of one message.
@@ -123,6 +150,7 @@ pub struct InputGate {
     refilled_ms: Option<u64>,
     last_heard_ms: Option<u64>,
     released: bool,
+    last_receipt_ms: Option<u64>,
 }
 
 impl InputGate {
@@ -134,6 +162,7 @@ impl InputGate {
             refilled_ms: None,
             last_heard_ms: None,
             released: true,
+            last_receipt_ms: None,
         }
     }
 
@@ -166,6 +195,32 @@ impl InputGate {
                     .ok_or_else(|| Dropped::Garbled("ping without t".into()))?,
             },
             "keyframe" => PlayerMessage::Keyframe,
+            "receipt" => {
+                if self
+                    .last_receipt_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) < MIN_RECEIPT_INTERVAL_MS)
+                {
+                    return Err(Dropped::TooFrequent);
+                }
+                let f: ReceiptFields =
+                    serde_json::from_slice(bytes).map_err(|e| Dropped::Garbled(e.to_string()))?;
+                let signature = pixelgrid_proto::token::unhex(&f.sig)
+                    .filter(|s| s.len() == 64)
+                    .ok_or_else(|| Dropped::Garbled("sig is not 128 hex digits".into()))?;
+                self.last_receipt_ms = Some(now_ms);
+                PlayerMessage::Receipt {
+                    receipt: pixelgrid_proto::receipt::Receipt {
+                        sequence: f.seq,
+                        frames: f.frames,
+                        played_ms: f.played_ms,
+                        width: f.width,
+                        height: f.height,
+                        fps: f.fps,
+                        at_unix_ms: f.at,
+                    },
+                    signature,
+                }
+            }
             "input" => {
                 let raw = env
                     .events

@@ -199,6 +199,16 @@ fn bearer(
     })
 }
 
+/// The bearer token of a request that passed [`bearer`].
+fn bearer_token(headers: &HeaderMap) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn content_type_is(headers: &HeaderMap, want: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -247,7 +257,7 @@ async fn whep_offer(
         ));
     }
     let (viewer, answer) = node
-        .add_viewer(claims, offer)
+        .add_viewer(claims, &bearer_token(&headers), offer)
         .await
         .map_err(|e| Refusal::from_error(&node, e))?;
     let mut response = (

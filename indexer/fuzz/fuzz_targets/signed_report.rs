@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(round, 0, "accepted twice");
             let epoch = tally.epoch_of(now);
             ledger
-                .append_reports(&[(&signed, epoch, now)])
+                .append_reports(&[(&signed, epoch, now)], &tally.take_attested())
                 .expect("the ledger holds every accepted report");
         }
     }
