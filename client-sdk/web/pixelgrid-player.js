@@ -108,6 +108,20 @@ export class PixelGridPlayer {
 
   ping() { this.send({ type: "ping", t: Date.now() }); }
 
+  // What this player attests it received (frames decoded, play time since the first frame,
+  // decoded size, measured frame rate), signed with the session's player key: the node forwards
+  // it to the indexers, which credit the node's delivery only as far as receipts attest.
+  async sendReceipt(sessionId, key) {
+    const st = this.lastStats;
+    if (!st || !st.framesDecoded || this.firstFrameAt === undefined || !this.dc || this.dc.readyState !== "open") return;
+    const r = { seq: ++this.receiptSeq, frames: st.framesDecoded, played_ms: Math.round(performance.now() - this.firstFrameAt),
+                width: st.frameWidth || 0, height: st.frameHeight || 0, fps: Math.round(st.fps || 0), at: Date.now() };
+    const text = `pixelgrid/receipt/v1\n${sessionId}\n${r.seq}\n${r.frames}\n${r.played_ms}\n${r.width}\n${r.height}\n${r.fps}\n${r.at}\n`;
+    const sig = new Uint8Array(await crypto.subtle.sign("Ed25519", key, new TextEncoder().encode(text)));
+    this.send({ type: "receipt", ...r, sig: toHex(sig) });
+    this.receiptsSent++;
+  }
+
   // Input events are batched per animation frame.
   input(event) {
     this.queue.push({ t: performance.now(), ...event });
@@ -148,6 +162,7 @@ export class PixelGridPlayer {
     if (!v.requestVideoFrameCallback) return;
     const onFrame = (_now, meta) => {
       this.lastFrameAt = performance.now();
+      if (this.firstFrameAt === undefined) this.firstFrameAt = this.lastFrameAt;
       if (this.timings.firstFrameMs === null && this.timings.offerSentAt !== null) {
         this.timings.firstFrameMs = meta.presentationTime - this.timings.offerSentAt;
       }
@@ -220,8 +235,13 @@ export class PixelGridPlayer {
     }
     this.onEvent = onEvent;
     const s = await PixelGridPlayer.launch(api, options);
+    this.firstFrameAt = undefined;
     await this.connect(s.whep_url, s.token, s.ice_servers || []);
     this.session = s;
+    // Delivery receipts, signed with the key registered for this session, once a second.
+    this.receiptSeq = 0;
+    this.receiptsSent = 0;
+    if (s.playerKey) this.timers.push(setInterval(() => this.sendReceipt(s.session_id, s.playerKey), 1000));
     this.lastFrameAt = performance.now();
     this.timers.push(setInterval(() => this.watchdog(options.nodeLostAfterMs || 1500), 250));
     this.onEvent({ type: "connected", node: s.node_id, session: s.session_id });
@@ -281,8 +301,15 @@ export class PixelGridPlayer {
       }
       if (best < Infinity) rtt[c.node_id] = Math.max(1, Math.round(best));
     }));
-    const chosen = await post(`${api}/sessions/${launch.launch_id}/choose`, { rtt_ms: rtt });
-    return { ...chosen, rtt_ms: rtt };
+    // A key pair for this session only (WebCrypto Ed25519; the private half never leaves the
+    // browser): its public half goes with the launch, and it signs delivery receipts.
+    let keys = null;
+    try {
+      keys = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
+    } catch (_) { /* no Ed25519 in this browser: it plays without receipts */ }
+    const player_key = keys ? toHex(new Uint8Array(await crypto.subtle.exportKey("raw", keys.publicKey))) : "";
+    const chosen = await post(`${api}/sessions/${launch.launch_id}/choose`, { rtt_ms: rtt, ...(player_key ? { player_key } : {}) });
+    return { ...chosen, rtt_ms: rtt, playerKey: keys && keys.privateKey };
   }
 
   // A launch grant: from the studio's function, as given, or the local grid's demo grant.
@@ -386,7 +413,9 @@ export class PixelGridPlayer {
     const stats = () => player.collectStats();
     if (scenario === "play") {
       await until(async () => ((await stats()).framesDecoded || 0) >= 60, 5000);
-      return { scenario, ...(await stats()) };
+      // Launched through an orchestrator: a couple of signed receipts reach the node too.
+      if (player.session) await until(async () => player.receiptsSent >= 3, 6000);
+      return { scenario, receiptsSent: player.receiptsSent || 0, ...(await stats()) };
     }
     if (scenario === "input") {
       await until(async () => ((await stats()).framesDecoded || 0) >= 30 && player.playerCentroid(), 8000);
@@ -435,6 +464,10 @@ export function listGames(api = "/api") { return PixelGridPlayer.listGames(api);
 
 // An Error for a failed gateway call: the message is the orchestrator's reason (its plain-text
 // or JSON `error` body), with the status in `status`.
+function toHex(bytes) {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 async function httpError(res) {
   let text = (await res.text().catch(() => "")).trim();
   try { const j = JSON.parse(text); if (j && typeof j === "object") text = String(j.error || j.message || text); } catch (_) { /* plain text */ }

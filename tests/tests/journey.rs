@@ -117,6 +117,84 @@ fn the_sdk_plays_its_input_moves_the_player_and_the_indexer_credits_the_play() {
         .iter()
         .map(|(_, n)| n.node_id().to_owned())
         .collect();
+    // A cheating node beside them: registered for real, it reports sessions nobody played —
+    // invented ones, and one "placed" by a token it signed itself with a receipt from a player
+    // key of its own.
+    let cheat = pixelgrid_proto::identity::NodeKey::from_seed(&[66; 32]);
+    j.grid.runtime.block_on(async {
+        j.grid
+            .client()
+            .await
+            .register_node(pixelgrid_tests::signed_registration(&cheat, 2))
+            .await
+            .unwrap();
+    });
+    let cheating = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let cheater = {
+        let (indexer, cheat, cheating) =
+            (Arc::clone(&j.indexer), cheat.clone(), Arc::clone(&cheating));
+        std::thread::spawn(move || {
+            let own_orchestrator = pixelgrid_proto::token::TokenSigner::from_seed(&[67; 32]);
+            let own_player = pixelgrid_proto::receipt::PlayerKey::from_seed(&[68; 32]);
+            let now_s = indexer::daemon::now_ms() / 1000;
+            let token = own_orchestrator.sign(&pixelgrid_proto::token::SessionClaims {
+                sid: "forged".into(),
+                nid: cheat.node_id(),
+                game: "arena".into(),
+                width: 640,
+                height: 360,
+                fps: 30,
+                iat: pixelgrid_proto::token::format_rfc3339(now_s),
+                exp: pixelgrid_proto::token::format_rfc3339(now_s + 600),
+                aud: cheat.node_id(),
+                nbf: String::new(),
+                pk: own_player.public_hex(),
+            });
+            let mut seq = 0;
+            while cheating.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let receipt = pixelgrid_proto::receipt::Receipt {
+                    sequence: seq,
+                    frames: seq * 30,
+                    played_ms: seq * 1_000,
+                    width: 640,
+                    height: 360,
+                    fps: 30,
+                    at_unix_ms: indexer::daemon::now_ms(),
+                };
+                let mode = Some(pixelgrid_proto::types::v1::VideoMode {
+                    width_px: 640,
+                    height_px: 360,
+                    fps: 30,
+                });
+                let invented = |i: u64| pixelgrid_proto::indexer::v1::SessionDelivery {
+                    session_id: format!("invented-{i}"),
+                    promised: mode,
+                    achieved: mode,
+                    delivered_ms: 60_000,
+                    ..Default::default()
+                };
+                let forged = pixelgrid_proto::indexer::v1::SessionDelivery {
+                    session_id: "forged".into(),
+                    promised: mode,
+                    achieved: mode,
+                    delivered_ms: 60_000,
+                    session_token: token.clone(),
+                    receipt: Some(receipt.to_proto(own_player.sign("forged", &receipt))),
+                    ..Default::default()
+                };
+                let now = indexer::daemon::now_ms();
+                let r = indexer::report::ready(
+                    &cheat,
+                    seq,
+                    now,
+                    vec![invented(1), invented(2), invented(3), forged],
+                );
+                let _ = indexer.ingest(&[r], now);
+                std::thread::sleep(Duration::from_millis(1_000));
+            }
+        })
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (serving, epoch) = rt.block_on(async {
         let client = Client::connect(&url)
@@ -169,7 +247,18 @@ fn the_sdk_plays_its_input_moves_the_player_and_the_indexer_credits_the_play() {
         pixelgrid_tests::eventually(Duration::from_secs(5), || indexer.payouts(epoch).is_ok()),
         "epoch {epoch} closes"
     );
+    cheating.store(false, std::sync::atomic::Ordering::Relaxed);
+    cheater.join().unwrap();
     let (_, payouts) = indexer.payouts(epoch).unwrap();
+    let cheat_payout = payouts
+        .iter()
+        .find(|p| p.payout.node_id == cheat.node_id())
+        .expect("the cheating node's reports were accepted");
+    assert_eq!(
+        cheat_payout.payout.delivered_ms, 0,
+        "invented and self-attested sessions earn nothing: {:?}",
+        cheat_payout.payout
+    );
     for node in &nodes {
         let p = payouts
             .iter()
@@ -177,7 +266,8 @@ fn the_sdk_plays_its_input_moves_the_player_and_the_indexer_credits_the_play() {
             .unwrap_or_else(|| panic!("node {node} is in the epoch"));
         assert!(p.payout.uptime_ms >= EPOCH_MS / 2, "{:?}", p.payout);
         if *node == serving {
-            assert!(p.payout.delivered_ms >= 1_000, "{:?}", p.payout);
+            // Its player's receipts attest the play: about the whole epoch.
+            assert!(p.payout.delivered_ms >= EPOCH_MS / 2, "{:?}", p.payout);
         } else {
             assert_eq!(p.payout.delivered_ms, 0, "{:?}", p.payout);
         }

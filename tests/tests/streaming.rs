@@ -412,6 +412,15 @@ fn chromium_plays_through_the_orchestrators_player_page() {
         )
         .unwrap();
     assert_eq!(active.len(), 1, "one active session in the registry");
+    // The page signed delivery receipts (WebCrypto Ed25519, the key registered with the
+    // launch) and the serving node kept them for its reports.
+    assert!(r["receiptsSent"].as_u64().unwrap_or(0) >= 3, "{r}");
+    let kept: u64 = grid
+        .nodes
+        .iter()
+        .map(|(_, n)| n.receipts.kept.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert!(kept >= 2, "the node kept {kept} of the browser's receipts");
 }
 
 /// The browser SDK moves the session by itself when its node dies: the test kills the serving

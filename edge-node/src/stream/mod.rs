@@ -269,6 +269,8 @@ pub struct StreamNode {
     sessions: tokio::sync::Mutex<HashMap<String, LiveSession>>,
     /// Refused requests by reason.
     pub rejects: RejectCounters,
+    /// Players' delivery receipts kept and refused, all sessions.
+    pub receipts: Arc<ReceiptCounters>,
     gone: mpsc::UnboundedSender<(String, String)>,
     draining: std::sync::atomic::AtomicBool,
     /// Sessions this node dropped (their game, renderer or encoder stopped on its own), not yet
@@ -281,6 +283,16 @@ pub struct StreamNode {
     /// Sessions that ended here, with their token's expiry (Unix s): a token starts one
     /// session, once, so these are refused until the token would have expired anyway.
     finished: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+/// Players' delivery receipts this node kept (signed by the session's player, matching what it
+/// sent) and refused.
+#[derive(Debug, Default)]
+pub struct ReceiptCounters {
+    /// Kept for the reports.
+    pub kept: AtomicU64,
+    /// Refused (see [`receipts::ReceiptRefused`]).
+    pub refused: AtomicU64,
 }
 
 /// Most viewers of one session (one controls, the rest watch).
@@ -320,6 +332,7 @@ impl StreamNode {
             dev_signer,
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             rejects: RejectCounters::default(),
+            receipts: Arc::default(),
             gone: gone_tx,
             draining: std::sync::atomic::AtomicBool::new(false),
             dropped: std::sync::Mutex::new(Vec::new()),
@@ -540,6 +553,7 @@ impl StreamNode {
                 counters: Arc::clone(&live.counters),
                 gone: self.gone.clone(),
                 controls: Arc::default(),
+                receipts: Arc::clone(&self.receipts),
             }
         };
         let opened = peer::open(viewer_id.clone(), offer, ctx, &self.settings.peer).await;
@@ -931,6 +945,20 @@ impl StreamNode {
                 "pixelgrid_edge_input_dropped_total",
                 "Player input events and messages dropped by the gate, per session.",
                 &per_session(&|s| s.counters.input_dropped.load(Ordering::Relaxed) as f64),
+            )
+            .counter(
+                "pixelgrid_edge_receipts_total",
+                "Players' signed delivery receipts, kept for the indexers' reports or refused.",
+                &[
+                    (
+                        vec![("outcome", "kept".into())],
+                        self.receipts.kept.load(Ordering::Relaxed) as f64,
+                    ),
+                    (
+                        vec![("outcome", "refused".into())],
+                        self.receipts.refused.load(Ordering::Relaxed) as f64,
+                    ),
+                ],
             )
             .counter(
                 "pixelgrid_edge_requests_refused_total",

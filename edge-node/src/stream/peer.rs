@@ -303,6 +303,8 @@ pub(crate) struct ViewerContext {
     pub gone: mpsc::UnboundedSender<(String, String)>,
     /// Whether this viewer drives the game: one viewer per session does; others watch.
     pub controls: Arc<std::sync::atomic::AtomicBool>,
+    /// The node's receipt counters.
+    pub receipts: Arc<super::ReceiptCounters>,
 }
 
 struct Handler {
@@ -398,9 +400,13 @@ async fn run_input_channel(dc: Arc<dyn DataChannel>, ctx: ViewerContext, limits:
                                     stats.frames_encoded,
                                     (stats.elapsed_s * 1000.0) as u64,
                                 );
-                                if let Err(reason) = kept {
-                                    tracing::debug!(session = %ctx.session_id, %reason, "receipt refused");
-                                }
+                                match kept {
+                                    Ok(()) => ctx.receipts.kept.fetch_add(1, Ordering::Relaxed),
+                                    Err(reason) => {
+                                        tracing::debug!(session = %ctx.session_id, %reason, "receipt refused");
+                                        ctx.receipts.refused.fetch_add(1, Ordering::Relaxed)
+                                    }
+                                };
                             }
                             None => {}
                         }
