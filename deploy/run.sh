@@ -53,7 +53,7 @@ $bin/orchestrator --listen 127.0.0.1:50051 --http-listen "$host:8000" \
   --state-file "$state/orchestrator-state.db" --demo-studio demo "${etcd_args[@]}" &
 pids+=($!)
 $bin/indexer serve --listen 127.0.0.1:50061 --orchestrator http://127.0.0.1:50051 \
-  --ledger "$state/indexer.db" --epoch-ms 60000 --slot-ms 5000 --max-report-delay-ms 10000 &
+  --orchestrator-key "$token_public_key" --ledger "$state/indexer.db" --epoch-ms 60000 --slot-ms 5000 --max-report-delay-ms 10000 &
 pids+=($!)
 sleep 1
 for i in 1 2; do

@@ -47,15 +47,30 @@ pub fn signature_valid(signed: &SignedNodeReport) -> bool {
 /// by one). Returns one flag per report; when the batch fails as a whole, each is checked alone
 /// so one forgery cannot hide or sink the others.
 pub fn signatures_valid(batch: &[SignedNodeReport]) -> Vec<bool> {
-    use ed25519_dalek::{Signature, VerifyingKey};
+    signatures_valid_with(batch, |_| None)
+}
+
+fn parse_key(hex: &str) -> Option<ed25519_dalek::VerifyingKey> {
+    let id = pixelgrid_proto::token::unhex(hex)?;
+    ed25519_dalek::VerifyingKey::from_bytes(&<[u8; 32]>::try_from(id).ok()?).ok()
+}
+
+/// [`signatures_valid`], taking node keys from `known` where it has them (decompressing a
+/// public key costs a good part of a verification).
+pub fn signatures_valid_with(
+    batch: &[SignedNodeReport],
+    known: impl Fn(&str) -> Option<ed25519_dalek::VerifyingKey>,
+) -> Vec<bool> {
+    use ed25519_dalek::Signature;
     let mut messages = Vec::with_capacity(batch.len());
     let mut signatures = Vec::with_capacity(batch.len());
     let mut keys = Vec::with_capacity(batch.len());
     for s in batch {
         let parsed = (|| {
             let report = s.report.as_ref()?;
-            let id = pixelgrid_proto::token::unhex(&report.node_id.as_ref()?.hex)?;
-            let key = VerifyingKey::from_bytes(&<[u8; 32]>::try_from(id).ok()?).ok()?;
+            let id = &report.node_id.as_ref()?.hex;
+            pixelgrid_proto::identity::canonical_node_id(id).ok()?;
+            let key = known(id).or_else(|| parse_key(id))?;
             let sig = Signature::from_slice(&s.signature.as_ref()?.signature).ok()?;
             Some((report.encode_to_vec(), sig, key))
         })();
@@ -76,43 +91,24 @@ pub fn signatures_valid(batch: &[SignedNodeReport]) -> Vec<bool> {
     }
 }
 
-/// Checks players' receipt signatures, `(signed text, signature, player key hex)`, as one
-/// batch; one flag each, and each checked alone when the batch fails, as for reports.
-pub fn player_signatures_valid(checks: &[(Vec<u8>, Vec<u8>, String)]) -> Vec<bool> {
-    use ed25519_dalek::{Signature, VerifyingKey};
-    let alone = |(text, sig, key): &(Vec<u8>, Vec<u8>, String)| {
-        (|| {
-            let key = VerifyingKey::from_bytes(
-                &<[u8; 32]>::try_from(pixelgrid_proto::token::unhex(key)?).ok()?,
-            )
-            .ok()?;
-            let sig = Signature::from_slice(sig).ok()?;
-            Some(key.verify_strict(text, &sig).is_ok())
-        })()
-        .unwrap_or(false)
+/// Checks players' receipt signatures, `(signed text, signature, player key)`, as one batch;
+/// one flag each, and each checked alone (strictly) when the batch fails, as for reports.
+pub fn player_signatures_valid(
+    checks: &[(Vec<u8>, Vec<u8>, ed25519_dalek::VerifyingKey)],
+) -> Vec<bool> {
+    use ed25519_dalek::Signature;
+    let alone = |(text, sig, key): &(Vec<u8>, Vec<u8>, ed25519_dalek::VerifyingKey)| {
+        Signature::from_slice(sig).is_ok_and(|sig| key.verify_strict(text, &sig).is_ok())
     };
     let mut signatures = Vec::with_capacity(checks.len());
-    let mut keys = Vec::with_capacity(checks.len());
-    for (_, sig, key) in checks {
-        let parsed = (|| {
-            let key = VerifyingKey::from_bytes(
-                &<[u8; 32]>::try_from(pixelgrid_proto::token::unhex(key)?).ok()?,
-            )
-            .ok()
-            // A weak key takes the strict path alone, so a batch never accepts what a replay,
-            // checking one by one, would refuse.
-            .filter(|k: &VerifyingKey| !k.is_weak())?;
-            Some((Signature::from_slice(sig).ok()?, key))
-        })();
-        match parsed {
-            Some((s, k)) => {
-                signatures.push(s);
-                keys.push(k);
-            }
-            None => return checks.iter().map(alone).collect(),
+    for (_, sig, _) in checks {
+        match Signature::from_slice(sig) {
+            Ok(s) => signatures.push(s),
+            Err(_) => return checks.iter().map(alone).collect(),
         }
     }
     let texts: Vec<&[u8]> = checks.iter().map(|(t, _, _)| t.as_slice()).collect();
+    let keys: Vec<_> = checks.iter().map(|(_, _, k)| *k).collect();
     if ed25519_dalek::verify_batch(&texts, &signatures, &keys).is_ok() {
         vec![true; checks.len()]
     } else {

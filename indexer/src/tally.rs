@@ -134,6 +134,13 @@ struct LastReport {
     sent_ms: u64,
 }
 
+/// A session token that verified: its claims, and the player key it names (decompressed once).
+#[derive(Debug)]
+struct Placement {
+    claims: pixelgrid_proto::token::SessionClaims,
+    player: Option<ed25519_dalek::VerifyingKey>,
+}
+
 /// Play time a player's receipt attested for a session on a node, as far as it was credited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttestedPlay {
@@ -217,8 +224,9 @@ pub struct Tally {
     newly_attested: Vec<AttestedPlay>,
     /// Session tokens already checked (a node sends the same one with every report): a pure
     /// function of the token, so it changes no outcome.
-    checked_tokens:
-        std::collections::HashMap<String, Option<pixelgrid_proto::token::SessionClaims>>,
+    checked_tokens: std::collections::HashMap<String, Option<std::sync::Arc<Placement>>>,
+    /// Known nodes' public keys, decompressed once.
+    node_keys: std::collections::HashMap<String, ed25519_dalek::VerifyingKey>,
     nodes: BTreeSet<String>,
     last: BTreeMap<String, LastReport>,
     open: BTreeMap<(u64, String), NodeEpoch>,
@@ -250,6 +258,7 @@ impl Tally {
             attested: BTreeMap::new(),
             newly_attested: Vec::new(),
             checked_tokens: std::collections::HashMap::new(),
+            node_keys: std::collections::HashMap::new(),
             nodes: BTreeSet::new(),
             last: BTreeMap::new(),
             open: BTreeMap::new(),
@@ -266,6 +275,12 @@ impl Tally {
 
     /// Knows a node (from the orchestrator's registry).
     pub fn add_node(&mut self, node_id: &str) {
+        if let Some(key) = unhex(node_id)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+        {
+            self.node_keys.insert(node_id.to_owned(), key);
+        }
         self.nodes.insert(node_id.to_owned());
     }
 
@@ -324,7 +339,8 @@ impl Tally {
     /// Takes reports that arrived at `now_ms`, verifying their signatures as one batch; the
     /// verdicts are exactly those of ingesting them one by one, in order.
     pub fn ingest_batch(&mut self, batch: &[SignedNodeReport], now_ms: u64) -> Vec<Verdict> {
-        let valid = crate::report::signatures_valid(batch);
+        let node_keys = &self.node_keys;
+        let valid = crate::report::signatures_valid_with(batch, |id| node_keys.get(id).copied());
         // The players' receipts in validly signed reports, checked as one batch too (their keys
         // come from the session tokens).
         let mut checks = Vec::new();
@@ -335,13 +351,15 @@ impl Tally {
             };
             for (j, d) in report.sessions.iter().enumerate() {
                 let Some(r) = &d.receipt else { continue };
-                let Some(claims) = self.placement(&d.session_token) else {
+                let Some(placed) = self.placement(&d.session_token) else {
                     continue;
                 };
-                if claims.sid == d.session_id && !claims.pk.is_empty() {
-                    let text =
-                        pixelgrid_proto::receipt::Receipt::from_proto(r).signed_text(&claims.sid);
-                    checks.push((text, r.signature.clone(), claims.pk));
+                if let Some(player) = placed.player
+                    && placed.claims.sid == d.session_id
+                {
+                    let text = pixelgrid_proto::receipt::Receipt::from_proto(r)
+                        .signed_text(&placed.claims.sid);
+                    checks.push((text, r.signature.clone(), player));
                     at.push((i, j));
                 }
             }
@@ -365,12 +383,18 @@ impl Tally {
     }
 
     /// The claims of a session token signed by a trusted orchestrator key (remembered).
-    fn placement(&mut self, token: &str) -> Option<pixelgrid_proto::token::SessionClaims> {
+    fn placement(&mut self, token: &str) -> Option<std::sync::Arc<Placement>> {
         let verifier = self.placements.as_ref()?;
         if let Some(c) = self.checked_tokens.get(token) {
             return c.clone();
         }
-        let c = verifier.verify_timeless(token).ok();
+        let c = verifier.verify_timeless(token).ok().map(|claims| {
+            let player = unhex(&claims.pk)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+                .filter(|k| !k.is_weak());
+            std::sync::Arc::new(Placement { claims, player })
+        });
         if self.checked_tokens.len() >= MAX_CHECKED_TOKENS {
             self.checked_tokens.clear();
         }
@@ -480,9 +504,10 @@ impl Tally {
             return 0;
         };
         // The orchestrator placed this session on this node, valid at the report's time.
-        let Some(claims) = self.placement(&s.session_token) else {
+        let Some(placed) = self.placement(&s.session_token) else {
             return 0;
         };
+        let claims = &placed.claims;
         if claims.nid != node
             || claims.sid != s.session_id
             || claims.pk.is_empty()
@@ -500,7 +525,7 @@ impl Tally {
         if !at_promise || !signature_ok {
             return 0;
         }
-        let key = (node.to_owned(), claims.sid);
+        let key = (node.to_owned(), claims.sid.clone());
         let before = self.attested.get(&key).copied().unwrap_or(0);
         if receipt.played_ms <= before {
             return 0;
