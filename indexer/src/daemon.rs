@@ -362,12 +362,13 @@ impl Indexer {
         })
     }
 
-    /// Records one probe result.
-    pub fn record_probe(&self, node_id: &str, at_ms: u64, passed: bool) -> Result<()> {
+    /// Records one probe result of the node whose probe endpoint is at `host`.
+    pub fn record_probe(&self, node_id: &str, at_ms: u64, passed: bool, host: &str) -> Result<()> {
         let mut core = self.core();
         let epoch = core.tally.epoch_of(at_ms);
-        core.tally.record_probe(node_id, at_ms, passed);
-        core.ledger.append_probe(node_id, at_ms, epoch, passed)?;
+        core.tally.record_probe_of(node_id, at_ms, passed, host);
+        core.ledger
+            .append_probe(node_id, at_ms, epoch, passed, host)?;
         let c = if passed {
             &self.counters.probes_passed
         } else {
@@ -489,7 +490,12 @@ impl Indexer {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                         let at = now_ms();
                         let passed = probe_with_retries(&node, &addr, timeout, at, slot).await;
-                        if let Err(e) = me.record_probe(&node, at, passed) {
+                        // Identities answering from one host are counted together.
+                        let host = addr
+                            .parse::<std::net::SocketAddr>()
+                            .map(|a| a.ip().to_string())
+                            .unwrap_or_default();
+                        if let Err(e) = me.record_probe(&node, at, passed, &host) {
                             tracing::error!(error = %e, "cannot record a probe; exiting so a restart rebuilds from the ledger");
                             std::process::exit(70);
                         }

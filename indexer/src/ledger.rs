@@ -10,7 +10,7 @@
 //! | `nodes` | node id (hex public key), probe address, whether it is still probed |
 //! | `reports` | accepted reports: node, sequence, epoch, arrival ms, `SignedNodeReport` protobuf |
 //! | `attested` | play credited from players' receipts: node, session, cumulative played ms, epoch (derived from `reports`; kept so a restart knows what closed epochs credited) |
-//! | `probes` | node, time, epoch, passed |
+//! | `probes` | node, time, epoch, passed, host that answered |
 //! | `epochs` | closed epochs: number, bounds, Merkle root, total, nodes paid |
 //! | `payouts` | per closed epoch and node: amount, uptime, delivery, refund, SLA, leaf index, proof (32-byte siblings, leaf up) |
 
@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS probes (
     node_id TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
     epoch INTEGER NOT NULL,
-    passed INTEGER NOT NULL
+    passed INTEGER NOT NULL,
+    host TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS probes_by_epoch ON probes (epoch);
 CREATE TABLE IF NOT EXISTS epochs (
@@ -323,13 +324,21 @@ impl Ledger {
     }
 
     /// Appends one probe result.
-    pub fn append_probe(&self, node_id: &str, at_ms: u64, epoch: u64, passed: bool) -> Result<()> {
+    pub fn append_probe(
+        &self,
+        node_id: &str,
+        at_ms: u64,
+        epoch: u64,
+        passed: bool,
+        host: &str,
+    ) -> Result<()> {
         self.db
             .prepare_cached(
-                "INSERT INTO probes (node_id, at_ms, epoch, passed) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO probes (node_id, at_ms, epoch, passed, host)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(sql)?
-            .execute(params![node_id, i(at_ms), i(epoch), passed])
+            .execute(params![node_id, i(at_ms), i(epoch), passed, host])
             .map_err(sql)?;
         Ok(())
     }
@@ -542,16 +551,23 @@ impl Ledger {
         tally.take_attested();
         let mut probes = self
             .db
-            .prepare("SELECT node_id, at_ms, passed FROM probes WHERE epoch >= ?1 ORDER BY id")
+            .prepare(
+                "SELECT node_id, at_ms, passed, host FROM probes WHERE epoch >= ?1 ORDER BY id",
+            )
             .map_err(sql)?;
         let rows = probes
             .query_map(params![i(first_open)], |r| {
-                Ok((r.get::<_, String>(0)?, u(r.get(1)?), r.get::<_, bool>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    u(r.get(1)?),
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })
             .map_err(sql)?;
         for row in rows {
-            let (node, at, passed) = row.map_err(sql)?;
-            tally.record_probe(&node, at, passed);
+            let (node, at, passed, host) = row.map_err(sql)?;
+            tally.record_probe_of(&node, at, passed, &host);
             out.probes += 1;
         }
         Ok(out)
@@ -601,7 +617,7 @@ mod tests {
             }
             t.record_probe(&key.node_id(), at + 10, true);
             ledger
-                .append_probe(&key.node_id(), at + 10, t.epoch_of(at), true)
+                .append_probe(&key.node_id(), at + 10, t.epoch_of(at), true, "")
                 .unwrap();
         }
         t

@@ -106,6 +106,10 @@ struct ServeArgs {
     /// How often the node set is re-read from the orchestrator, ms.
     #[arg(long, default_value_t = 10_000)]
     registry_refresh_ms: u64,
+    /// Most nodes one host may have up in a slot (0: no limit); more identities answering
+    /// probes from one host earn nothing for that slot, the lowest node ids first.
+    #[arg(long, default_value_t = 8)]
+    max_nodes_per_host: u32,
     /// Hex ed25519 public key(s) of the orchestrator whose session tokens prove placements
     /// (comma-separated: old and new during a key rotation; `orchestrator public-key` prints
     /// it). Without one, no delivery is credited.
@@ -134,6 +138,7 @@ impl ServeArgs {
             readiness_reward: self.readiness_reward,
             delivery_reward_per_minute: self.delivery_reward_per_minute,
             refund_per_dropped_session: self.refund_per_dropped_session,
+            max_nodes_per_host: self.max_nodes_per_host,
             orchestrator_keys: self
                 .orchestrator_key
                 .iter()

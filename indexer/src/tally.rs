@@ -60,6 +60,9 @@ pub struct TallyConfig {
     pub delivery_reward_per_minute: u64,
     /// Micro-credits taken back per session the node dropped.
     pub refund_per_dropped_session: u64,
+    /// Most nodes one host may have up in a slot (0: no limit): identities answering probes
+    /// from the same host beyond this earn nothing for the slot, the lowest node ids first.
+    pub max_nodes_per_host: u32,
     /// Hex ed25519 public keys of the orchestrator(s) whose session tokens prove a placement
     /// (old and new during a key rotation). Without any, no delivery is credited.
     pub orchestrator_keys: Vec<String>,
@@ -78,6 +81,7 @@ impl Default for TallyConfig {
             readiness_reward: 1_000_000,
             delivery_reward_per_minute: 10_000,
             refund_per_dropped_session: 50_000,
+            max_nodes_per_host: 8,
             orchestrator_keys: Vec::new(),
         }
     }
@@ -124,6 +128,8 @@ pub const MAX_SESSION_ID_BYTES: usize = 128;
 struct NodeEpoch {
     reported: BTreeSet<u64>,
     probe_ok: BTreeSet<u64>,
+    /// The host that answered a passed probe, per slot (when known).
+    probe_host: BTreeMap<u64, String>,
     delivered_ms: u64,
     dropped: u64,
 }
@@ -558,6 +564,11 @@ impl Tally {
     /// Records the indexer's own probe of `node_id` at `at_ms` (with its retries: passed when
     /// any try passed).
     pub fn record_probe(&mut self, node_id: &str, at_ms: u64, passed: bool) {
+        self.record_probe_of(node_id, at_ms, passed, "");
+    }
+
+    /// [`Tally::record_probe`] of the node at `host` (its probe address's IP; empty: unknown).
+    pub fn record_probe_of(&mut self, node_id: &str, at_ms: u64, passed: bool, host: &str) {
         let epoch = self.epoch_of(at_ms);
         if self.is_closed(epoch) || !self.nodes.contains(node_id) {
             return;
@@ -567,6 +578,9 @@ impl Tally {
         let e = self.open.entry((epoch, node_id.to_owned())).or_default();
         if passed {
             e.probe_ok.insert(slot);
+            if !host.is_empty() {
+                e.probe_host.insert(slot, host.to_owned());
+            }
         }
     }
 
@@ -585,14 +599,25 @@ impl Tally {
                 .collect();
             let probing = self.probing.remove(&epoch).unwrap_or_default();
             let mut payouts = Vec::new();
+            // Up nodes per (slot, host), counted in node id order.
+            let mut crowd: BTreeMap<(u64, String), u32> = BTreeMap::new();
             for key in keys {
                 let e = self.open.remove(&key).expect("listed");
                 // A reported slot is up when a probe in it passed, or when the indexer probed
-                // nobody in it (it was down: its outage is not the node's fault).
+                // nobody in it (it was down: its outage is not the node's fault) — unless more
+                // identities than allowed answered from the same host in it.
                 let up_slots = e
                     .reported
                     .iter()
                     .filter(|s| e.probe_ok.contains(s) || !probing.contains(s))
+                    .filter(|s| match e.probe_host.get(s) {
+                        Some(host) if c.max_nodes_per_host > 0 => {
+                            let n = crowd.entry((**s, host.clone())).or_default();
+                            *n += 1;
+                            *n <= c.max_nodes_per_host
+                        }
+                        _ => true,
+                    })
                     .count() as u64;
                 let uptime_ms = up_slots * c.slot_ms;
                 let sla_met = u128::from(uptime_ms) * 1_000_000
@@ -1123,6 +1148,52 @@ mod tests {
             p.uptime_ms,
             55 * MIN,
             "only the five unanswered minutes are lost"
+        );
+    }
+
+    #[test]
+    fn identities_crowding_one_host_earn_only_up_to_its_limit() {
+        let keys: Vec<NodeKey> = (50..54).map(|i| NodeKey::from_seed(&[i; 32])).collect();
+        let mut t = Tally::new(TallyConfig {
+            max_nodes_per_host: 2,
+            ..config()
+        });
+        for (n, k) in keys.iter().enumerate() {
+            t.add_node(&k.node_id());
+            for m in 0..60 {
+                let at = m * MIN + 1_000;
+                assert_eq!(
+                    t.ingest(&report(k, m + 1, at, vec![]), at),
+                    Verdict::Accepted
+                );
+                // Three identities on one small host, one on a host of its own.
+                let host = if n < 3 { "203.0.113.7" } else { "198.51.100.9" };
+                t.record_probe_of(&k.node_id(), at + 5_000, true, host);
+            }
+        }
+        let e = t.close_epoch(0).clone();
+        let mut by_id: Vec<(&str, u64)> = keys[..3]
+            .iter()
+            .map(|k| {
+                let p = e.payouts.iter().find(|p| p.node_id == k.node_id()).unwrap();
+                (p.node_id.as_str(), p.uptime_ms)
+            })
+            .collect();
+        by_id.sort();
+        assert_eq!(
+            by_id.iter().map(|(_, u)| *u).collect::<Vec<_>>(),
+            vec![60 * MIN, 60 * MIN, 0],
+            "the two lowest ids on the crowded host earn; the third earns nothing"
+        );
+        let alone = e
+            .payouts
+            .iter()
+            .find(|p| p.node_id == keys[3].node_id())
+            .unwrap();
+        assert_eq!(
+            alone.uptime_ms,
+            60 * MIN,
+            "a node on its own host is untouched"
         );
     }
 
