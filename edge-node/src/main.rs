@@ -31,6 +31,26 @@ struct Cli {
 enum Command {
     /// Onboard this machine: identity key, hardware self-check, encoder speed, registration.
     Onboard(Box<OnboardArgs>),
+    /// Stake on this node, or ask to withdraw stake, at an indexer (signed with the node's
+    /// identity key; a withdrawal stays slashable for the indexer's withdrawal delay).
+    Stake {
+        /// Indexer gRPC URL.
+        #[arg(long, env = "PIXELGRID_INDEXER")]
+        indexer: String,
+        /// This node's identity key file.
+        #[arg(long, env = "PIXELGRID_IDENTITY", default_value = "node.key")]
+        identity: PathBuf,
+        /// Micro-credits to deposit.
+        #[arg(
+            long,
+            conflicts_with = "withdraw",
+            required_unless_present = "withdraw"
+        )]
+        deposit: Option<u64>,
+        /// Micro-credits to withdraw.
+        #[arg(long)]
+        withdraw: Option<u64>,
+    },
     /// Report the Vulkan device, the encoders that really work and NVIDIA telemetry.
     Probe {
         /// Print one JSON object instead of a table.
@@ -322,6 +342,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Probe { json } => probe(json),
         Command::Onboard(args) => onboard(*args),
+        Command::Stake {
+            indexer,
+            identity,
+            deposit,
+            withdraw,
+        } => stake(
+            &indexer,
+            &identity,
+            deposit.unwrap_or(0),
+            withdraw.unwrap_or(0),
+        ),
         Command::Snapshot { frames, out, video } => {
             let mode = video.mode()?;
             let vulkan = VulkanContext::new()?;
@@ -802,6 +833,60 @@ fn agent_config(
 async fn shutdown_signal() {
     pixelgrid_proto::shutdown::signal().await;
     tracing::info!("shutting down");
+}
+
+/// `edge-node stake`: one signed stake change, sent to an indexer.
+#[allow(clippy::print_stdout)]
+fn stake(
+    indexer: &str,
+    identity: &std::path::Path,
+    deposit: u64,
+    withdraw: u64,
+) -> anyhow::Result<()> {
+    use pixelgrid_proto::indexer::v1 as pb;
+    use prost::Message;
+    anyhow::ensure!(
+        identity.exists(),
+        "no identity key at {}: stake on a node that has run (or been onboarded) here",
+        identity.display()
+    );
+    let (key, _) = pixelgrid_proto::identity::NodeKey::load_or_create(identity)
+        .with_context(|| format!("identity key {}", identity.display()))?;
+    let now = edge_node::stream::unix_ms() as u64;
+    // The time in ms is a sequence that grows across runs of this command.
+    let change = pb::StakeChange {
+        node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: key.node_id() }),
+        sequence: now,
+        sent_unix_ms: now,
+        deposit,
+        withdraw,
+    };
+    let signed = pb::SignedStakeChange {
+        signature: Some(key.sign(&change.encode_to_vec())),
+        change: Some(change),
+    };
+    let ack = tokio::runtime::Runtime::new()?.block_on(async {
+        let channel = pixelgrid_proto::transport::connect(indexer)
+            .await
+            .map_err(|e| anyhow::anyhow!("indexer {indexer}: {e}"))?;
+        pb::indexer_client::IndexerClient::new(channel)
+            .submit_stake_change(signed)
+            .await
+            .map_err(|e| anyhow::anyhow!("indexer {indexer}: {}", e.message()))
+    })?;
+    let ack = ack.into_inner();
+    anyhow::ensure!(
+        ack.verdict == pb::ReportVerdict::Accepted as i32,
+        "refused: {}",
+        ack.detail
+    );
+    println!(
+        "node {}: bonded {} micro-credits, {} being withdrawn",
+        key.node_id(),
+        ack.bonded,
+        ack.unbonding
+    );
+    Ok(())
 }
 
 /// `edge-node onboard`: see `edge_node::onboard`. Exits non-zero when a check failed.

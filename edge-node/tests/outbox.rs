@@ -149,3 +149,65 @@ fn reports_queued_before_kill_9_are_sent_after_the_restart_and_credited_once() {
         replays(&indexer)
     );
 }
+
+/// `edge-node stake`: the operator stakes on the node with its identity key; an impossible
+/// withdrawal is refused with the reason, and nothing changes.
+#[test]
+fn the_operator_stakes_with_the_node_key_and_an_impossible_withdrawal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 0, 1);
+    let key_path = dir.path().join("node.key");
+    let (key, _) = NodeKey::load_or_create(&key_path).unwrap();
+    let ledger = tempfile::tempdir().unwrap();
+    let indexer = indexer::daemon::Indexer::open(indexer::daemon::DaemonConfig {
+        rules: indexer::tally::TallyConfig::default(),
+        ledger: ledger.path().join("l.db"),
+        orchestrator: Some(format!("http://{}", grid.orchestrator)),
+        probes_per_slot: 1,
+        registry_refresh: Duration::from_secs(60),
+        forget_after: Duration::from_secs(3_600),
+    })
+    .unwrap();
+    let url = grid.runtime.block_on(async {
+        grid.client()
+            .await
+            .register_node(signed_registration(&key, 1))
+            .await
+            .expect("registration");
+        indexer.refresh_registry().await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(indexer::daemon::serve(
+            listener,
+            Arc::clone(&indexer),
+            std::future::pending(),
+        ));
+        url
+    });
+    let stake = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_edge-node"))
+            .args(["stake", "--indexer", &url, "--identity"])
+            .arg(&key_path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = stake(&["--deposit", "500000"]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("bonded 500000"),
+        "{ok:?}"
+    );
+    let refused = stake(&["--withdraw", "9000000"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("bonded stake"),
+        "{refused:?}"
+    );
+    let withdrawn = stake(&["--withdraw", "200000"]);
+    assert!(
+        String::from_utf8_lossy(&withdrawn.stdout)
+            .contains("bonded 300000 micro-credits, 200000 being withdrawn"),
+        "{withdrawn:?}"
+    );
+}

@@ -48,7 +48,7 @@ pub struct DaemonConfig {
 /// Reports by verdict and probes by outcome, since start.
 #[derive(Debug, Default)]
 pub struct Counters {
-    verdicts: [AtomicU64; 10],
+    verdicts: [AtomicU64; 11],
     /// Probes answered with a valid signature.
     pub probes_passed: AtomicU64,
     /// Probes unanswered or answered wrongly.
@@ -58,7 +58,7 @@ pub struct Counters {
 }
 
 /// Every verdict, in the order [`Counters::reports`] lists them.
-pub const VERDICTS: [Verdict; 10] = [
+pub const VERDICTS: [Verdict; 11] = [
     Verdict::Accepted,
     Verdict::Malformed,
     Verdict::UnknownNode,
@@ -69,6 +69,7 @@ pub const VERDICTS: [Verdict; 10] = [
     Verdict::EpochClosed,
     Verdict::OutOfRange,
     Verdict::TimeWentBack,
+    Verdict::InvalidStakeChange,
 ];
 
 impl Counters {
@@ -133,6 +134,11 @@ fn detail(v: Verdict, r: Option<&pb::NodeReport>, rules: &TallyConfig) -> String
             crate::tally::MAX_SESSIONS_PER_REPORT,
             crate::tally::MAX_SESSION_ID_BYTES
         ),
+        Verdict::InvalidStakeChange => {
+            "a stake change sets exactly one of deposit and withdraw, and withdraws at most the \
+             bonded stake"
+                .into()
+        }
         Verdict::TimeWentBack => format!(
             "sent_unix_ms {} is not after the node's previous accepted report: time must advance \
              with the sequence",
@@ -171,6 +177,7 @@ fn to_proto(v: Verdict) -> pb::ReportVerdict {
         Verdict::Replayed => P::Replayed,
         Verdict::OutOfRange => P::OutOfRange,
         Verdict::TimeWentBack => P::TimeWentBack,
+        Verdict::InvalidStakeChange => P::InvalidStakeChange,
     }
 }
 
@@ -404,6 +411,28 @@ impl Indexer {
         }
         core.next_to_close = Some(next);
         Ok(closed)
+    }
+
+    /// Takes a stake change at `now_ms` and commits it; returns its verdict and the node's stake
+    /// after it (bonded, unbonding).
+    pub fn stake(
+        &self,
+        signed: &pb::SignedStakeChange,
+        now_ms: u64,
+    ) -> Result<(Verdict, u64, u64)> {
+        let mut core = self.core();
+        let verdict = core.tally.ingest_stake(signed, now_ms);
+        let events = core.tally.take_stake_events();
+        core.ledger.append_stake_events(&events)?;
+        self.counters.count(verdict);
+        let node = signed
+            .change
+            .as_ref()
+            .and_then(|c| c.node_id.as_ref())
+            .map(|n| n.hex.clone())
+            .unwrap_or_default();
+        let (bonded, unbonding) = core.tally.stake_of(&node, now_ms);
+        Ok((verdict, bonded, unbonding))
     }
 
     /// A node's accepted reports, `(sequence, sent_unix_ms)`, in sequence order.
@@ -670,6 +699,24 @@ impl pb::indexer_server::Indexer for Service {
         ))
     }
 
+    async fn submit_stake_change(
+        &self,
+        request: tonic::Request<pb::SignedStakeChange>,
+    ) -> std::result::Result<tonic::Response<pb::StakeChangeAck>, tonic::Status> {
+        let signed = request.into_inner();
+        let (verdict, bonded, unbonding) = self.indexer.stake(&signed, now_ms())?;
+        let detail = match verdict {
+            Verdict::Accepted => String::new(),
+            v => detail(v, None, self.indexer.rules()),
+        };
+        Ok(tonic::Response::new(pb::StakeChangeAck {
+            verdict: to_proto(verdict) as i32,
+            detail,
+            bonded,
+            unbonding,
+        }))
+    }
+
     async fn list_epochs(
         &self,
         request: tonic::Request<pb::ListEpochsRequest>,
@@ -705,6 +752,9 @@ impl pb::indexer_server::Indexer for Service {
                     delivered_ms: s.payout.delivered_ms,
                     refunded_micro_credits: s.payout.refunded,
                     sla_met: s.payout.sla_met,
+                    stake_micro_credits: s.payout.stake,
+                    slashed_micro_credits: s.payout.slashed,
+                    fee_micro_credits: s.payout.fee,
                 })
                 .collect(),
         }))

@@ -10,11 +10,13 @@
 //! | `nodes` | node id (hex public key), probe address, whether it is still probed |
 //! | `reports` | accepted reports: node, sequence, epoch, arrival ms, `SignedNodeReport` protobuf |
 //! | `attested` | play credited from players' receipts: node, session, cumulative played ms, epoch (derived from `reports`; kept so a restart knows what closed epochs credited) |
+//! | `stake_events` | deposits, withdrawal requests (free-at time) and slashes (epoch end), in order; a node's stake is their fold |
 //! | `probes` | node, time, epoch, passed, host that answered |
 //! | `epochs` | closed epochs: number, bounds, Merkle root, total, nodes paid |
 //! | `payouts` | per closed epoch and node: amount, uptime, delivery, refund, SLA, leaf index, proof (32-byte siblings, leaf up) |
 
 use crate::merkle::Proof;
+use crate::stake::StakeEvent;
 use crate::tally::{AttestedPlay, ClosedEpoch, NodePayout, Tally, TallyConfig};
 use crate::{Error, Result};
 use pixelgrid_proto::indexer::v1::SignedNodeReport;
@@ -46,6 +48,14 @@ CREATE TABLE IF NOT EXISTS attested (
     epoch INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS attested_by_epoch ON attested (epoch);
+CREATE TABLE IF NOT EXISTS stake_events (
+    id INTEGER PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS probes (
     id INTEGER PRIMARY KEY,
     node_id TEXT NOT NULL,
@@ -72,6 +82,9 @@ CREATE TABLE IF NOT EXISTS payouts (
     delivered_ms INTEGER NOT NULL,
     refunded INTEGER NOT NULL,
     sla_met INTEGER NOT NULL,
+    stake INTEGER NOT NULL DEFAULT 0,
+    slashed INTEGER NOT NULL DEFAULT 0,
+    fee INTEGER NOT NULL DEFAULT 0,
     proof BLOB NOT NULL,
     PRIMARY KEY (epoch, node_id)
 ) WITHOUT ROWID;
@@ -347,6 +360,24 @@ impl Ledger {
     pub fn write_closed(&mut self, closed: &ClosedEpoch, epoch_ms: u64) -> Result<()> {
         let proofs = closed.proofs();
         let tx = self.db.transaction().map_err(sql)?;
+        // The slashes this close made, as stake events (a restart folds them back in).
+        let end = (closed.epoch + 1) * epoch_ms;
+        let slashes: Vec<(String, u64, StakeEvent)> = closed
+            .payouts
+            .iter()
+            .filter(|p| p.slashed > 0)
+            .map(|p| {
+                (
+                    p.node_id.clone(),
+                    0,
+                    StakeEvent::Slash {
+                        amount: p.slashed,
+                        epoch_end_ms: end,
+                    },
+                )
+            })
+            .collect();
+        append_stake_events(&tx, &slashes)?;
         {
             let total = closed
                 .payouts
@@ -368,7 +399,8 @@ impl Ledger {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO payouts (epoch, node_id, leaf_index, amount, uptime_ms,
-                     delivered_ms, refunded, sla_met, proof) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                     delivered_ms, refunded, sla_met, stake, slashed, fee, proof)
+                     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
                 )
                 .map_err(sql)?;
             for (p, proof) in closed.payouts.iter().zip(&proofs) {
@@ -382,11 +414,24 @@ impl Ledger {
                         i(p.delivered_ms),
                         i(p.refunded),
                         p.sla_met,
+                        i(p.stake),
+                        i(p.slashed),
+                        i(p.fee),
                         proof.siblings.concat()
                     ])
                     .map_err(sql)?;
             }
         }
+        tx.commit().map_err(sql)
+    }
+
+    /// Appends stake events `(node, change sequence or 0, event)` in one transaction.
+    pub fn append_stake_events(&mut self, events: &[(String, u64, StakeEvent)]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.transaction().map_err(sql)?;
+        append_stake_events(&tx, events)?;
         tx.commit().map_err(sql)
     }
 
@@ -434,7 +479,8 @@ impl Ledger {
             .db
             .prepare_cached(
                 "SELECT node_id, leaf_index, amount, uptime_ms, delivered_ms, refunded, sla_met,
-                 proof FROM payouts WHERE epoch = ?1 AND (?2 IS NULL OR node_id = ?2)
+                 proof, stake, slashed, fee FROM payouts
+                 WHERE epoch = ?1 AND (?2 IS NULL OR node_id = ?2)
                  ORDER BY node_id",
             )
             .map_err(sql)?;
@@ -448,6 +494,9 @@ impl Ledger {
                     delivered_ms: u(r.get(4)?),
                     refunded: u(r.get(5)?),
                     sla_met: r.get(6)?,
+                    stake: u(r.get(8)?),
+                    slashed: u(r.get(9)?),
+                    fee: u(r.get(10)?),
                 },
                 proof: Proof {
                     index: u(r.get(1)?),
@@ -469,6 +518,37 @@ impl Ledger {
         for (node, _) in self.nodes()? {
             tally.add_node(&node);
             out.nodes += 1;
+        }
+        // Stakes: every event in order (deposits, withdrawals, slashes of closed epochs).
+        let mut stakes = self
+            .db
+            .prepare("SELECT node_id, sequence, kind, amount, at_ms FROM stake_events ORDER BY id")
+            .map_err(sql)?;
+        let rows = stakes
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    u(r.get(1)?),
+                    r.get::<_, String>(2)?,
+                    u(r.get(3)?),
+                    u(r.get(4)?),
+                ))
+            })
+            .map_err(sql)?;
+        for row in rows {
+            let (node, sequence, kind, amount, at) = row.map_err(sql)?;
+            let event = match kind.as_str() {
+                "deposit" => StakeEvent::Deposit { amount },
+                "withdraw" => StakeEvent::Withdraw {
+                    amount,
+                    free_at_ms: at,
+                },
+                _ => StakeEvent::Slash {
+                    amount,
+                    epoch_end_ms: at,
+                },
+            };
+            tally.restore_stake_event(&node, sequence, event);
         }
         let mut first_open = 0;
         if let Some(row) = self.epochs(1)?.pop() {
@@ -574,6 +654,32 @@ impl Ledger {
     }
 }
 
+fn append_stake_events(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[(String, u64, StakeEvent)],
+) -> Result<()> {
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO stake_events (node_id, sequence, kind, amount, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(sql)?;
+    for (node, sequence, event) in events {
+        let (kind, amount, at) = match *event {
+            StakeEvent::Deposit { amount } => ("deposit", amount, 0),
+            StakeEvent::Withdraw { amount, free_at_ms } => ("withdraw", amount, free_at_ms),
+            StakeEvent::Slash {
+                amount,
+                epoch_end_ms,
+            } => ("slash", amount, epoch_end_ms),
+        };
+        insert
+            .execute(params![node, i(*sequence), kind, i(amount), i(at)])
+            .map_err(sql)?;
+    }
+    Ok(())
+}
+
 fn epoch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EpochRow> {
     Ok(EpochRow {
         number: u(r.get(0)?),
@@ -656,6 +762,55 @@ mod tests {
         assert_eq!(t.close_epoch(0), &e0);
         assert_eq!(t.close_epoch(1), &e1);
         assert_eq!(ledger.epoch(0).unwrap().unwrap().root, e0.root);
+    }
+
+    #[test]
+    fn stakes_and_slashes_come_back_after_a_restart() {
+        use prost::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let rules = TallyConfig {
+            sla_floor_ppm: 990_000,
+            ..rules()
+        };
+        let mut ledger = Ledger::open(&dir.path().join("l.db"), &rules).unwrap();
+        let key = NodeKey::from_seed(&[8; 32]);
+        let mut t = Tally::new(rules.clone());
+        t.add_node(&key.node_id());
+        ledger.add_node(&key.node_id(), "127.0.0.1:9").unwrap();
+        let change = pixelgrid_proto::indexer::v1::StakeChange {
+            node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: key.node_id() }),
+            sequence: 1,
+            sent_unix_ms: 100,
+            deposit: 900_000,
+            withdraw: 0,
+        };
+        let signed = pixelgrid_proto::indexer::v1::SignedStakeChange {
+            signature: Some(key.sign(&change.encode_to_vec())),
+            change: Some(change),
+        };
+        assert_eq!(
+            t.ingest_stake(&signed, 100),
+            crate::tally::Verdict::Accepted
+        );
+        ledger.append_stake_events(&t.take_stake_events()).unwrap();
+        // Silent for the whole epoch: slashed at its close.
+        let closed = t.close_epoch(0).clone();
+        ledger.write_closed(&closed, rules.epoch_ms).unwrap();
+        let slashed = closed
+            .payouts
+            .iter()
+            .find(|p| p.node_id == key.node_id())
+            .unwrap()
+            .slashed;
+        assert_eq!(slashed, 90_000);
+        let mut again = Tally::new(rules.clone());
+        ledger.rebuild(&mut again).unwrap();
+        assert_eq!(again.stake_of(&key.node_id(), 20_000), (810_000, 0));
+        assert_eq!(
+            again.ingest_stake(&signed, 200),
+            crate::tally::Verdict::Replayed,
+            "a stake change is taken once, across restarts"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod error;
 pub mod ledger;
 pub mod merkle;
 pub mod report;
+pub mod stake;
 pub mod tally;
 
 pub use error::{Error, Result};

@@ -34,7 +34,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// The revision of the tally's arithmetic. 2: range checks, time must advance with the
 /// sequence, slots the indexer probed nobody in are not charged; delivery only as player
-/// receipts attest, for sessions the orchestrator placed.
+/// receipts attest, for sessions the orchestrator placed; identities crowding one host; stakes,
+/// downtime slashing and the protocol fee with the treasury's leaf.
 pub const RULES_REVISION: u32 = 2;
 
 /// The rules; the same everywhere, or roots will not match.
@@ -60,6 +61,15 @@ pub struct TallyConfig {
     pub delivery_reward_per_minute: u64,
     /// Micro-credits taken back per session the node dropped.
     pub refund_per_dropped_session: u64,
+    /// Share of each node's delivery reward kept as the protocol fee (parts per million); fees
+    /// and slashed stake go to the treasury's leaf ([`TREASURY`]).
+    pub protocol_fee_ppm: u64,
+    /// How long a withdrawal stays at risk after it is asked for, ms.
+    pub withdrawal_delay_ms: u64,
+    /// K of the downtime slash (`1/3 × K × coefficient` of the stake at risk), ppm.
+    pub slash_k_ppm: u64,
+    /// The stake coefficient of the downtime slash, ppm.
+    pub stake_coefficient_ppm: u64,
     /// Most nodes one host may have up in a slot (0: no limit): identities answering probes
     /// from the same host beyond this earn nothing for the slot, the lowest node ids first.
     pub max_nodes_per_host: u32,
@@ -82,6 +92,10 @@ impl Default for TallyConfig {
             delivery_reward_per_minute: 10_000,
             refund_per_dropped_session: 50_000,
             max_nodes_per_host: 8,
+            protocol_fee_ppm: 200_000,
+            withdrawal_delay_ms: 7 * 24 * 3_600_000,
+            slash_k_ppm: 300_000,
+            stake_coefficient_ppm: 1_000_000,
             orchestrator_keys: Vec::new(),
         }
     }
@@ -112,6 +126,9 @@ pub enum Verdict {
     /// Its time is not after the time of the node's previous accepted report (the sequence went
     /// up while the clock went back).
     TimeWentBack,
+    /// A stake change withdrawing more than is bonded, or not exactly one of deposit and
+    /// withdraw.
+    InvalidStakeChange,
 }
 
 /// Session tokens remembered as checked, at most.
@@ -175,7 +192,17 @@ pub struct NodePayout {
     pub refunded: u64,
     /// Whether uptime reached the SLA floor.
     pub sla_met: bool,
+    /// Stake at risk at the epoch's end, micro-credits.
+    pub stake: u64,
+    /// Slashed from it at this close (downtime below the SLA), micro-credits.
+    pub slashed: u64,
+    /// Protocol fee taken from the delivery reward, micro-credits.
+    pub fee: u64,
 }
+
+/// The treasury's leaf in every epoch's tree: 32 zero bytes, no node's key. It receives the
+/// protocol fees and the slashed stake.
+pub const TREASURY: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// A closed epoch: payouts sorted by node id, and their Merkle root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -236,6 +263,12 @@ pub struct Tally {
     nodes: BTreeSet<String>,
     last: BTreeMap<String, LastReport>,
     open: BTreeMap<(u64, String), NodeEpoch>,
+    /// Stakes per node.
+    stakes: BTreeMap<String, crate::stake::StakeAccount>,
+    /// Each node's last accepted stake change sequence.
+    last_stake: BTreeMap<String, u64>,
+    /// Stake events since the last [`Tally::take_stake_events`], for the ledger.
+    new_stake_events: Vec<(String, u64, crate::stake::StakeEvent)>,
     /// Per open epoch, the slots in which the indexer probed anyone (it was running).
     probing: BTreeMap<u64, BTreeSet<u64>>,
     closed: BTreeMap<u64, ClosedEpoch>,
@@ -269,6 +302,9 @@ impl Tally {
             last: BTreeMap::new(),
             open: BTreeMap::new(),
             probing: BTreeMap::new(),
+            stakes: BTreeMap::new(),
+            last_stake: BTreeMap::new(),
+            new_stake_events: Vec::new(),
             closed: BTreeMap::new(),
             closed_before: 0,
         }
@@ -546,6 +582,104 @@ impl Tally {
         receipt.played_ms - before
     }
 
+    /// Takes a stake change that arrived at `now_ms` (signed with the node's identity key).
+    pub fn ingest_stake(
+        &mut self,
+        signed: &pixelgrid_proto::indexer::v1::SignedStakeChange,
+        now_ms: u64,
+    ) -> Verdict {
+        use crate::stake::StakeEvent;
+        let (Some(change), Some(sig)) = (&signed.change, &signed.signature) else {
+            return Verdict::Malformed;
+        };
+        let Some(node) = change.node_id.as_ref().map(|n| n.hex.clone()) else {
+            return Verdict::Malformed;
+        };
+        if pixelgrid_proto::identity::canonical_node_id(&node).is_err() {
+            return Verdict::Malformed;
+        }
+        if [
+            change.sequence,
+            change.sent_unix_ms,
+            change.deposit,
+            change.withdraw,
+        ]
+        .iter()
+        .any(|n| *n > MAX_REPORT_NUMBER)
+        {
+            return Verdict::OutOfRange;
+        }
+        if !self.nodes.contains(&node) {
+            return Verdict::UnknownNode;
+        }
+        use prost::Message;
+        if !pixelgrid_proto::identity::verify(&node, &change.encode_to_vec(), &sig.signature) {
+            return Verdict::BadSignature;
+        }
+        if change.sent_unix_ms > now_ms.saturating_add(self.config.max_clock_skew_ms) {
+            return Verdict::ClockSkew;
+        }
+        if now_ms
+            > change
+                .sent_unix_ms
+                .saturating_add(self.config.max_report_delay_ms)
+        {
+            return Verdict::TooLate;
+        }
+        if self
+            .last_stake
+            .get(&node)
+            .is_some_and(|last| change.sequence <= *last)
+        {
+            return Verdict::Replayed;
+        }
+        let event = match (change.deposit, change.withdraw) {
+            (d, 0) if d > 0 => StakeEvent::Deposit { amount: d },
+            (0, w) if w > 0 => StakeEvent::Withdraw {
+                amount: w,
+                free_at_ms: change
+                    .sent_unix_ms
+                    .saturating_add(self.config.withdrawal_delay_ms),
+            },
+            _ => return Verdict::InvalidStakeChange,
+        };
+        if !self.stakes.entry(node.clone()).or_default().apply(event) {
+            return Verdict::InvalidStakeChange;
+        }
+        self.last_stake.insert(node.clone(), change.sequence);
+        self.new_stake_events.push((node, change.sequence, event));
+        Verdict::Accepted
+    }
+
+    /// A node's stake: bonded, and withdrawals still at risk at `at_ms`.
+    pub fn stake_of(&self, node_id: &str, at_ms: u64) -> (u64, u64) {
+        self.stakes
+            .get(node_id)
+            .map_or((0, 0), |a| (a.bonded(), a.unbonding_at(at_ms)))
+    }
+
+    /// Stake events (node, change sequence or 0 for a slash, event) since the last call.
+    pub fn take_stake_events(&mut self) -> Vec<(String, u64, crate::stake::StakeEvent)> {
+        std::mem::take(&mut self.new_stake_events)
+    }
+
+    /// Re-applies a stake event from the ledger (a restart).
+    pub fn restore_stake_event(
+        &mut self,
+        node_id: &str,
+        sequence: u64,
+        event: crate::stake::StakeEvent,
+    ) {
+        self.stakes
+            .entry(node_id.to_owned())
+            .or_default()
+            .apply(event);
+        if sequence > 0 {
+            let last = self.last_stake.entry(node_id.to_owned()).or_default();
+            *last = (*last).max(sequence);
+        }
+    }
+
     /// Receipt credits since the last call (the ledger keeps them, so a restarted tally knows
     /// what closed epochs already credited).
     pub fn take_attested(&mut self) -> Vec<AttestedPlay> {
@@ -592,17 +726,26 @@ impl Tally {
         );
         if !self.closed.contains_key(&epoch) {
             let c = &self.config;
-            let keys: Vec<(u64, String)> = self
+            let epoch_end = (epoch + 1) * c.epoch_ms;
+            // Nodes that reported, and nodes with stake at risk (silent ones are slashed too).
+            let mut keys: BTreeSet<(u64, String)> = self
                 .open
                 .range((epoch, String::new())..(epoch + 1, String::new()))
                 .map(|(k, _)| k.clone())
                 .collect();
+            keys.extend(
+                self.stakes
+                    .iter()
+                    .filter(|(_, a)| a.at_risk(epoch_end) > 0)
+                    .map(|(n, _)| (epoch, n.clone())),
+            );
+            let mut treasury = 0u64;
             let probing = self.probing.remove(&epoch).unwrap_or_default();
             let mut payouts = Vec::new();
             // Up nodes per (slot, host), counted in node id order.
             let mut crowd: BTreeMap<(u64, String), u32> = BTreeMap::new();
             for key in keys {
-                let e = self.open.remove(&key).expect("listed");
+                let e = self.open.remove(&key).unwrap_or_default();
                 // A reported slot is up when a probe in it passed, or when the indexer probed
                 // nobody in it (it was down: its outage is not the node's fault) — unless more
                 // identities than allowed answered from the same host in it.
@@ -628,10 +771,31 @@ impl Tally {
                 } else {
                     0
                 };
-                let delivery = (u128::from(c.delivery_reward_per_minute)
-                    * u128::from(e.delivered_ms)
+                let gross = (u128::from(c.delivery_reward_per_minute) * u128::from(e.delivered_ms)
                     / 60_000) as u64;
+                let fee = (u128::from(gross) * u128::from(c.protocol_fee_ppm.min(1_000_000))
+                    / 1_000_000) as u64;
+                let delivery = gross - fee;
                 let refunded = c.refund_per_dropped_session.saturating_mul(e.dropped);
+                // Downtime below the SLA slashes the stake at risk (Aethir's shape).
+                let account = self.stakes.get_mut(&key.1);
+                let stake = account.as_ref().map_or(0, |a| a.at_risk(epoch_end));
+                let slashed = if sla_met {
+                    0
+                } else {
+                    crate::stake::downtime_slash(stake, c.slash_k_ppm, c.stake_coefficient_ppm)
+                };
+                if let Some(account) = account
+                    && slashed > 0
+                {
+                    let event = crate::stake::StakeEvent::Slash {
+                        amount: slashed,
+                        epoch_end_ms: epoch_end,
+                    };
+                    // The ledger records it from the payout row, with the closed epoch.
+                    account.apply(event);
+                }
+                treasury = treasury.saturating_add(fee).saturating_add(slashed);
                 payouts.push(NodePayout {
                     node_id: key.1,
                     amount: readiness.saturating_add(delivery).saturating_sub(refunded),
@@ -639,6 +803,22 @@ impl Tally {
                     delivered_ms: e.delivered_ms,
                     refunded,
                     sla_met,
+                    stake,
+                    slashed,
+                    fee,
+                });
+            }
+            if treasury > 0 {
+                payouts.push(NodePayout {
+                    node_id: TREASURY.to_owned(),
+                    amount: treasury,
+                    uptime_ms: 0,
+                    delivered_ms: 0,
+                    refunded: 0,
+                    sla_met: true,
+                    stake: 0,
+                    slashed: 0,
+                    fee: 0,
                 });
             }
             payouts.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -919,12 +1099,25 @@ mod tests {
         // Probed and unanswered: no readiness, so the sum is delivery and refund alone.
         t.record_probe(&node.node_id(), MIN + 1, false);
         t.record_probe(&node.node_id(), 2 * MIN + 1, false);
-        let p = &t.close_epoch(0).payouts[0];
+        let e = t.close_epoch(0).clone();
+        let p = e
+            .payouts
+            .iter()
+            .find(|p| p.node_id == node.node_id())
+            .unwrap();
         assert_eq!(
             p.delivered_ms,
             2 * MIN,
             "two attested minutes, nothing else"
         );
+        assert_eq!(p.fee, 4_000, "20 % of 20,000");
+        let treasury = e.payouts.iter().find(|p| p.node_id == TREASURY).unwrap();
+        assert_eq!(
+            treasury.amount, 4_000,
+            "the fee is in the tree, with its proof"
+        );
+        let (amount, proof) = e.proof(TREASURY).unwrap();
+        assert!(merkle::verify(&e.root, &[0u8; 32], amount, &proof));
         assert_eq!(p.refunded, 50_000);
         assert_eq!(
             p.amount, 0,
@@ -977,10 +1170,9 @@ mod tests {
         assert_eq!(restarted.ingest(&again, 9 * MIN), Verdict::Accepted);
         assert!(restarted.take_attested().is_empty(), "already credited");
         assert_eq!(one_by_one.close_epoch(0), batched.close_epoch(0));
-        assert_eq!(
-            one_by_one.closed(0).unwrap().payouts[0].delivered_ms,
-            5 * MIN
-        );
+        let paid = &one_by_one.closed(0).unwrap().payouts;
+        let p = paid.iter().find(|p| p.node_id == node.node_id()).unwrap();
+        assert_eq!(p.delivered_ms, 5 * MIN);
     }
 
     #[test]
@@ -1194,6 +1386,94 @@ mod tests {
             alone.uptime_ms,
             60 * MIN,
             "a node on its own host is untouched"
+        );
+    }
+
+    fn stake_change(
+        key: &NodeKey,
+        sequence: u64,
+        at: u64,
+        deposit: u64,
+        withdraw: u64,
+    ) -> pixelgrid_proto::indexer::v1::SignedStakeChange {
+        use prost::Message;
+        let change = pixelgrid_proto::indexer::v1::StakeChange {
+            node_id: Some(NodeId { hex: key.node_id() }),
+            sequence,
+            sent_unix_ms: at,
+            deposit,
+            withdraw,
+        };
+        pixelgrid_proto::indexer::v1::SignedStakeChange {
+            signature: Some(key.sign(&change.encode_to_vec())),
+            change: Some(change),
+        }
+    }
+
+    #[test]
+    fn downtime_below_the_sla_slashes_the_stake_even_one_being_withdrawn() {
+        let faithful = NodeKey::from_seed(&[60; 32]);
+        let flaky = NodeKey::from_seed(&[61; 32]);
+        let silent = NodeKey::from_seed(&[62; 32]);
+        let mut t = Tally::new(TallyConfig::default());
+        for k in [&faithful, &flaky, &silent] {
+            t.add_node(&k.node_id());
+            assert_eq!(
+                t.ingest_stake(&stake_change(k, 1, 1_000, 3_000_000, 0), 1_000),
+                Verdict::Accepted
+            );
+        }
+        // Refused: a replay, a withdrawal beyond the bond, both fields, another's signature.
+        assert_eq!(
+            t.ingest_stake(&stake_change(&flaky, 1, 2_000, 5, 0), 2_000),
+            Verdict::Replayed
+        );
+        assert_eq!(
+            t.ingest_stake(&stake_change(&flaky, 2, 2_000, 0, 9_000_000), 2_000),
+            Verdict::InvalidStakeChange
+        );
+        assert_eq!(
+            t.ingest_stake(&stake_change(&flaky, 3, 2_000, 5, 5), 2_000),
+            Verdict::InvalidStakeChange
+        );
+        let mut forged = stake_change(&flaky, 4, 2_000, 0, 1);
+        forged.signature = Some(silent.sign(b"not it"));
+        assert_eq!(t.ingest_stake(&forged, 2_000), Verdict::BadSignature);
+        // The silent node asks to withdraw everything, then goes quiet: still slashable.
+        assert_eq!(
+            t.ingest_stake(&stake_change(&silent, 2, 3_000, 0, 3_000_000), 3_000),
+            Verdict::Accepted
+        );
+        run_hour(&mut t, &faithful, 0..0, true);
+        run_hour(&mut t, &flaky, 10..30, true);
+        let e = t.close_epoch(0).clone();
+        let of = |k: &NodeKey| {
+            e.payouts
+                .iter()
+                .find(|p| p.node_id == k.node_id())
+                .unwrap()
+                .clone()
+        };
+        assert_eq!((of(&faithful).stake, of(&faithful).slashed), (3_000_000, 0));
+        // 1/3 × K (30 %) × coefficient 1 = 10 % of the stake at risk.
+        assert_eq!(of(&flaky).slashed, 300_000, "{:?}", of(&flaky));
+        assert_eq!(
+            of(&silent).slashed,
+            300_000,
+            "withdrawing does not escape the slash"
+        );
+        assert_eq!(of(&silent).uptime_ms, 0);
+        let treasury = e.payouts.iter().find(|p| p.node_id == TREASURY).unwrap();
+        assert_eq!(
+            treasury.amount, 600_000,
+            "slashed stake goes to the treasury"
+        );
+        assert_eq!(t.stake_of(&flaky.node_id(), 4 * 3_600_000), (2_700_000, 0));
+        assert_eq!(t.stake_of(&silent.node_id(), 4 * 3_600_000), (0, 2_700_000));
+        assert_eq!(
+            t.take_stake_events().len(),
+            4,
+            "accepted changes go to the ledger"
         );
     }
 
