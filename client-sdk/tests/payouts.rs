@@ -183,8 +183,23 @@ fn the_cli_reads_a_running_indexer_and_the_proof_it_prints_verifies() {
     );
     let payouts = cli(&["payouts", &epoch.to_string(), "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&payouts.stdout).unwrap();
-    let row = &rows[0];
-    assert_eq!(row["node"], key.node_id().as_str());
+    // The node's row, and the treasury's (the protocol fee on its delivery).
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == key.node_id().as_str())
+        .expect("the node's payout");
+    let treasury = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == indexer::tally::TREASURY)
+        .expect("the treasury's leaf");
+    assert!(
+        treasury["amount_micro_credits"].as_u64().unwrap() > 0,
+        "{treasury}"
+    );
     assert_eq!(row["uptime_ms"], 0, "no probe answered: no uptime");
     assert!(row["delivered_ms"].as_u64().unwrap() >= 1_800, "{row}");
     assert!(row["amount_micro_credits"].as_u64().unwrap() > 0);

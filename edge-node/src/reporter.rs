@@ -322,7 +322,12 @@ impl StoredOutbox {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&self.outbox.to_bytes())?;
             f.sync_all()?;
-            std::fs::rename(&tmp, path)
+            std::fs::rename(&tmp, path)?;
+            // The rename itself must reach the disk too.
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         })();
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "cannot save the outbox; a crash now would lose unacknowledged reports");
@@ -475,8 +480,17 @@ async fn deliver(url: String, outbox: Arc<Mutex<StoredOutbox>>, ready: Arc<tokio
                         if ack.verdict != ReportVerdict::Accepted as i32 {
                             tracing::warn!(indexer = %url, sequence = ack.sequence, verdict = ?ReportVerdict::try_from(ack.verdict).unwrap_or_default(), detail = %ack.detail, "report refused");
                         }
+                        // Acknowledgements come in bursts (one per report of a batch): take every
+                        // one already here, then save once.
+                        let mut last = ack.sequence;
+                        while let Ok(Ok(Some(more))) = tokio::time::timeout(Duration::ZERO, acks.message()).await {
+                            if more.verdict != ReportVerdict::Accepted as i32 {
+                                tracing::warn!(indexer = %url, sequence = more.sequence, detail = %more.detail, "report refused");
+                            }
+                            last = last.max(more.sequence);
+                        }
                         let mut stored = lock();
-                        stored.outbox.acknowledge(ack.sequence);
+                        stored.outbox.acknowledge(last);
                         stored.save();
                     }
                     Ok(None) | Err(_) => break 'stream,

@@ -522,7 +522,7 @@ impl Indexer {
                         // Identities answering from one host are counted together.
                         let host = addr
                             .parse::<std::net::SocketAddr>()
-                            .map(|a| a.ip().to_string())
+                            .map(|a| host_of(a.ip()))
                             .unwrap_or_default();
                         if let Err(e) = me.record_probe(&node, at, passed, &host) {
                             tracing::error!(error = %e, "cannot record a probe; exiting so a restart rebuilds from the ledger");
@@ -541,6 +541,18 @@ fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).expect("the OS has randomness");
     u64::from_le_bytes(b)
+}
+
+/// The host a probe address belongs to, for counting identities per host: an IPv4 address (also
+/// when written IPv4-mapped), or an IPv6 /64 (what one customer of a provider gets).
+fn host_of(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
 }
 
 /// Tries past a failed probe, within the same slot: one lost packet must not cost a slot.
@@ -704,7 +716,14 @@ impl pb::indexer_server::Indexer for Service {
         request: tonic::Request<pb::SignedStakeChange>,
     ) -> std::result::Result<tonic::Response<pb::StakeChangeAck>, tonic::Status> {
         let signed = request.into_inner();
-        let (verdict, bonded, unbonding) = self.indexer.stake(&signed, now_ms())?;
+        let (verdict, bonded, unbonding) = match self.indexer.stake(&signed, now_ms()) {
+            Ok(v) => v,
+            Err(e) => {
+                // The tally took a change the ledger did not: a restart rebuilds from the ledger.
+                tracing::error!(error = %e, "cannot commit a stake change; exiting so a restart rebuilds from the ledger");
+                std::process::exit(70);
+            }
+        };
         let detail = match verdict {
             Verdict::Accepted => String::new(),
             v => detail(v, None, self.indexer.rules()),
@@ -912,4 +931,21 @@ pub async fn serve_http(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn one_machine_is_one_host_however_its_address_is_written() {
+        let v4: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        assert_eq!(host_of(v4), host_of(mapped));
+        let a: std::net::IpAddr = "2001:db8:1:2::10".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff::99".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:3::10".parse().unwrap();
+        assert_eq!(host_of(a), host_of(b), "one /64");
+        assert_ne!(host_of(a), host_of(other));
+    }
 }

@@ -611,6 +611,30 @@ impl Ledger {
             let (node, session, played) = row.map_err(sql)?;
             tally.restore_attested(&node, &session, played);
         }
+        // Receipts credited in open epochs: their replays take the live verdicts.
+        let mut credited_open: std::collections::HashMap<
+            String,
+            std::collections::HashSet<(String, u64)>,
+        > = std::collections::HashMap::new();
+        {
+            let mut q = self
+                .db
+                .prepare("SELECT node_id, session_id, played_ms FROM attested WHERE epoch >= ?1")
+                .map_err(sql)?;
+            let rows = q
+                .query_map(params![i(first_open)], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, u(r.get(2)?)))
+                })
+                .map_err(sql)?;
+            for row in rows {
+                let (node, session, played) = row.map_err(sql)?;
+                credited_open
+                    .entry(node)
+                    .or_default()
+                    .insert((session, played));
+            }
+        }
+        let none = std::collections::HashSet::new();
         let mut reports = self
             .db
             .prepare("SELECT signed, arrived_ms FROM reports WHERE epoch >= ?1 ORDER BY id")
@@ -624,7 +648,13 @@ impl Ledger {
             let (bytes, arrived) = row.map_err(sql)?;
             let signed = SignedNodeReport::decode(bytes.as_slice())
                 .map_err(|e| Error::Ledger(format!("a stored report does not decode: {e}")))?;
-            tally.replay(&signed, arrived);
+            let node = signed
+                .report
+                .as_ref()
+                .and_then(|r| r.node_id.as_ref())
+                .map_or("", |n| n.hex.as_str());
+            let credited = credited_open.get(node).unwrap_or(&none);
+            tally.replay_with_credits(&signed, arrived, credited);
             out.reports += 1;
         }
         // Replayed credits are in the ledger already.
@@ -793,7 +823,11 @@ mod tests {
             crate::tally::Verdict::Accepted
         );
         ledger.append_stake_events(&t.take_stake_events()).unwrap();
-        // Silent for the whole epoch: slashed at its close.
+        // Probed and silent for the whole epoch: slashed at its close.
+        t.record_probe(&key.node_id(), 5_000, false);
+        ledger
+            .append_probe(&key.node_id(), 5_000, 0, false, "")
+            .unwrap();
         let closed = t.close_epoch(0).clone();
         ledger.write_closed(&closed, rules.epoch_ms).unwrap();
         let slashed = closed

@@ -141,6 +141,12 @@ impl ServeArgs {
             self.epoch_ms,
             self.slot_ms
         );
+        let keys: Vec<&str> = self.orchestrator_key.iter().map(String::as_str).collect();
+        if !keys.is_empty() {
+            pixelgrid_proto::token::TokenVerifier::from_hex_keys(&keys).map_err(|e| {
+                anyhow::anyhow!("--orchestrator-key: {e}; give the 64-hex-digit key `orchestrator public-key` prints")
+            })?;
+        }
         Ok(TallyConfig {
             revision: indexer::tally::RULES_REVISION,
             epoch_ms: self.epoch_ms,

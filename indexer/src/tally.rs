@@ -74,7 +74,9 @@ pub struct TallyConfig {
     /// from the same host beyond this earn nothing for the slot, the lowest node ids first.
     pub max_nodes_per_host: u32,
     /// Hex ed25519 public keys of the orchestrator(s) whose session tokens prove a placement
-    /// (old and new during a key rotation). Without any, no delivery is credited.
+    /// (old and new during a key rotation). Without any, no delivery is credited. Not part of
+    /// the stored rules: keys rotate while the ledger goes on.
+    #[serde(skip)]
     pub orchestrator_keys: Vec<String>,
 }
 
@@ -131,6 +133,13 @@ pub enum Verdict {
     InvalidStakeChange,
 }
 
+/// The largest stake one node may hold, micro-credits (a billion credits): sums of stakes stay
+/// far below what the ledger holds.
+pub const MAX_STAKE: u64 = 1_000_000_000_000_000;
+
+/// Play a receipt may claim beyond the time since its session was placed (clock granularity).
+const PLAY_SLACK_MS: u64 = 5_000;
+
 /// Session tokens remembered as checked, at most.
 const MAX_CHECKED_TOKENS: usize = 65_536;
 
@@ -145,6 +154,8 @@ pub const MAX_SESSION_ID_BYTES: usize = 128;
 struct NodeEpoch {
     reported: BTreeSet<u64>,
     probe_ok: BTreeSet<u64>,
+    /// Probes of this node in the epoch (passed or not).
+    probed: u64,
     /// The host that answered a passed probe, per slot (when known).
     probe_host: BTreeMap<u64, String>,
     delivered_ms: u64,
@@ -257,7 +268,7 @@ pub struct Tally {
     newly_attested: Vec<AttestedPlay>,
     /// Session tokens already checked (a node sends the same one with every report): a pure
     /// function of the token, so it changes no outcome.
-    checked_tokens: std::collections::HashMap<String, Option<std::sync::Arc<Placement>>>,
+    checked_tokens: std::collections::HashMap<[u8; 32], Option<std::sync::Arc<Placement>>>,
     /// Known nodes' public keys, decompressed once.
     node_keys: std::collections::HashMap<String, ed25519_dalek::VerifyingKey>,
     nodes: BTreeSet<String>,
@@ -347,6 +358,28 @@ impl Tally {
         self.ingest_checked(signed, true, arrived_ms, None)
     }
 
+    /// Like [`Tally::replay`], taking a receipt's signature as valid exactly when the ledger
+    /// says it was credited (`credited` holds `(session, played_ms)` of the node's credited
+    /// receipts): the live check was a batch, and a replay must reach the same outcome.
+    pub fn replay_with_credits(
+        &mut self,
+        signed: &SignedNodeReport,
+        arrived_ms: u64,
+        credited: &std::collections::HashSet<(String, u64)>,
+    ) -> Verdict {
+        let flags: Vec<bool> = signed.report.as_ref().map_or_else(Vec::new, |r| {
+            r.sessions
+                .iter()
+                .map(|s| {
+                    s.receipt
+                        .as_ref()
+                        .is_some_and(|rc| credited.contains(&(s.session_id.clone(), rc.played_ms)))
+                })
+                .collect()
+        });
+        self.ingest_checked(signed, true, arrived_ms, Some(&flags))
+    }
+
     /// Restores a node's last accepted report from the ledger, so replays stay refused.
     pub fn restore_last(&mut self, node_id: &str, sequence: u64, sent_ms: u64) {
         self.last
@@ -427,7 +460,14 @@ impl Tally {
     /// The claims of a session token signed by a trusted orchestrator key (remembered).
     fn placement(&mut self, token: &str) -> Option<std::sync::Arc<Placement>> {
         let verifier = self.placements.as_ref()?;
-        if let Some(c) = self.checked_tokens.get(token) {
+        if token.len() > pixelgrid_proto::token::MAX_TOKEN_LEN {
+            return None;
+        }
+        let digest: [u8; 32] = {
+            use sha2::Digest;
+            sha2::Sha256::digest(token.as_bytes()).into()
+        };
+        if let Some(c) = self.checked_tokens.get(&digest) {
             return c.clone();
         }
         let c = verifier.verify_timeless(token).ok().map(|claims| {
@@ -440,7 +480,7 @@ impl Tally {
         if self.checked_tokens.len() >= MAX_CHECKED_TOKENS {
             self.checked_tokens.clear();
         }
-        self.checked_tokens.insert(token.to_owned(), c.clone());
+        self.checked_tokens.insert(digest, c.clone());
         c
     }
 
@@ -465,12 +505,24 @@ impl Tally {
         if report.sequence > MAX_REPORT_NUMBER
             || report.sent_unix_ms > MAX_REPORT_NUMBER
             || report.sessions.len() > MAX_SESSIONS_PER_REPORT
-            || report
-                .sessions
-                .iter()
-                .any(|s| s.session_id.len() > MAX_SESSION_ID_BYTES)
+            || report.sessions.iter().any(|s| {
+                s.session_id.len() > MAX_SESSION_ID_BYTES
+                    || s.session_token.len() > pixelgrid_proto::token::MAX_TOKEN_LEN
+                    || s.receipt.as_ref().is_some_and(|r| r.signature.len() > 64)
+            })
         {
             return Verdict::OutOfRange;
+        }
+        // One entry per session: repeating one would multiply its credit.
+        let mut ids: Vec<&str> = report
+            .sessions
+            .iter()
+            .filter(|s| !s.dropped_by_node)
+            .map(|s| s.session_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Verdict::Malformed;
         }
         if !self.nodes.contains(&node) {
             return Verdict::UnknownNode;
@@ -559,6 +611,20 @@ impl Tally {
         }
         // Signed by the player key the token names, at the promised mode.
         let receipt = pixelgrid_proto::receipt::Receipt::from_proto(signed);
+        // No more play than the session can have had since the orchestrator placed it.
+        let placed_ms = pixelgrid_proto::token::parse_rfc3339(if claims.nbf.is_empty() {
+            &claims.iat
+        } else {
+            &claims.nbf
+        })
+        .map_or(u64::MAX, |s| s.saturating_mul(1000));
+        if receipt.played_ms
+            > at_ms
+                .saturating_sub(placed_ms)
+                .saturating_add(PLAY_SLACK_MS)
+        {
+            return 0;
+        }
         let at_promise = receipt.width >= claims.width
             && receipt.height >= claims.height
             && u64::from(receipt.fps) * 100 >= u64::from(claims.fps) * 95;
@@ -633,8 +699,11 @@ impl Tally {
         {
             return Verdict::Replayed;
         }
+        let bonded = self.stakes.get(&node).map_or(0, |a| a.bonded());
         let event = match (change.deposit, change.withdraw) {
-            (d, 0) if d > 0 => StakeEvent::Deposit { amount: d },
+            (d, 0) if d > 0 && bonded.saturating_add(d) <= MAX_STAKE => {
+                StakeEvent::Deposit { amount: d }
+            }
             (0, w) if w > 0 => StakeEvent::Withdraw {
                 amount: w,
                 free_at_ms: change
@@ -710,6 +779,7 @@ impl Tally {
         let slot = at_ms / self.config.slot_ms;
         self.probing.entry(epoch).or_default().insert(slot);
         let e = self.open.entry((epoch, node_id.to_owned())).or_default();
+        e.probed += 1;
         if passed {
             e.probe_ok.insert(slot);
             if !host.is_empty() {
@@ -749,10 +819,18 @@ impl Tally {
                 // A reported slot is up when a probe in it passed, or when the indexer probed
                 // nobody in it (it was down: its outage is not the node's fault) — unless more
                 // identities than allowed answered from the same host in it.
+                // An unprobed slot counts only when the node passed the probes bracketing the
+                // outage (the last probed slot before it and the first after, in the epoch).
+                let bracketed = |s: &u64| {
+                    let before = probing.range(..*s).next_back();
+                    let after = probing.range(*s + 1..).next();
+                    before.is_none_or(|b| e.probe_ok.contains(b))
+                        && after.is_none_or(|a| e.probe_ok.contains(a))
+                };
                 let up_slots = e
                     .reported
                     .iter()
-                    .filter(|s| e.probe_ok.contains(s) || !probing.contains(s))
+                    .filter(|s| e.probe_ok.contains(s) || (!probing.contains(s) && bracketed(s)))
                     .filter(|s| match e.probe_host.get(s) {
                         Some(host) if c.max_nodes_per_host > 0 => {
                             let n = crowd.entry((**s, host.clone())).or_default();
@@ -780,7 +858,9 @@ impl Tally {
                 // Downtime below the SLA slashes the stake at risk (Aethir's shape).
                 let account = self.stakes.get_mut(&key.1);
                 let stake = account.as_ref().map_or(0, |a| a.at_risk(epoch_end));
-                let slashed = if sla_met {
+                // Only a node the indexer probed (and so could see down) is slashed: one gone from
+                // the registry is no longer probed, and its stake waits out its withdrawal.
+                let slashed = if sla_met || e.probed == 0 {
                     0
                 } else {
                     crate::stake::downtime_slash(stake, c.slash_k_ppm, c.stake_coefficient_ppm)
@@ -798,7 +878,10 @@ impl Tally {
                 treasury = treasury.saturating_add(fee).saturating_add(slashed);
                 payouts.push(NodePayout {
                     node_id: key.1,
-                    amount: readiness.saturating_add(delivery).saturating_sub(refunded),
+                    amount: readiness
+                        .saturating_add(delivery)
+                        .saturating_sub(refunded)
+                        .min(MAX_REPORT_NUMBER),
                     uptime_ms,
                     delivered_ms: e.delivered_ms,
                     refunded,
@@ -811,7 +894,8 @@ impl Tally {
             if treasury > 0 {
                 payouts.push(NodePayout {
                     node_id: TREASURY.to_owned(),
-                    amount: treasury,
+                    // The ledger holds amounts below 2^63, and the leaf must match it.
+                    amount: treasury.min(MAX_REPORT_NUMBER),
                     uptime_ms: 0,
                     delivered_ms: 0,
                     refunded: 0,
@@ -1079,13 +1163,18 @@ mod tests {
         );
         // Minute 2: the same receipt again credits nothing; an inflated claim with a receipt for
         // one more minute is capped at that minute; a dropped session is refunded.
+        // The same session twice in one report would multiply its credit: refused whole.
+        let twice = vec![
+            attested("a", token.clone(), &player, 2, 2 * MIN, 60, MIN),
+            attested("a", token.clone(), &player, 3, 3 * MIN, 60, MIN),
+        ];
+        assert_eq!(
+            t.ingest(&report(&node, 2, 2 * MIN, twice), 2 * MIN),
+            Verdict::Malformed
+        );
+        // Minute 2: the same receipt again credits nothing.
         let minute_two = vec![
             attested("a", token.clone(), &player, 1, MIN, 60, MIN),
-            {
-                let mut d = attested("a", token.clone(), &player, 2, 2 * MIN, 60, 100 * MIN);
-                d.session_id = "a".into();
-                d
-            },
             SessionDelivery {
                 session_id: "z".into(),
                 dropped_by_node: true,
@@ -1093,12 +1182,31 @@ mod tests {
             },
         ];
         assert_eq!(
-            t.ingest(&report(&node, 2, 2 * MIN, minute_two), 2 * MIN),
+            t.ingest(&report(&node, 3, 2 * MIN, minute_two), 2 * MIN),
+            Verdict::Accepted
+        );
+        // Minute 3: an inflated claim with a receipt for one more minute is capped at that
+        // minute; a receipt claiming more play than the session has existed credits nothing.
+        let minute_three = vec![
+            attested("a", token.clone(), &player, 2, 2 * MIN, 60, 100 * MIN),
+            attested(
+                "g",
+                placed(&node, "g", Some(&player), 60),
+                &player,
+                1,
+                50 * MIN,
+                60,
+                MIN,
+            ),
+        ];
+        assert_eq!(
+            t.ingest(&report(&node, 4, 3 * MIN, minute_three), 3 * MIN),
             Verdict::Accepted
         );
         // Probed and unanswered: no readiness, so the sum is delivery and refund alone.
-        t.record_probe(&node.node_id(), MIN + 1, false);
-        t.record_probe(&node.node_id(), 2 * MIN + 1, false);
+        for m in 1..=3 {
+            t.record_probe(&node.node_id(), m * MIN + 1, false);
+        }
         let e = t.close_epoch(0).clone();
         let p = e
             .payouts
@@ -1446,6 +1554,16 @@ mod tests {
         );
         run_hour(&mut t, &faithful, 0..0, true);
         run_hour(&mut t, &flaky, 10..30, true);
+        for m in 0..60 {
+            t.record_probe(&silent.node_id(), m * MIN + 30_000, false);
+        }
+        // A node gone from the registry is no longer probed: its stake is not slashed.
+        let departed = NodeKey::from_seed(&[63; 32]);
+        t.add_node(&departed.node_id());
+        assert_eq!(
+            t.ingest_stake(&stake_change(&departed, 1, 1_000, 1_000, 0), 1_000),
+            Verdict::Accepted
+        );
         let e = t.close_epoch(0).clone();
         let of = |k: &NodeKey| {
             e.payouts
@@ -1463,6 +1581,7 @@ mod tests {
             "withdrawing does not escape the slash"
         );
         assert_eq!(of(&silent).uptime_ms, 0);
+        assert_eq!(of(&departed).slashed, 0, "never probed, never slashed");
         let treasury = e.payouts.iter().find(|p| p.node_id == TREASURY).unwrap();
         assert_eq!(
             treasury.amount, 600_000,
@@ -1472,7 +1591,7 @@ mod tests {
         assert_eq!(t.stake_of(&silent.node_id(), 4 * 3_600_000), (0, 2_700_000));
         assert_eq!(
             t.take_stake_events().len(),
-            4,
+            5,
             "accepted changes go to the ledger"
         );
     }

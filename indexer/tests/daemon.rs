@@ -394,7 +394,7 @@ fn the_node_set_of_100_000_nodes_is_read_in_pages_and_departed_nodes_stop_being_
             ),
             (
                 opb::ListNodesRequest {
-                    page_token: "not a token".into(),
+                    page_token: "x".repeat(200),
                     ..Default::default()
                 },
                 "page_token",
