@@ -847,6 +847,85 @@ mod tests {
         );
     }
 
+    /// The `signed_report` fuzz target's property, on a few thousand mutations of a real report
+    /// (a deterministic generator): whatever the numbers, correctly signed, nothing panics, the
+    /// ledger takes every accepted report, and nothing is accepted twice.
+    #[test]
+    fn mutated_reports_signed_by_a_known_node_never_crash_the_tally_or_the_ledger() {
+        use pixelgrid_proto::indexer::v1::{DeliveryReceipt, NodeReport, SessionDelivery};
+        let key = NodeKey::from_seed(&[7; 32]);
+        let rules = TallyConfig {
+            orchestrator_keys: vec![
+                pixelgrid_proto::token::TokenSigner::from_seed(&[1; 32]).public_key_hex(),
+            ],
+            ..TallyConfig::default()
+        };
+        let mut ledger = Ledger::open(Path::new(":memory:"), &rules).unwrap();
+        let mut t = Tally::new(rules.clone());
+        t.add_node(&key.node_id());
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let base = NodeReport {
+            node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: key.node_id() }),
+            sequence: 1,
+            sent_unix_ms: 1_000,
+            state: 1,
+            sessions: vec![SessionDelivery {
+                session_id: "s".into(),
+                delivered_ms: 60_000,
+                session_token: "v4.public.x".into(),
+                receipt: Some(DeliveryReceipt {
+                    played_ms: 1,
+                    signature: vec![0; 64],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            telemetry_digest: vec![],
+        };
+        let mut accepted = std::collections::HashSet::new();
+        for _ in 0..3_000 {
+            let mut r = base.clone();
+            let pick = |v: u64| match v % 6 {
+                0 => u64::MAX,
+                1 => 1 << 63,
+                2 => (1 << 63) - 1,
+                3 => 0,
+                4 => v >> 1,
+                _ => v % 100_000,
+            };
+            r.sequence = pick(next());
+            r.sent_unix_ms = pick(next());
+            let s = &mut r.sessions[0];
+            s.delivered_ms = pick(next());
+            if let Some(rc) = s.receipt.as_mut() {
+                rc.played_ms = pick(next());
+                rc.sequence = pick(next());
+            }
+            if next() % 4 == 0 {
+                let copy = r.sessions[0].clone();
+                r.sessions.push(copy);
+            }
+            let signed = crate::report::sign(r, &key);
+            let now = signed.report.as_ref().unwrap().sent_unix_ms;
+            for _ in 0..2 {
+                if t.ingest(&signed, now) == crate::tally::Verdict::Accepted {
+                    let seq = signed.report.as_ref().unwrap().sequence;
+                    assert!(accepted.insert(seq), "sequence {seq} accepted twice");
+                    ledger
+                        .append_reports(&[(&signed, t.epoch_of(now), now)], &t.take_attested())
+                        .expect("the ledger holds every accepted report");
+                }
+            }
+        }
+        assert!(!accepted.is_empty(), "some mutations are ordinary reports");
+    }
+
     #[test]
     fn closed_epochs_never_change_and_proofs_read_back_verify() {
         let dir = tempfile::tempdir().unwrap();
