@@ -13,7 +13,8 @@
 //! | `stake_events` | deposits, withdrawal requests (free-at time) and slashes (epoch end), in order; a node's stake is their fold |
 //! | `probes` | node, time, epoch, passed, host that answered |
 //! | `epochs` | closed epochs: number, bounds, Merkle root, total, nodes paid |
-//! | `payouts` | per closed epoch and node: amount, uptime, delivery, refund, SLA, leaf index, proof (32-byte siblings, leaf up) |
+//! | `payouts` | per closed epoch and node: amount, uptime, delivery, refund, SLA, stake, slashed, fee, leaf index |
+//! | `epoch_tree` | per closed epoch, its Merkle tree's levels in chunks of [`TREE_CHUNK`] hashes: any node's proof is read from it (one sibling per level), so a close writes the tree once instead of a proof per node |
 
 use crate::merkle::Proof;
 use crate::stake::StakeEvent;
@@ -88,6 +89,17 @@ CREATE TABLE IF NOT EXISTS payouts (
     proof BLOB NOT NULL,
     PRIMARY KEY (epoch, node_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS epoch_tree (
+    epoch INTEGER NOT NULL,
+    level INTEGER NOT NULL,
+    chunk INTEGER NOT NULL,
+    hashes BLOB NOT NULL,
+    PRIMARY KEY (epoch, level, chunk)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS epoch_trees_never_change BEFORE UPDATE ON epoch_tree
+    BEGIN SELECT RAISE(ABORT, 'closed epochs never change'); END;
+CREATE TRIGGER IF NOT EXISTS epoch_trees_are_kept BEFORE DELETE ON epoch_tree
+    BEGIN SELECT RAISE(ABORT, 'closed epochs never change'); END;
 CREATE TRIGGER IF NOT EXISTS closed_epochs_never_change BEFORE UPDATE ON epochs
     BEGIN SELECT RAISE(ABORT, 'closed epochs never change'); END;
 CREATE TRIGGER IF NOT EXISTS closed_epochs_are_kept BEFORE DELETE ON epochs
@@ -97,6 +109,9 @@ CREATE TRIGGER IF NOT EXISTS payouts_never_change BEFORE UPDATE ON payouts
 CREATE TRIGGER IF NOT EXISTS payouts_are_kept BEFORE DELETE ON payouts
     BEGIN SELECT RAISE(ABORT, 'closed epochs never change'); END;
 ";
+
+/// Hashes per stored chunk of a tree level (32 KiB).
+pub const TREE_CHUNK: usize = 1024;
 
 /// A closed epoch as the ledger lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -358,7 +373,7 @@ impl Ledger {
 
     /// Writes a closed epoch, every payout and every proof, in one transaction.
     pub fn write_closed(&mut self, closed: &ClosedEpoch, epoch_ms: u64) -> Result<()> {
-        let proofs = closed.proofs();
+        let tree = closed.tree();
         let tx = self.db.transaction().map_err(sql)?;
         // The slashes this close made, as stake events (a restart folds them back in).
         let end = (closed.epoch + 1) * epoch_ms;
@@ -403,12 +418,12 @@ impl Ledger {
                      VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
                 )
                 .map_err(sql)?;
-            for (p, proof) in closed.payouts.iter().zip(&proofs) {
+            for (index, p) in closed.payouts.iter().enumerate() {
                 insert
                     .execute(params![
                         i(closed.epoch),
                         p.node_id,
-                        i(proof.index),
+                        index as i64,
                         i(p.amount),
                         i(p.uptime_ms),
                         i(p.delivered_ms),
@@ -417,9 +432,27 @@ impl Ledger {
                         i(p.stake),
                         i(p.slashed),
                         i(p.fee),
-                        proof.siblings.concat()
+                        Vec::<u8>::new()
                     ])
                     .map_err(sql)?;
+            }
+            let mut level_insert = tx
+                .prepare_cached(
+                    "INSERT INTO epoch_tree (epoch, level, chunk, hashes) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(sql)?;
+            let levels = tree.levels();
+            // The root's level is the epoch's root; every level below it is stored.
+            for (l, level) in levels
+                .iter()
+                .enumerate()
+                .take(levels.len().saturating_sub(1))
+            {
+                for (c, chunk) in level.chunks(TREE_CHUNK).enumerate() {
+                    level_insert
+                        .execute(params![i(closed.epoch), l as i64, c as i64, chunk.concat()])
+                        .map_err(sql)?;
+                }
             }
         }
         tx.commit().map_err(sql)
@@ -484,30 +517,53 @@ impl Ledger {
                  ORDER BY node_id",
             )
             .map_err(sql)?;
-        q.query_map(params![i(epoch), node], |r| {
-            let siblings: Vec<u8> = r.get(7)?;
-            Ok(StoredPayout {
-                payout: NodePayout {
-                    node_id: r.get(0)?,
-                    amount: u(r.get(2)?),
-                    uptime_ms: u(r.get(3)?),
-                    delivered_ms: u(r.get(4)?),
-                    refunded: u(r.get(5)?),
-                    sla_met: r.get(6)?,
-                    stake: u(r.get(8)?),
-                    slashed: u(r.get(9)?),
-                    fee: u(r.get(10)?),
-                },
-                proof: Proof {
-                    index: u(r.get(1)?),
-                    count,
-                    siblings: siblings.chunks_exact(32).map(hash).collect(),
-                },
+        let rows: Vec<(NodePayout, u64)> = q
+            .query_map(params![i(epoch), node], |r| {
+                Ok((
+                    NodePayout {
+                        node_id: r.get(0)?,
+                        amount: u(r.get(2)?),
+                        uptime_ms: u(r.get(3)?),
+                        delivered_ms: u(r.get(4)?),
+                        refunded: u(r.get(5)?),
+                        sla_met: r.get(6)?,
+                        stake: u(r.get(8)?),
+                        slashed: u(r.get(9)?),
+                        fee: u(r.get(10)?),
+                    },
+                    u(r.get(1)?),
+                ))
             })
-        })
-        .map_err(sql)?
-        .collect::<rusqlite::Result<_>>()
-        .map_err(sql)
+            .map_err(sql)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(sql)?;
+        // Proofs from the stored tree, each chunk read once.
+        let mut chunks: std::collections::HashMap<(usize, u64), Vec<u8>> =
+            std::collections::HashMap::new();
+        let mut read = self
+            .db
+            .prepare_cached(
+                "SELECT hashes FROM epoch_tree WHERE epoch = ?1 AND level = ?2 AND chunk = ?3",
+            )
+            .map_err(sql)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (payout, index) in rows {
+            let proof = crate::merkle::proof_from(index, count, |level, at| {
+                let key = (level, at / TREE_CHUNK as u64);
+                let blob = match chunks.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                        read.query_row(params![i(epoch), level as i64, i(key.1)], |r| r.get(0))
+                            .ok()?,
+                    ),
+                };
+                let off = (at % TREE_CHUNK as u64) as usize * 32;
+                blob.get(off..off + 32).map(hash)
+            })
+            .ok_or_else(|| Error::Ledger(format!("epoch {epoch}'s stored tree is incomplete")))?;
+            out.push(StoredPayout { payout, proof });
+        }
+        Ok(out)
     }
 
     /// Rebuilds `tally` (fresh, same rules) from the ledger: nodes, which epochs are closed (the
@@ -959,7 +1015,43 @@ mod tests {
             .execute("UPDATE payouts SET amount = amount + 1", [])
             .unwrap_err();
         assert!(err.to_string().contains("closed epochs never change"));
+        let err = ledger
+            .db
+            .execute("UPDATE epoch_tree SET hashes = x'00'", [])
+            .unwrap_err();
+        assert!(err.to_string().contains("closed epochs never change"));
         assert!(ledger.write_closed(&closed, rules().epoch_ms).is_err());
+    }
+
+    #[test]
+    fn proofs_read_from_a_stored_tree_of_several_chunks_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("l.db"), &rules()).unwrap();
+        let mut t = Tally::new(rules());
+        // 2,500 nodes: three chunks of leaves, odd levels on the way up.
+        for n in 0..2_500u64 {
+            let id = format!("{:064x}", n + 1);
+            t.add_node(&id);
+            t.record_probe(&id, 600 + n % 7, true);
+        }
+        let closed = t.close_epoch(0).clone();
+        ledger.write_closed(&closed, rules().epoch_ms).unwrap();
+        let stored = ledger.payouts(0).unwrap();
+        assert_eq!(stored.len(), 2_500);
+        for s in stored.iter().step_by(97).chain(stored.last()) {
+            let id = hash(&pixelgrid_proto::token::unhex(&s.payout.node_id).unwrap());
+            assert!(crate::merkle::verify(
+                &closed.root,
+                &id,
+                s.payout.amount,
+                &s.proof
+            ));
+        }
+        let one = ledger
+            .payout(0, &format!("{:064x}", 1_777))
+            .unwrap()
+            .unwrap();
+        assert_eq!(one.proof, closed.tree().proof(1_776).unwrap());
     }
 
     #[test]

@@ -351,7 +351,7 @@ fn bench(reports: u64, nodes: u64, close_nodes: u64, batch: usize) -> anyhow::Re
                 sequence: m + 1,
                 sent_unix_ms: at,
                 state: 1,
-                sessions: vec![delivery(sid, token, player, m + 1, (m + 1) * slot)],
+                sessions: vec![delivery(sid, token, player, m + 1, at - 500)],
                 telemetry_digest: vec![0; 32],
             };
             signed.push((sign(r, k), at));

@@ -94,6 +94,11 @@ impl Tree {
         Self { levels }
     }
 
+    /// Every level, leaves first (the last holds the root).
+    pub fn levels(&self) -> &[Vec<Hash>] {
+        &self.levels
+    }
+
     /// The root (32 zero bytes for no leaves).
     pub fn root(&self) -> Hash {
         self.levels
@@ -124,6 +129,35 @@ impl Tree {
             siblings,
         })
     }
+}
+
+/// The proof for leaf `index` of a tree of `count` leaves whose hashes are read with
+/// `hash_at(level, position)` (level 0 = leaves): what a stored tree answers, one sibling per
+/// level.
+pub fn proof_from(
+    index: u64,
+    count: u64,
+    mut hash_at: impl FnMut(usize, u64) -> Option<Hash>,
+) -> Option<Proof> {
+    if index >= count {
+        return None;
+    }
+    let (mut i, mut len, mut level) = (index, count, 0);
+    let mut siblings = Vec::new();
+    while len > 1 {
+        let sibling = i ^ 1;
+        if sibling < len {
+            siblings.push(hash_at(level, sibling)?);
+        }
+        i /= 2;
+        len = len.div_ceil(2);
+        level += 1;
+    }
+    Some(Proof {
+        index,
+        count,
+        siblings,
+    })
 }
 
 /// The proof for leaf `index` of `payouts` (sorted by node id).

@@ -168,11 +168,19 @@ struct LastReport {
     sent_ms: u64,
 }
 
+/// What a batch found out about a report's sessions before tallying it: per session, whether its
+/// receipt's signature is valid, and its placement when the token verified.
+type Prechecked<'a> = (&'a [bool], &'a [Option<std::sync::Arc<Placement>>]);
+
 /// A session token that verified: its claims, and the player key it names (decompressed once).
 #[derive(Debug)]
 struct Placement {
     claims: pixelgrid_proto::token::SessionClaims,
     player: Option<ed25519_dalek::VerifyingKey>,
+    /// Valid from (`nbf`, or `iat`), unix ms; `u64::MAX` when unreadable.
+    from_ms: u64,
+    /// Valid until (`exp`), unix ms; 0 when unreadable.
+    until_ms: u64,
 }
 
 /// Play time a player's receipt attested for a session on a node, as far as it was credited.
@@ -236,12 +244,9 @@ impl ClosedEpoch {
         ))
     }
 
-    /// Every node's proof, in payout order, from one tree.
-    pub fn proofs(&self) -> Vec<merkle::Proof> {
-        let tree = merkle::Tree::new(&leaves(&self.payouts));
-        (0..self.payouts.len())
-            .filter_map(|i| tree.proof(i))
-            .collect()
+    /// The whole tree over the payouts (leaf `i` is payout `i`).
+    pub fn tree(&self) -> merkle::Tree {
+        merkle::Tree::new(&leaves(&self.payouts))
     }
 }
 
@@ -377,7 +382,7 @@ impl Tally {
                 })
                 .collect()
         });
-        self.ingest_checked(signed, true, arrived_ms, Some(&flags))
+        self.ingest_checked(signed, true, arrived_ms, Some((&flags, &[])))
     }
 
     /// Restores a node's last accepted report from the ledger, so replays stay refused.
@@ -420,6 +425,10 @@ impl Tally {
         // come from the session tokens).
         let mut checks = Vec::new();
         let mut at = Vec::new();
+        let mut placements: Vec<Vec<Option<std::sync::Arc<Placement>>>> = batch
+            .iter()
+            .map(|s| vec![None; s.report.as_ref().map_or(0, |r| r.sessions.len())])
+            .collect();
         for (i, signed) in batch.iter().enumerate() {
             let Some(report) = signed.report.as_ref().filter(|_| valid[i]) else {
                 continue;
@@ -437,6 +446,7 @@ impl Tally {
                     checks.push((text, r.signature.clone(), player));
                     at.push((i, j));
                 }
+                placements[i][j] = Some(placed);
             }
         }
         let mut receipts_ok: Vec<Vec<bool>> = batch
@@ -452,8 +462,8 @@ impl Tally {
         batch
             .iter()
             .zip(valid)
-            .zip(receipts_ok)
-            .map(|((s, v), r)| self.ingest_checked(s, v, now_ms, Some(&r)))
+            .zip(receipts_ok.iter().zip(&placements))
+            .map(|((s, v), (r, p))| self.ingest_checked(s, v, now_ms, Some((r, p))))
             .collect()
     }
 
@@ -475,7 +485,19 @@ impl Tally {
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
                 .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
                 .filter(|k| !k.is_weak());
-            std::sync::Arc::new(Placement { claims, player })
+            let ms =
+                |t: &str| pixelgrid_proto::token::parse_rfc3339(t).map(|s| s.saturating_mul(1000));
+            let from = if claims.nbf.is_empty() {
+                &claims.iat
+            } else {
+                &claims.nbf
+            };
+            std::sync::Arc::new(Placement {
+                from_ms: ms(from).unwrap_or(u64::MAX),
+                until_ms: ms(&claims.exp).unwrap_or(0),
+                claims,
+                player,
+            })
         });
         if self.checked_tokens.len() >= MAX_CHECKED_TOKENS {
             self.checked_tokens.clear();
@@ -491,7 +513,7 @@ impl Tally {
         signed: &SignedNodeReport,
         signature_ok: bool,
         now_ms: u64,
-        receipts_ok: Option<&[bool]>,
+        receipts_ok: Option<Prechecked<'_>>,
     ) -> Verdict {
         let Some(report) = &signed.report else {
             return Verdict::Malformed;
@@ -574,8 +596,10 @@ impl Tally {
                 dropped += 1;
                 continue;
             }
-            let checked = receipts_ok.map(|r| r.get(j).copied().unwrap_or(false));
-            let attested = self.attested_play(&node, s, report.sent_unix_ms, epoch, checked);
+            let checked = receipts_ok.map(|(r, _)| r.get(j).copied().unwrap_or(false));
+            let placed = receipts_ok.and_then(|(_, p)| p.get(j).cloned().flatten());
+            let attested =
+                self.attested_play(&node, s, report.sent_unix_ms, epoch, checked, placed);
             delivered = delivered.saturating_add(attested.min(s.delivered_ms).min(since_last));
         }
         let entry = self.open.entry((epoch, node)).or_default();
@@ -593,34 +617,30 @@ impl Tally {
         at_ms: u64,
         epoch: u64,
         signature_checked: Option<bool>,
+        placed: Option<std::sync::Arc<Placement>>,
     ) -> u64 {
         let Some(signed) = &s.receipt else {
             return 0;
         };
         // The orchestrator placed this session on this node, valid at the report's time.
-        let Some(placed) = self.placement(&s.session_token) else {
+        let Some(placed) = placed.or_else(|| self.placement(&s.session_token)) else {
             return 0;
         };
         let claims = &placed.claims;
         if claims.nid != node
             || claims.sid != s.session_id
             || claims.pk.is_empty()
-            || !claims.valid_at(at_ms)
+            || at_ms.saturating_add(pixelgrid_proto::token::NBF_LEEWAY_S * 1000) < placed.from_ms
+            || at_ms >= placed.until_ms
         {
             return 0;
         }
         // Signed by the player key the token names, at the promised mode.
         let receipt = pixelgrid_proto::receipt::Receipt::from_proto(signed);
         // No more play than the session can have had since the orchestrator placed it.
-        let placed_ms = pixelgrid_proto::token::parse_rfc3339(if claims.nbf.is_empty() {
-            &claims.iat
-        } else {
-            &claims.nbf
-        })
-        .map_or(u64::MAX, |s| s.saturating_mul(1000));
         if receipt.played_ms
             > at_ms
-                .saturating_sub(placed_ms)
+                .saturating_sub(placed.from_ms)
                 .saturating_add(PLAY_SLACK_MS)
         {
             return 0;
