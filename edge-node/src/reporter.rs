@@ -237,6 +237,10 @@ pub fn next_sequence(last: u64, now_ms: u64) -> u64 {
     (last + 1).max(now_ms)
 }
 
+/// How far ahead of the indexers' clocks a report's time may be before they refuse it (their
+/// `max_clock_skew_ms`, 30 s by default).
+pub const MAX_AHEAD_MS: u64 = 30_000;
+
 /// The sequence and time of each report: both strictly increase, whatever the wall clock does
 /// (the indexer refuses a report whose time is not after the previous one's).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -254,10 +258,17 @@ impl ReportClock {
         }
     }
 
-    /// The next report's `(sequence, sent_unix_ms)` at wall-clock `now_ms`.
+    /// The next report's `(sequence, sent_unix_ms)` at wall-clock `now_ms`. A time more than
+    /// [`MAX_AHEAD_MS`] ahead of now came from a clock that jumped forward and back: no indexer
+    /// took it (they refuse reports that far ahead), so the time restarts from now rather than
+    /// sending reports stamped in the future forever.
     pub fn next(&mut self, now_ms: u64) -> (u64, u64) {
         self.sequence = next_sequence(self.sequence, now_ms);
-        self.sent_ms = (self.sent_ms + 1).max(now_ms);
+        self.sent_ms = if self.sent_ms > now_ms.saturating_add(MAX_AHEAD_MS) {
+            now_ms
+        } else {
+            (self.sent_ms + 1).max(now_ms)
+        };
         (self.sequence, self.sent_ms)
     }
 }
@@ -578,6 +589,13 @@ mod tests {
         assert_eq!(clock.next(4_000), (5_001, 5_001), "the clock went back");
         assert_eq!(clock.next(4_000), (5_002, 5_002));
         assert_eq!(clock.next(9_000), (9_000, 9_000), "and caught up");
+        // A clock that ran an hour ahead (reports nobody took) and came back.
+        let mut jumped = ReportClock::after((5_000, 3_600_000 + 5_000));
+        assert_eq!(
+            jumped.next(6_000),
+            (6_000, 6_000),
+            "time restarts from now, the sequence still grows"
+        );
     }
 
     fn signed(seq: u64) -> SignedNodeReport {

@@ -268,7 +268,9 @@ pub struct Tally {
     /// Checks session tokens against `config.orchestrator_keys` (none: nothing verifies).
     placements: Option<pixelgrid_proto::token::TokenVerifier>,
     /// Per (node, session): the play time already credited from its player's receipts, ms.
-    attested: BTreeMap<(String, String), u64>,
+    /// Also when its token expires (unix ms): after that no receipt of it counts, so the entry
+    /// goes at the next close.
+    attested: BTreeMap<(String, String), (u64, u64)>,
     /// Receipt credits since the last [`Tally::take_attested`], for the ledger.
     newly_attested: Vec<AttestedPlay>,
     /// Session tokens already checked (a node sends the same one with every report): a pure
@@ -654,7 +656,7 @@ impl Tally {
             return 0;
         }
         let key = (node.to_owned(), claims.sid.clone());
-        let before = self.attested.get(&key).copied().unwrap_or(0);
+        let before = self.attested.get(&key).map_or(0, |(played, _)| *played);
         if receipt.played_ms <= before {
             return 0;
         }
@@ -664,7 +666,8 @@ impl Tally {
             played_ms: receipt.played_ms,
             epoch,
         });
-        self.attested.insert(key, receipt.played_ms);
+        self.attested
+            .insert(key, (receipt.played_ms, placed.until_ms));
         receipt.played_ms - before
     }
 
@@ -777,11 +780,13 @@ impl Tally {
 
     /// Restores how much of a session's play was credited in closed epochs.
     pub fn restore_attested(&mut self, node_id: &str, session_id: &str, played_ms: u64) {
+        // Its expiry is not in the ledger; kept until a restart forgets it (it changes no
+        // outcome: an expired token credits nothing).
         let e = self
             .attested
             .entry((node_id.to_owned(), session_id.to_owned()))
-            .or_default();
-        *e = (*e).max(played_ms);
+            .or_insert((0, u64::MAX));
+        e.0 = e.0.max(played_ms);
     }
 
     /// Records the indexer's own probe of `node_id` at `at_ms` (with its retries: passed when
@@ -831,6 +836,9 @@ impl Tally {
             );
             let mut treasury = 0u64;
             let probing = self.probing.remove(&epoch).unwrap_or_default();
+            // Sessions whose tokens expired can credit nothing more: forget them.
+            let epoch_start = epoch * c.epoch_ms;
+            self.attested.retain(|_, (_, until)| *until > epoch_start);
             let mut payouts = Vec::new();
             // Up nodes per (slot, host), counted in node id order.
             let mut crowd: BTreeMap<(u64, String), u32> = BTreeMap::new();
