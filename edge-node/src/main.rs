@@ -604,6 +604,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ice_servers,
             input_limits: Default::default(),
             congestion_control: !args.no_congestion_control,
+            connect_deadline: edge_node::stream::DEFAULT_CONNECT_DEADLINE,
         },
         dev_token_ttl: std::time::Duration::from_secs(args.dev_token_ttl_s),
         encoder_threads: args.encoder_threads,

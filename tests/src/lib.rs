@@ -40,8 +40,29 @@ impl TestNode {
         Self::start_hosting(Catalogue::default(), dev_token_ttl)
     }
 
+    /// A node that drops viewers not connected `connect_deadline` after their answer.
+    pub fn start_with_connect_deadline(connect_deadline: Duration) -> Self {
+        Self::start_configured(
+            Catalogue::default(),
+            Duration::from_secs(600),
+            connect_deadline,
+        )
+    }
+
     /// A node hosting `catalogue`'s games.
     pub fn start_hosting(catalogue: Catalogue, dev_token_ttl: Duration) -> Self {
+        Self::start_configured(
+            catalogue,
+            dev_token_ttl,
+            edge_node::stream::DEFAULT_CONNECT_DEADLINE,
+        )
+    }
+
+    fn start_configured(
+        catalogue: Catalogue,
+        dev_token_ttl: Duration,
+        connect_deadline: Duration,
+    ) -> Self {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let host =
             Arc::new(SessionHost::start(catalogue, None).expect("Vulkan and GStreamer must work"));
@@ -59,6 +80,7 @@ impl TestNode {
                 ice_servers: vec![],
                 input_limits: Default::default(),
                 congestion_control: true,
+                connect_deadline,
             },
             dev_token_ttl,
             encoder_threads: 1,
@@ -652,6 +674,7 @@ impl TestGrid {
                     ice_servers: vec![],
                     input_limits: Default::default(),
                     congestion_control,
+                    connect_deadline: edge_node::stream::DEFAULT_CONNECT_DEADLINE,
                 },
                 dev_token_ttl: Duration::from_secs(60),
                 encoder_threads: 1,

@@ -512,3 +512,70 @@ fn a_session_whose_game_crashes_is_dropped_and_reported_once_for_a_refund() {
     assert_eq!(node.node.take_dropped(), vec![dev.session_id.clone()]);
     assert!(node.node.take_dropped().is_empty(), "reported once");
 }
+
+/// An offer whose player never connects (no candidate ever arrives: the player went away after
+/// POSTing) is dropped after the node's connect deadline: the session ends and its slot is free,
+/// instead of a task waiting for ever.
+#[test]
+fn an_abandoned_offer_is_dropped_after_the_connect_deadline() {
+    let node = TestNode::start_with_connect_deadline(Duration::from_millis(1_500));
+    let s = node.dev_session(320, 240, 30);
+    // A complete offer without a single candidate, as a player that trickles them (and then
+    // never does) sends it.
+    let offer = "v=0\r\n\
+        o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+        s=-\r\n\
+        t=0 0\r\n\
+        a=group:BUNDLE 0 1\r\n\
+        a=ice-options:trickle\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 102\r\n\
+        c=IN IP4 0.0.0.0\r\n\
+        a=rtcp:9 IN IP4 0.0.0.0\r\n\
+        a=ice-ufrag:abcd\r\n\
+        a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=setup:actpass\r\n\
+        a=mid:0\r\n\
+        a=recvonly\r\n\
+        a=rtcp-mux\r\n\
+        a=rtpmap:102 H264/90000\r\n\
+        a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+        m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+        c=IN IP4 0.0.0.0\r\n\
+        a=ice-ufrag:abcd\r\n\
+        a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=setup:actpass\r\n\
+        a=mid:1\r\n\
+        a=sctp-port:5000\r\n";
+    let auth = format!("Bearer {}", s.token);
+    let r = http(
+        node.addr,
+        "POST",
+        &s.whep_url,
+        &[
+            ("Content-Type", "application/sdp"),
+            ("Authorization", &auth),
+        ],
+        offer.as_bytes(),
+    );
+    assert_eq!(r.0, 201, "the node answers the offer: {r:?}");
+    let sessions = || node.runtime.block_on(node.node.sessions()).len();
+    assert_eq!(sessions(), 1, "the session started for its viewer");
+    assert!(
+        eventually(Duration::from_secs(10), || sessions() == 0),
+        "the abandoned viewer and its session are still there"
+    );
+    // Its token starts nothing again: a launch that was abandoned is over.
+    let again = http(
+        node.addr,
+        "POST",
+        &s.whep_url,
+        &[
+            ("Content-Type", "application/sdp"),
+            ("Authorization", &auth),
+        ],
+        offer.as_bytes(),
+    );
+    assert_eq!(again.0, 403, "{again:?}");
+}

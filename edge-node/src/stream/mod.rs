@@ -12,7 +12,7 @@ pub mod protocol;
 pub mod receipts;
 mod whep;
 
-pub use peer::{IceServer, PeerSettings};
+pub use peer::{DEFAULT_CONNECT_DEADLINE, IceServer, PeerSettings};
 pub use whep::router;
 
 use crate::encode::EncoderSettings;

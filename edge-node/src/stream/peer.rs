@@ -75,7 +75,14 @@ pub struct PeerSettings {
     /// Follow each player's link (transport-cc feedback, GCC, the bitrate ladder, per-frame
     /// pacing); off sends the mode's fixed bitrate, as before.
     pub congestion_control: bool,
+    /// A viewer not connected this long after its answer is dropped (an abandoned offer, or a
+    /// player that never sent a usable candidate): its slot and tasks do not wait forever.
+    pub connect_deadline: Duration,
 }
+
+/// [`PeerSettings::connect_deadline`] by default: long enough for TURN relays and slow
+/// networks, short enough that an abandoned launch gives its slot back soon.
+pub const DEFAULT_CONNECT_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A STUN or TURN server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -583,6 +590,21 @@ pub(crate) async fn open(
         .build();
     let (gathered_tx, mut gathered) = mpsc::channel(1);
     let (connected, connected_rx) = tokio::sync::watch::channel(false);
+    {
+        let mut connected = connected_rx.clone();
+        let deadline = settings.connect_deadline;
+        let (gone, session, viewer) = (ctx.gone.clone(), ctx.session_id.clone(), viewer_id.clone());
+        tokio::spawn(async move {
+            // Ends early when the viewer connects or is removed (the sender goes with it).
+            if tokio::time::timeout(deadline, connected.wait_for(|up| *up))
+                .await
+                .is_err()
+            {
+                tracing::info!(%session, %viewer, ?deadline, "the viewer never connected; dropping it");
+                let _ = gone.send((session, viewer));
+            }
+        });
+    }
     let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
     let handler = Arc::new(Handler {
         viewer_id: viewer_id.clone(),
