@@ -247,13 +247,25 @@ impl InputSender {
             })
             .collect();
         let text = serde_json::json!({"type": "input", "v": 1, "events": events}).to_string();
+        self.send_text(&text).await
+    }
+
+    /// Asks the node to draw `nonce` (≤ 999,999,999) into every frame from now on: a checker's
+    /// render challenge; read it back from decoded frames with
+    /// [`pixelgrid_proto::challenge::read`]. Built-in games only.
+    pub async fn challenge(&self, nonce: u32) -> Result<()> {
+        let text = serde_json::json!({"type": "challenge", "v": 1, "nonce": nonce}).to_string();
+        self.send_text(&text).await
+    }
+
+    async fn send_text(&self, text: &str) -> Result<()> {
         let slot = Arc::clone(&self.current.lock().unwrap_or_else(|p| p.into_inner()));
         let dc = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let dc = dc.ok_or_else(|| Error::Connection {
             node: "current".into(),
             reason: "the input channel is not open yet".into(),
         })?;
-        dc.send_text(&text).await.map_err(|e| Error::Connection {
+        dc.send_text(text).await.map_err(|e| Error::Connection {
             node: "current".into(),
             reason: format!("input: {e}"),
         })

@@ -119,6 +119,8 @@ enum Control {
     Keyframe,
     Bitrate(u32),
     FrameDivisor(u32),
+    /// Draw this render-challenge nonce on every frame from now on (built-in games).
+    Challenge(u32),
     Stop,
 }
 
@@ -280,6 +282,8 @@ struct Worker {
     height: u32,
     // Time zero of the session's clock, shared with its sound.
     epoch: Instant,
+    // A checker's render challenge, drawn on every frame once set.
+    challenge: Option<u32>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -315,6 +319,7 @@ impl Session {
             width: mode.width,
             height: mode.height,
             epoch,
+            challenge: None,
         };
         let audio = audio
             .map(|out| crate::audio::AudioStream::soundtrack(epoch, out))
@@ -482,6 +487,11 @@ impl Session {
         let _ = self.control.send(Control::Bitrate(kbps));
     }
 
+    /// Draws `nonce` (a checker's render challenge, ≤ 999,999,999) on every frame from now on.
+    pub fn set_challenge(&self, nonce: u32) {
+        let _ = self.control.send(Control::Challenge(nonce));
+    }
+
     /// Encodes one frame in `divisor` from now on (1 = every frame of the mode).
     pub fn set_frame_divisor(&self, divisor: u32) {
         let _ = self.control.send(Control::FrameDivisor(divisor.max(1)));
@@ -643,6 +653,7 @@ impl Worker {
             Control::Keyframe => self.out.keyframe_requested = true,
             Control::Bitrate(kbps) => self.out.set_bitrate_kbps(kbps)?,
             Control::FrameDivisor(n) => self.out.set_frame_divisor(n)?,
+            Control::Challenge(n) => self.challenge = Some(n),
             Control::Stop => return Ok(false),
         }
         Ok(true)
@@ -712,6 +723,9 @@ impl Worker {
             frame_number: tick,
         };
         self.game.record(&info, &mut self.draw);
+        if let Some(nonce) = self.challenge {
+            crate::game::draw_challenge(&mut self.draw, nonce, self.width, self.height);
+        }
         let started = Instant::now();
         let ticket = self.renderer.submit(&self.draw)?;
         let encoder = &self.out.encoder;
@@ -762,7 +776,8 @@ impl CaptureWorker {
             Control::Keyframe => self.out.keyframe_requested = true,
             Control::Bitrate(kbps) => self.out.set_bitrate_kbps(kbps)?,
             Control::FrameDivisor(n) => self.out.set_frame_divisor(n)?,
-            Control::Input(_) | Control::ReleaseAll => {}
+            // A packaged game's picture is its own: render challenges are for built-in games.
+            Control::Input(_) | Control::ReleaseAll | Control::Challenge(_) => {}
         }
         Ok(true)
     }

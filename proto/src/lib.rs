@@ -9,6 +9,7 @@
 #![allow(missing_debug_implementations, clippy::doc_markdown)]
 
 pub mod audio;
+pub mod challenge;
 pub mod clock;
 pub mod http;
 pub mod identity;

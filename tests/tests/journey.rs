@@ -412,3 +412,52 @@ fn killing_the_serving_node_moves_the_session_to_the_other_node() {
         s.end().await;
     });
 }
+
+/// A render challenge through the real pipeline: the player asks the node to draw a nonce, and
+/// reads it back from the pictures it decodes (H.264 through WebRTC) — what a checker does to
+/// prove a node renders this stream live. A second nonce replaces the first.
+#[test]
+fn a_nonce_the_player_sends_is_drawn_into_the_live_picture_and_read_back() {
+    let grid = TestGrid::start(Arc::new(orchestrator::store::EmbeddedStore::new()), 1, 2);
+    let url = format!("http://{}", grid.orchestrator);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = Client::connect(&url)
+            .await
+            .unwrap()
+            .with_api_key(&grid.api_key, "checker");
+        let mut s = client.launch("arena", options(640, 360, 30)).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), s.next_frame())
+            .await
+            .expect("frames")
+            .unwrap();
+        assert_eq!(
+            pixelgrid_proto::challenge::read(&first.data, first.width, first.height),
+            None,
+            "no nonce before it is asked for"
+        );
+        for nonce in [123_456_789u32, 40_302_017] {
+            let asked = Instant::now();
+            s.input().challenge(nonce).await.unwrap();
+            let seen = loop {
+                assert!(
+                    asked.elapsed() < Duration::from_secs(5),
+                    "nonce {nonce} never appeared in the picture"
+                );
+                let f = tokio::time::timeout(Duration::from_secs(5), s.next_frame())
+                    .await
+                    .expect("frames")
+                    .unwrap();
+                if pixelgrid_proto::challenge::read(&f.data, f.width, f.height) == Some(nonce) {
+                    break asked.elapsed();
+                }
+            };
+            eprintln!(
+                "nonce {nonce} seen {} ms after it was sent",
+                seen.as_millis()
+            );
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        s.end().await;
+    });
+}

@@ -2,16 +2,7 @@
 
 use super::DrawList;
 
-// Segments a..g of each digit 0-9, as bits 0..6:
-//  aaa
-// f   b
-//  ggg
-// e   c
-//  ddd
-const SEGMENTS: [u8; 10] = [
-    0b011_1111, 0b000_0110, 0b101_1011, 0b100_1111, 0b110_0110, 0b110_1101, 0b111_1101, 0b000_0111,
-    0b111_1111, 0b110_1111,
-];
+use pixelgrid_proto::challenge::{SEGMENTS, advance, segment_rects};
 
 /// Draws `value` in decimal with its top-left at (x, y); each digit is `size` pixels tall.
 pub(crate) fn draw_number(
@@ -22,29 +13,36 @@ pub(crate) fn draw_number(
     size: f32,
     color: [f32; 4],
 ) {
-    let text = value.to_string();
-    let w = size * 0.5;
-    let t = (size * 0.12).max(1.0);
-    let advance = w + size * 0.25;
-    for (i, ch) in text.bytes().enumerate() {
+    draw_digits(out, &value.to_string(), x, y, size, color);
+}
+
+/// Draws a string of decimal digits with its top-left at (x, y).
+pub(crate) fn draw_digits(
+    out: &mut DrawList,
+    text: &str,
+    x: f32,
+    y: f32,
+    size: f32,
+    color: [f32; 4],
+) {
+    for (i, ch) in text.bytes().filter(u8::is_ascii_digit).enumerate() {
         let bits = SEGMENTS[usize::from(ch - b'0')];
-        let ox = x + i as f32 * advance;
-        let half = size * 0.5;
-        let segs: [(f32, f32, f32, f32); 7] = [
-            (ox, y, w, t),                   // a
-            (ox + w - t, y, t, half),        // b
-            (ox + w - t, y + half, t, half), // c
-            (ox, y + size - t, w, t),        // d
-            (ox, y + half, t, half),         // e
-            (ox, y, t, half),                // f
-            (ox, y + half - t * 0.5, w, t),  // g
-        ];
-        for (bit, (sx, sy, sw, sh)) in segs.into_iter().enumerate() {
+        let ox = x + i as f32 * advance(size);
+        for (bit, (sx, sy, sw, sh)) in segment_rects(ox, y, size).into_iter().enumerate() {
             if bits & (1 << bit) != 0 {
                 out.rect(sx, sy, sw, sh, color);
             }
         }
     }
+}
+
+/// Draws a render challenge's nonce where [`pixelgrid_proto::challenge::read`] looks for it.
+pub(crate) fn draw_challenge(out: &mut DrawList, nonce: u32, width: u32, height: u32) {
+    use pixelgrid_proto::challenge::{DIGITS, layout};
+    let ((px, py, pw, ph), (x, y, size)) = layout(width, height);
+    out.rect(px, py, pw, ph, [0.0, 0.0, 0.0, 1.0]);
+    let text = format!("{nonce:0width$}", width = DIGITS);
+    draw_digits(out, &text, x, y, size, [1.0; 4]);
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 mod arena;
 mod digits;
+pub(crate) use digits::draw_challenge;
 
 pub use arena::Arena;
 

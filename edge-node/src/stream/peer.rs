@@ -399,6 +399,7 @@ async fn run_input_channel(dc: Arc<dyn DataChannel>, ctx: ViewerContext, limits:
                             }
                             Some(PlayerMessage::Ping { t }) => send(&dc, &NodeMessage::Pong { t, node_unix_ms: unix_ms() }).await,
                             Some(PlayerMessage::Keyframe) => ctx.session.request_keyframe(),
+                            Some(PlayerMessage::Challenge(nonce)) => ctx.session.set_challenge(nonce),
                             Some(PlayerMessage::Receipt { receipt, signature }) => {
                                 let stats = ctx.session.stats();
                                 let kept = ctx.counters.receipts.lock().unwrap_or_else(|p| p.into_inner()).offer(

@@ -8,6 +8,7 @@
 //! | player | `input` | `v`: 1, `events`: list of `{t, kind, …}` — `t` is the player's clock in ms, `kind` one of `key` (`code`, `down`), `pointer_move` (`x`, `y` in 0..1), `pointer_motion` (`dx`, `dy`), `mouse_button` (`button`, `down`), `wheel` (`dx`, `dy`), `gamepad_button` (`index`, `pressed`), `gamepad_axis` (`index`, `value`) |
 //! | player | `ping` | `v`: 1, `t`: the player's clock in ms |
 //! | player | `keyframe` | `v`: 1 |
+//! | player | `challenge` | `v`: 1, `nonce` (0..=999,999,999): draw it on every frame from now on (a checker's proof of live rendering, see `pixelgrid_proto::challenge`); built-in games only; at most one per 500 ms |
 //! | player | `receipt` | `v`: 1, `seq`, `frames`, `played_ms`, `width`, `height`, `fps`, `at` (Unix ms), `sig` (hex ed25519 signature by the session's player key, see `pixelgrid_proto::receipt`); at most one per 500 ms |
 //! | node | `hello` | session, codec, mode, encoder, `rtp_epoch` and `epoch_unix_ms` (see [`NodeMessage::Hello`]) |
 //! | node | `frame` | per frame: RTP timestamp, capture time, where the time went |
@@ -84,6 +85,8 @@ pub enum PlayerMessage {
     },
     /// The player wants a keyframe.
     Keyframe,
+    /// A render challenge: draw this nonce into the picture.
+    Challenge(u32),
     /// A delivery receipt the player signed (checked against the session by the node).
     Receipt {
         /// What it attests.
@@ -151,6 +154,7 @@ pub struct InputGate {
     last_heard_ms: Option<u64>,
     released: bool,
     last_receipt_ms: Option<u64>,
+    last_challenge_ms: Option<u64>,
 }
 
 impl InputGate {
@@ -163,6 +167,7 @@ impl InputGate {
             last_heard_ms: None,
             released: true,
             last_receipt_ms: None,
+            last_challenge_ms: None,
         }
     }
 
@@ -195,6 +200,25 @@ impl InputGate {
                     .ok_or_else(|| Dropped::Garbled("ping without t".into()))?,
             },
             "keyframe" => PlayerMessage::Keyframe,
+            "challenge" => {
+                if self
+                    .last_challenge_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) < MIN_RECEIPT_INTERVAL_MS)
+                {
+                    return Err(Dropped::TooFrequent);
+                }
+                #[derive(Deserialize)]
+                struct Nonce {
+                    nonce: u32,
+                }
+                let n: Nonce =
+                    serde_json::from_slice(bytes).map_err(|e| Dropped::Garbled(e.to_string()))?;
+                if n.nonce > pixelgrid_proto::challenge::MAX_NONCE {
+                    return Err(Dropped::Garbled("nonce over 999,999,999".into()));
+                }
+                self.last_challenge_ms = Some(now_ms);
+                PlayerMessage::Challenge(n.nonce)
+            }
             "receipt" => {
                 if self
                     .last_receipt_ms
