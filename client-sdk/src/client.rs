@@ -129,6 +129,8 @@ pub struct LaunchOptions {
     /// Reach the node over ICE-TCP only, opening no UDP socket at all, as a player whose
     /// network blocks UDP would (nodes offer TCP candidates beside UDP ones).
     pub tcp_only: bool,
+    /// Launch on this node only (hex id): what a checker does to watch one node's stream.
+    pub node_id: Option<String>,
 }
 
 impl Default for LaunchOptions {
@@ -148,6 +150,7 @@ impl Default for LaunchOptions {
             node_lost_after: Duration::from_millis(1500),
             relay_only: false,
             tcp_only: false,
+            node_id: None,
         }
     }
 }
@@ -560,6 +563,7 @@ impl Client {
                         codecs: options.codecs.iter().map(|c| codec_of(*c) as i32).collect(),
                         max_latency_ms: options.max_latency_ms,
                         max_micro_credits_per_minute: 0,
+                        node_id: options.node_id.clone().unwrap_or_default(),
                     }),
                     max_candidates: 0,
                     game_version: options.version.clone().unwrap_or_default(),

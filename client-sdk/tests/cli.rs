@@ -244,3 +244,66 @@ fn play_launches_headless_saves_frames_and_records_and_fails_clearly() {
         "{err}"
     );
 }
+
+/// `pixelgrid check` watches the node it names (not the one placement would pick): a real
+/// session there, a nonce drawn into the live picture in time, a result signed by the checker.
+#[test]
+fn a_checker_watches_the_node_it_names_and_signs_what_it_saw() {
+    let grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 2, 2);
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = key_dir.path().join("checker.key");
+    for (_, node) in &grid.nodes {
+        let id = node.node_id().to_owned();
+        let (code, out, err) = pixelgrid(
+            &grid,
+            &[
+                "check",
+                "--node",
+                &id,
+                "--mode",
+                "320x240@30",
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(r["node"], id.as_str(), "{r}");
+        assert_eq!(r["passed"], true, "{r}");
+        assert_eq!(
+            (r["width"].as_u64(), r["height"].as_u64()),
+            (Some(320), Some(240))
+        );
+        // The checker's signature over what it saw.
+        let text = format!(
+            "pixelgrid/check/v1\n{}\n{}\n{}\n1\n{}\n{}\n{}\n{}\n{}\n",
+            r["node"].as_str().unwrap(),
+            r["session"].as_str().unwrap(),
+            r["nonce"],
+            r["seen_after_ms"],
+            r["width"],
+            r["height"],
+            r["fps"],
+            r["at_unix_ms"]
+        );
+        let sig = pixelgrid_proto::token::unhex(r["signature"].as_str().unwrap()).unwrap();
+        assert!(pixelgrid_proto::identity::verify(
+            r["checker"].as_str().unwrap(),
+            text.as_bytes(),
+            &sig
+        ));
+    }
+    // A node that is not there fails with a reason.
+    let (code, _, err) = pixelgrid(
+        &grid,
+        &[
+            "check",
+            "--node",
+            &"ab".repeat(32),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(!err.is_empty());
+}

@@ -1002,6 +1002,7 @@ impl Grid {
             region: region.clone(),
             max_price: (c.max_micro_credits_per_minute > 0)
                 .then_some(c.max_micro_credits_per_minute),
+            only_node: (!c.node_id.is_empty()).then(|| c.node_id.clone()),
             ..Request::default()
         };
         let mut policy = self.policy.clone();
@@ -1333,6 +1334,8 @@ impl Grid {
             max_latency_ms: (launch.max_latency_ms > 0).then_some(launch.max_latency_ms),
             max_price: (launch.max_price > 0).then_some(launch.max_price),
             waited_ms: now_ms().saturating_sub(launch.created_ms),
+            // The candidates were already limited to the targeted node, if any.
+            only_node: None,
         };
         let session_id = random_id();
         let now = now_ms();

@@ -138,6 +138,8 @@ pub struct Request {
     pub max_price: Option<u64>,
     /// How long the player has been waiting for a node, ms (relaxes the cap).
     pub waited_ms: u64,
+    /// Only this node may be a candidate (a checker's launch); `None`: any.
+    pub only_node: Option<String>,
 }
 
 /// Why a node was left out.
@@ -262,7 +264,10 @@ pub fn candidates<'a>(
 ) -> Placement {
     let mut out = Placement::default();
     let mut ok: Vec<&NodeView> = Vec::new();
-    for n in nodes {
+    for n in nodes
+        .into_iter()
+        .filter(|n| req.only_node.as_ref().is_none_or(|only| *only == n.id))
+    {
         match basic_rejection(n, req) {
             Some(r) => out.rejected.push((n.id.clone(), r)),
             None => ok.push(n),

@@ -1,5 +1,6 @@
 //! `pixelgrid`: the grid's command line for operators.
 
+mod check;
 mod play;
 mod studios;
 
@@ -50,6 +51,9 @@ struct Cli {
 enum Command {
     /// Launch a game headless and play it: live stats, PNGs, recording, scripted input.
     Play(Box<play::PlayArgs>),
+    /// Check one node as a checker does: a short real session on it, a random nonce it must
+    /// draw into the picture in time, at the mode asked for; prints the signed result.
+    Check(Box<check::CheckArgs>),
     /// The grid's games: each game and version, its modes and on how many ready nodes.
     Games,
     /// Registered nodes.
@@ -239,6 +243,21 @@ fn main() {
         }
         return;
     }
+    if let Command::Check(args) = cli.command {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        if let Err(e) = rt.block_on(check::check(
+            &cli.orchestrator,
+            cli.api_key.as_deref(),
+            *args,
+        )) {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -336,7 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let rows: Vec<SessionRow> = sessions.iter().map(SessionRow::from).collect();
             println!("{}", render(&rows, cli.json));
         }
-        Command::Payouts { .. } | Command::Epochs { .. } | Command::Play(_) => {
+        Command::Payouts { .. } | Command::Epochs { .. } | Command::Play(_) | Command::Check(_) => {
             unreachable!("handled before connecting to the orchestrator")
         }
         Command::Drain { node } => {
