@@ -61,41 +61,30 @@ pub fn signatures_valid_with(
     batch: &[SignedNodeReport],
     known: impl Fn(&str) -> Option<ed25519_dalek::VerifyingKey>,
 ) -> Vec<bool> {
-    use ed25519_dalek::Signature;
-    let mut messages = Vec::with_capacity(batch.len());
-    let mut signatures = Vec::with_capacity(batch.len());
-    let mut keys = Vec::with_capacity(batch.len());
-    for s in batch {
-        let parsed = (|| {
+    let checks: Option<Vec<_>> = batch
+        .iter()
+        .map(|s| {
             let report = s.report.as_ref()?;
             let id = &report.node_id.as_ref()?.hex;
             pixelgrid_proto::identity::canonical_node_id(id).ok()?;
             let key = known(id).or_else(|| parse_key(id))?;
-            let sig = Signature::from_slice(&s.signature.as_ref()?.signature).ok()?;
-            Some((report.encode_to_vec(), sig, key))
-        })();
-        match parsed {
-            Some((m, sig, key)) => {
-                messages.push(m);
-                signatures.push(sig);
-                keys.push(key);
-            }
-            None => return batch.iter().map(signature_valid).collect(),
-        }
-    }
-    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    if ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok() {
-        vec![true; batch.len()]
-    } else {
-        batch.iter().map(signature_valid).collect()
+            Some((
+                report.encode_to_vec(),
+                s.signature.as_ref()?.signature.clone(),
+                key,
+            ))
+        })
+        .collect();
+    match checks {
+        Some(checks) => batch_then_each(&checks),
+        // Something in it is not even a report with a key: each alone, with its own verdict.
+        None => batch.iter().map(signature_valid).collect(),
     }
 }
 
-/// Checks players' receipt signatures, `(signed text, signature, player key)`, as one batch;
-/// one flag each, and each checked alone (strictly) when the batch fails, as for reports.
-pub fn player_signatures_valid(
-    checks: &[(Vec<u8>, Vec<u8>, ed25519_dalek::VerifyingKey)],
-) -> Vec<bool> {
+/// Checks signatures, `(signed bytes, signature, key)`, as one batch; one flag each, and each
+/// checked alone (strictly) when the batch fails, so one forgery cannot hide or sink the others.
+pub fn batch_then_each(checks: &[(Vec<u8>, Vec<u8>, ed25519_dalek::VerifyingKey)]) -> Vec<bool> {
     use ed25519_dalek::Signature;
     let alone = |(text, sig, key): &(Vec<u8>, Vec<u8>, ed25519_dalek::VerifyingKey)| {
         Signature::from_slice(sig).is_ok_and(|sig| key.verify_strict(text, &sig).is_ok())

@@ -455,10 +455,7 @@ impl Tally {
             .iter()
             .map(|s| vec![false; s.report.as_ref().map_or(0, |r| r.sessions.len())])
             .collect();
-        for ((i, j), ok) in at
-            .into_iter()
-            .zip(crate::report::player_signatures_valid(&checks))
-        {
+        for ((i, j), ok) in at.into_iter().zip(crate::report::batch_then_each(&checks)) {
             receipts_ok[i][j] = ok;
         }
         batch
@@ -487,16 +484,10 @@ impl Tally {
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
                 .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
                 .filter(|k| !k.is_weak());
-            let ms =
-                |t: &str| pixelgrid_proto::token::parse_rfc3339(t).map(|s| s.saturating_mul(1000));
-            let from = if claims.nbf.is_empty() {
-                &claims.iat
-            } else {
-                &claims.nbf
-            };
+            let (from_ms, until_ms) = claims.validity_ms();
             std::sync::Arc::new(Placement {
-                from_ms: ms(from).unwrap_or(u64::MAX),
-                until_ms: ms(&claims.exp).unwrap_or(0),
+                from_ms,
+                until_ms,
                 claims,
                 player,
             })

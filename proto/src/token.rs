@@ -58,20 +58,16 @@ pub struct SessionClaims {
 }
 
 impl SessionClaims {
-    /// True when the token was valid at `unix_ms` (from `nbf`, or `iat`, until `exp`).
-    pub fn valid_at(&self, unix_ms: u64) -> bool {
+    /// When the token is valid, unix ms: from `nbf` (or `iat`) until `exp`. An unreadable time
+    /// gives an empty period (from `u64::MAX`, until 0).
+    pub fn validity_ms(&self) -> (u64, u64) {
         let from = if self.nbf.is_empty() {
             &self.iat
         } else {
             &self.nbf
         };
-        match (parse_rfc3339(from), parse_rfc3339(&self.exp)) {
-            (Some(from), Some(exp)) => {
-                let s = unix_ms / 1000;
-                s + NBF_LEEWAY_S >= from && s < exp
-            }
-            _ => false,
-        }
+        let ms = |t: &str| parse_rfc3339(t).map(|s| s.saturating_mul(1000));
+        (ms(from).unwrap_or(u64::MAX), ms(&self.exp).unwrap_or(0))
     }
 }
 
