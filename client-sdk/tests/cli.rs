@@ -276,7 +276,7 @@ fn a_checker_watches_the_node_it_names_and_signs_what_it_saw() {
         );
         // The checker's signature over what it saw.
         let text = format!(
-            "pixelgrid/check/v1\n{}\n{}\n{}\n1\n{}\n{}\n{}\n{}\n{}\n",
+            "pixelgrid/check/v1\n{}\n{}\n{}\n1\n{}\n{}\n{}\n{}\n1\n{}\n",
             r["node"].as_str().unwrap(),
             r["session"].as_str().unwrap(),
             r["nonce"],
@@ -293,6 +293,28 @@ fn a_checker_watches_the_node_it_names_and_signs_what_it_saw() {
             &sig
         ));
     }
+    // A capacity check: as many sessions at once as the node advertises, each its own nonce.
+    let (code, out, err) = pixelgrid(
+        &grid,
+        &[
+            "check",
+            "--node",
+            grid.nodes[0].1.node_id(),
+            "--mode",
+            "320x240@30",
+            "--sessions",
+            "2",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (r["passed"].as_bool(), r["sessions"].as_u64()),
+        (Some(true), Some(2)),
+        "{r}"
+    );
     // A node that is not there fails with a reason.
     let (code, _, err) = pixelgrid(
         &grid,
@@ -306,4 +328,140 @@ fn a_checker_watches_the_node_it_names_and_signs_what_it_saw() {
     );
     assert_ne!(code, 0);
     assert!(!err.is_empty());
+}
+
+/// Runs `pixelgrid check` of `node` handing the result to `indexer`; its exit code and result.
+fn check(
+    grid: &TestGrid,
+    indexer: &str,
+    node: &str,
+    key: &std::path::Path,
+) -> (i32, serde_json::Value) {
+    let (code, out, err) = pixelgrid(
+        grid,
+        &[
+            "check",
+            "--node",
+            node,
+            "--mode",
+            "320x240@30",
+            "--key",
+            key.to_str().unwrap(),
+            "--submit-to",
+            indexer,
+        ],
+    );
+    let r = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    (code, r)
+}
+
+/// A named checker's results decide a node's epoch at a real indexer: its passed watch of a live
+/// node is taken and the node earns; its watch of a node that died mid-epoch fails, and that node
+/// earns nothing for the epoch (uptime it had before included); a checker the indexer does not
+/// name is refused with the reason.
+#[test]
+fn a_checkers_signed_results_decide_a_nodes_epoch_at_the_indexer() {
+    const EPOCH_MS: u64 = 8_000;
+    let mut grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 0, 2);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("checker.key");
+    let (checker, _) = pixelgrid_proto::identity::NodeKey::load_or_create(&key).unwrap();
+    let indexer = grid.start_indexer(indexer::tally::TallyConfig {
+        epoch_ms: EPOCH_MS,
+        slot_ms: 1_000,
+        max_clock_skew_ms: 1_000,
+        max_report_delay_ms: 1_000,
+        sla_floor_ppm: 0,
+        checker_keys: vec![checker.node_id()],
+        ..Default::default()
+    });
+    grid.add_node(1, 2);
+    grid.add_node(2, 2);
+    let ids: Vec<String> = grid
+        .nodes
+        .iter()
+        .map(|(_, n)| n.node_id().to_owned())
+        .collect();
+    let (live, dead) = (ids[0].clone(), ids[1].clone());
+    assert!(
+        eventually(Duration::from_secs(15), || ids.iter().all(|id| indexer
+            .indexer
+            .reports_of(id)
+            .unwrap()
+            .len()
+            >= 2)),
+        "both nodes report to the indexer"
+    );
+    let (code, passed) = check(&grid, &indexer.url, &live, &key);
+    assert_eq!(code, 0, "{passed}");
+    assert_eq!(passed["passed"], true, "{passed}");
+    assert_eq!(
+        passed["indexers"][0]["verdict"], "REPORT_VERDICT_ACCEPTED",
+        "{passed}"
+    );
+
+    // Die a little into an epoch, so the node has uptime in it before the check.
+    while indexer::daemon::now_ms() % EPOCH_MS > 2_000
+        || indexer::daemon::now_ms() % EPOCH_MS < 1_200
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    grid.kill_node(&dead);
+    let (code, failed) = check(&grid, &indexer.url, &dead, &key);
+    assert_ne!(code, 0, "{failed}");
+    assert_eq!(failed["passed"], false, "{failed}");
+    assert!(!failed["why"].as_str().unwrap().is_empty(), "{failed}");
+    assert_eq!(
+        failed["indexers"][0]["verdict"], "REPORT_VERDICT_ACCEPTED",
+        "{failed}"
+    );
+    let epoch = failed["at_unix_ms"].as_u64().unwrap() / EPOCH_MS;
+
+    let (code, refused) = check(
+        &grid,
+        &indexer.url,
+        &live,
+        &keys.path().join("stranger.key"),
+    );
+    assert_ne!(code, 0, "{refused}");
+    assert_eq!(
+        refused["indexers"][0]["verdict"], "REPORT_VERDICT_UNKNOWN_CHECKER",
+        "{refused}"
+    );
+    assert!(
+        refused["indexers"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--checker-key"),
+        "{refused}"
+    );
+
+    assert!(
+        eventually(Duration::from_secs(20), || indexer
+            .indexer
+            .payouts(epoch)
+            .is_ok()),
+        "epoch {epoch} closes"
+    );
+    let (_, payouts) = indexer.indexer.payouts(epoch).unwrap();
+    let of = |id: &str| {
+        payouts
+            .iter()
+            .find(|p| p.payout.node_id == id)
+            .unwrap_or_else(|| panic!("{id} has a payout row: {payouts:?}"))
+            .payout
+            .clone()
+    };
+    let dead_payout = of(&dead);
+    assert!(dead_payout.checks_failed, "{dead_payout:?}");
+    assert!(
+        dead_payout.uptime_ms > 0,
+        "it was up before it died: {dead_payout:?}"
+    );
+    assert_eq!(dead_payout.amount, 0, "{dead_payout:?}");
+    let live_payout = of(&live);
+    assert!(
+        !live_payout.checks_failed && live_payout.amount > 0,
+        "{live_payout:?}"
+    );
 }

@@ -48,17 +48,19 @@ pub struct DaemonConfig {
 /// Reports by verdict and probes by outcome, since start.
 #[derive(Debug, Default)]
 pub struct Counters {
-    verdicts: [AtomicU64; 11],
+    verdicts: [AtomicU64; 12],
     /// Probes answered with a valid signature.
     pub probes_passed: AtomicU64,
     /// Probes unanswered or answered wrongly.
     pub probes_failed: AtomicU64,
     /// Epochs closed by this process.
     pub epochs_closed: AtomicU64,
+    /// Checkers' results taken: passed, failed; and refused (any verdict but accepted).
+    pub checks: [AtomicU64; 3],
 }
 
 /// Every verdict, in the order [`Counters::reports`] lists them.
-pub const VERDICTS: [Verdict; 11] = [
+pub const VERDICTS: [Verdict; 12] = [
     Verdict::Accepted,
     Verdict::Malformed,
     Verdict::UnknownNode,
@@ -70,6 +72,7 @@ pub const VERDICTS: [Verdict; 11] = [
     Verdict::OutOfRange,
     Verdict::TimeWentBack,
     Verdict::InvalidStakeChange,
+    Verdict::UnknownChecker,
 ];
 
 impl Counters {
@@ -162,6 +165,10 @@ fn detail(v: Verdict, r: Option<&pb::NodeReport>, rules: &TallyConfig) -> String
             "sequence {seq} is not after the last accepted one: a duplicate, replay or reordering"
         ),
         Verdict::EpochClosed => "its epoch is already closed".into(),
+        Verdict::UnknownChecker => {
+            "the checker's key is not among the indexer's --checker-key: only named checkers count"
+                .into()
+        }
     }
 }
 
@@ -178,6 +185,7 @@ fn to_proto(v: Verdict) -> pb::ReportVerdict {
         Verdict::OutOfRange => P::OutOfRange,
         Verdict::TimeWentBack => P::TimeWentBack,
         Verdict::InvalidStakeChange => P::InvalidStakeChange,
+        Verdict::UnknownChecker => P::UnknownChecker,
     }
 }
 
@@ -433,6 +441,24 @@ impl Indexer {
             .unwrap_or_default();
         let (bonded, unbonding) = core.tally.stake_of(&node, now_ms);
         Ok((verdict, bonded, unbonding))
+    }
+
+    /// Takes a checker's result at `now_ms` and commits it when accepted.
+    pub fn check(&self, signed: &pb::SignedCheckResult, now_ms: u64) -> Result<Verdict> {
+        let mut core = self.core();
+        let verdict = core.tally.ingest_check(signed, now_ms);
+        let counter = match (verdict, signed.result.as_ref().is_some_and(|r| r.passed)) {
+            (Verdict::Accepted, true) => 0,
+            (Verdict::Accepted, false) => 1,
+            _ => 2,
+        };
+        self.counters.checks[counter].fetch_add(1, Ordering::Relaxed);
+        if verdict == Verdict::Accepted {
+            let at = signed.result.as_ref().map_or(0, |r| r.at_unix_ms);
+            let epoch = core.tally.epoch_of(at);
+            core.ledger.append_check(signed, epoch, now_ms)?;
+        }
+        Ok(verdict)
     }
 
     /// A node's accepted reports, `(sequence, sent_unix_ms)`, in sequence order.
@@ -736,6 +762,34 @@ impl pb::indexer_server::Indexer for Service {
         }))
     }
 
+    async fn submit_check_result(
+        &self,
+        request: tonic::Request<pb::SignedCheckResult>,
+    ) -> std::result::Result<tonic::Response<pb::CheckAck>, tonic::Status> {
+        let signed = request.into_inner();
+        let verdict = match self.indexer.check(&signed, now_ms()) {
+            Ok(v) => v,
+            Err(e) => {
+                // The tally took a result the ledger did not: a restart rebuilds from the ledger.
+                tracing::error!(error = %e, "cannot commit a check result; exiting so a restart rebuilds from the ledger");
+                std::process::exit(70);
+            }
+        };
+        let detail = match verdict {
+            Verdict::Accepted => String::new(),
+            Verdict::Replayed => "this checker's result for this session was taken already".into(),
+            Verdict::OutOfRange => format!(
+                "a number is out of range: times below 2^63, a session id up to {} bytes",
+                crate::tally::MAX_SESSION_ID_BYTES
+            ),
+            v => detail(v, None, self.indexer.rules()),
+        };
+        Ok(tonic::Response::new(pb::CheckAck {
+            verdict: to_proto(verdict) as i32,
+            detail,
+        }))
+    }
+
     async fn list_epochs(
         &self,
         request: tonic::Request<pb::ListEpochsRequest>,
@@ -774,6 +828,7 @@ impl pb::indexer_server::Indexer for Service {
                     stake_micro_credits: s.payout.stake,
                     slashed_micro_credits: s.payout.slashed,
                     fee_micro_credits: s.payout.fee,
+                    checks_failed: s.payout.checks_failed,
                 })
                 .collect(),
         }))
@@ -878,6 +933,20 @@ impl Indexer {
                         c.probes_failed.load(Ordering::Relaxed) as f64,
                     ),
                 ],
+            )
+            .counter(
+                "pixelgrid_indexer_checks_total",
+                "Checkers' signed results: accepted (passed or failed) or refused.",
+                &["passed", "failed", "refused"]
+                    .iter()
+                    .zip(&c.checks)
+                    .map(|(o, n)| {
+                        (
+                            vec![("outcome", (*o).into())],
+                            n.load(Ordering::Relaxed) as f64,
+                        )
+                    })
+                    .collect::<Vec<_>>(),
             )
             .counter(
                 "pixelgrid_indexer_epochs_closed_total",

@@ -12,8 +12,9 @@
 //! | `attested` | play credited from players' receipts: node, session, cumulative played ms, epoch (derived from `reports`; kept so a restart knows what closed epochs credited) |
 //! | `stake_events` | deposits, withdrawal requests (free-at time) and slashes (epoch end), in order; a node's stake is their fold |
 //! | `probes` | node, time, epoch, passed, host that answered |
+//! | `checks` | checkers' accepted results: epoch, arrival ms, `SignedCheckResult` protobuf |
 //! | `epochs` | closed epochs: number, bounds, Merkle root, total, nodes paid |
-//! | `payouts` | per closed epoch and node: amount, uptime, delivery, refund, SLA, stake, slashed, fee, leaf index |
+//! | `payouts` | per closed epoch and node: amount, uptime, delivery, refund, SLA, stake, slashed, fee, whether the checkers failed it, leaf index |
 //! | `epoch_tree` | per closed epoch, its Merkle tree's levels in chunks of [`TREE_CHUNK`] hashes: any node's proof is read from it (one sibling per level), so a close writes the tree once instead of a proof per node |
 
 use crate::merkle::Proof;
@@ -66,6 +67,13 @@ CREATE TABLE IF NOT EXISTS probes (
     host TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS probes_by_epoch ON probes (epoch);
+CREATE TABLE IF NOT EXISTS checks (
+    id INTEGER PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    arrived_ms INTEGER NOT NULL,
+    signed BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checks_by_epoch ON checks (epoch);
 CREATE TABLE IF NOT EXISTS epochs (
     number INTEGER PRIMARY KEY,
     start_ms INTEGER NOT NULL,
@@ -86,6 +94,7 @@ CREATE TABLE IF NOT EXISTS payouts (
     stake INTEGER NOT NULL DEFAULT 0,
     slashed INTEGER NOT NULL DEFAULT 0,
     fee INTEGER NOT NULL DEFAULT 0,
+    checks_failed INTEGER NOT NULL DEFAULT 0,
     proof BLOB NOT NULL,
     PRIMARY KEY (epoch, node_id)
 ) WITHOUT ROWID;
@@ -150,6 +159,8 @@ pub struct Rebuilt {
     pub reports: usize,
     /// Probe results replayed into open epochs.
     pub probes: usize,
+    /// Checkers' results replayed into open epochs.
+    pub checks: usize,
 }
 
 /// The ledger; see the module docs.
@@ -414,8 +425,8 @@ impl Ledger {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO payouts (epoch, node_id, leaf_index, amount, uptime_ms,
-                     delivered_ms, refunded, sla_met, stake, slashed, fee, proof)
-                     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
+                     delivered_ms, refunded, sla_met, stake, slashed, fee, checks_failed, proof)
+                     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
                 )
                 .map_err(sql)?;
             for (index, p) in closed.payouts.iter().enumerate() {
@@ -432,6 +443,7 @@ impl Ledger {
                         i(p.stake),
                         i(p.slashed),
                         i(p.fee),
+                        p.checks_failed,
                         Vec::<u8>::new()
                     ])
                     .map_err(sql)?;
@@ -456,6 +468,22 @@ impl Ledger {
             }
         }
         tx.commit().map_err(sql)
+    }
+
+    /// Appends a checker's result the tally accepted at `arrived_ms`, for `epoch`.
+    pub fn append_check(
+        &mut self,
+        signed: &pixelgrid_proto::indexer::v1::SignedCheckResult,
+        epoch: u64,
+        arrived_ms: u64,
+    ) -> Result<()> {
+        self.db
+            .execute(
+                "INSERT INTO checks (epoch, arrived_ms, signed) VALUES (?1, ?2, ?3)",
+                params![i(epoch), i(arrived_ms), signed.encode_to_vec()],
+            )
+            .map_err(sql)?;
+        Ok(())
     }
 
     /// Appends stake events `(node, change sequence or 0, event)` in one transaction.
@@ -512,7 +540,7 @@ impl Ledger {
             .db
             .prepare_cached(
                 "SELECT node_id, leaf_index, amount, uptime_ms, delivered_ms, refunded, sla_met,
-                 proof, stake, slashed, fee FROM payouts
+                 proof, stake, slashed, fee, checks_failed FROM payouts
                  WHERE epoch = ?1 AND (?2 IS NULL OR node_id = ?2)
                  ORDER BY node_id",
             )
@@ -530,6 +558,7 @@ impl Ledger {
                         stake: u(r.get(8)?),
                         slashed: u(r.get(9)?),
                         fee: u(r.get(10)?),
+                        checks_failed: r.get(11)?,
                     },
                     u(r.get(1)?),
                 ))
@@ -736,6 +765,23 @@ impl Ledger {
             tally.record_probe_of(&node, at, passed, &host);
             out.probes += 1;
         }
+        // Checkers' results in open epochs, as they arrived (under today's named checkers).
+        let mut checks = self
+            .db
+            .prepare("SELECT signed, arrived_ms FROM checks WHERE epoch >= ?1 ORDER BY id")
+            .map_err(sql)?;
+        let rows = checks
+            .query_map(params![i(first_open)], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, u(r.get(1)?)))
+            })
+            .map_err(sql)?;
+        for row in rows {
+            let (bytes, arrived) = row.map_err(sql)?;
+            let signed = pixelgrid_proto::indexer::v1::SignedCheckResult::decode(bytes.as_slice())
+                .map_err(|e| Error::Ledger(format!("a stored check does not decode: {e}")))?;
+            tally.ingest_check(&signed, arrived);
+            out.checks += 1;
+        }
         Ok(out)
     }
 }
@@ -848,6 +894,57 @@ mod tests {
         assert_eq!(t.close_epoch(0), &e0);
         assert_eq!(t.close_epoch(1), &e1);
         assert_eq!(ledger.epoch(0).unwrap().unwrap().root, e0.root);
+    }
+
+    #[test]
+    fn checkers_results_come_back_after_a_restart_and_decide_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let checker = NodeKey::from_seed(&[9; 32]);
+        let rules = TallyConfig {
+            checker_keys: vec![checker.node_id()],
+            ..rules()
+        };
+        let key = NodeKey::from_seed(&[10; 32]);
+        let path = dir.path().join("c.db");
+        let failed = pixelgrid_proto::check::sign(
+            pixelgrid_proto::indexer::v1::CheckResult {
+                node_id: Some(pixelgrid_proto::types::v1::NodeId { hex: key.node_id() }),
+                session_id: "s".into(),
+                sessions: 1,
+                at_unix_ms: 3_000,
+                ..Default::default()
+            },
+            &checker,
+        );
+        let before = {
+            let mut ledger = Ledger::open(&path, &rules).unwrap();
+            ledger.add_node(&key.node_id(), "127.0.0.1:9").unwrap();
+            let mut t = Tally::new(rules.clone());
+            ledger.rebuild(&mut t).unwrap();
+            let r = ready(&key, 1, 1_100, vec![]);
+            assert_eq!(t.ingest(&r, 1_100), crate::tally::Verdict::Accepted);
+            ledger.append_reports(&[(&r, 0, 1_100)], &[]).unwrap();
+            t.record_probe(&key.node_id(), 1_200, true);
+            ledger
+                .append_probe(&key.node_id(), 1_200, 0, true, "")
+                .unwrap();
+            assert_eq!(
+                t.ingest_check(&failed, 3_100),
+                crate::tally::Verdict::Accepted
+            );
+            ledger.append_check(&failed, 0, 3_100).unwrap();
+            t.close_epoch(0).clone()
+        };
+        assert!(before.payouts[0].checks_failed && before.payouts[0].amount == 0);
+        let ledger = Ledger::open(&path, &rules).unwrap();
+        let mut t = Tally::new(rules);
+        assert_eq!(ledger.rebuild(&mut t).unwrap().checks, 1);
+        assert_eq!(
+            t.ingest_check(&failed, 3_200),
+            crate::tally::Verdict::Replayed,
+            "a result is counted once, across restarts"
+        );
+        assert_eq!(t.close_epoch(0), &before);
     }
 
     #[test]

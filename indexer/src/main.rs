@@ -123,6 +123,14 @@ struct ServeArgs {
     /// The stake coefficient of the downtime slash, ppm.
     #[arg(long, default_value_t = 1_000_000)]
     stake_coefficient_ppm: u64,
+    /// How many downtime slashes a node the checkers fail loses (Aethir: 3).
+    #[arg(long, default_value_t = 3)]
+    dishonesty_factor: u64,
+    /// Hex ed25519 public key(s) of the checkers whose signed results count (comma-separated;
+    /// `pixelgrid check` prints its key as `checker`). A node fails an epoch when more than half
+    /// of them found it failing; every indexer of a grid must name the same checkers.
+    #[arg(long, env = "PIXELGRID_CHECKER_KEYS", value_delimiter = ',')]
+    checker_key: Vec<String>,
     /// Hex ed25519 public key(s) of the orchestrator whose session tokens prove placements
     /// (comma-separated: old and new during a key rotation; `orchestrator public-key` prints
     /// it). Without one, no delivery is credited.
@@ -147,6 +155,16 @@ impl ServeArgs {
                 anyhow::anyhow!("--orchestrator-key: {e}; give the 64-hex-digit key `orchestrator public-key` prints")
             })?;
         }
+        let checker_keys = self
+            .checker_key
+            .iter()
+            .map(|k| {
+                let k = k.trim().to_ascii_lowercase();
+                pixelgrid_proto::identity::canonical_node_id(&k)
+                    .map(|_| k.clone())
+                    .map_err(|e| anyhow::anyhow!("--checker-key {k}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(TallyConfig {
             revision: indexer::tally::RULES_REVISION,
             epoch_ms: self.epoch_ms,
@@ -162,6 +180,8 @@ impl ServeArgs {
             withdrawal_delay_ms: self.withdrawal_delay_ms,
             slash_k_ppm: self.slash_k_ppm,
             stake_coefficient_ppm: self.stake_coefficient_ppm,
+            dishonesty_factor: self.dishonesty_factor,
+            checker_keys,
             orchestrator_keys: self
                 .orchestrator_key
                 .iter()

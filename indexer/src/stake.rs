@@ -101,11 +101,18 @@ impl StakeAccount {
 
 /// Aethir's published shape for a downtime slash, `1/3 × K × stake coefficient` of the stake
 /// at risk, with K and the coefficient in parts per million; dishonesty costs `dishonesty_factor`
-/// times that.
+/// times that ([`dishonesty_slash`]).
 pub fn downtime_slash(at_risk: u64, k_ppm: u64, coefficient_ppm: u64) -> u64 {
+    dishonesty_slash(at_risk, k_ppm, coefficient_ppm, 1)
+}
+
+/// The slash for failed or dishonest checks: `factor` times the downtime slash (Aethir: 3×),
+/// never more than the stake at risk.
+pub fn dishonesty_slash(at_risk: u64, k_ppm: u64, coefficient_ppm: u64, factor: u64) -> u64 {
     (u128::from(at_risk)
         .saturating_mul(u128::from(k_ppm))
         .saturating_mul(u128::from(coefficient_ppm))
+        .saturating_mul(u128::from(factor))
         / 3
         / 1_000_000_000_000)
         .min(u128::from(at_risk)) as u64

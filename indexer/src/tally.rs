@@ -35,8 +35,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The revision of the tally's arithmetic. 2: range checks, time must advance with the
 /// sequence, slots the indexer probed nobody in are not charged; delivery only as player
 /// receipts attest, for sessions the orchestrator placed; identities crowding one host; stakes,
-/// downtime slashing and the protocol fee with the treasury's leaf.
-pub const RULES_REVISION: u32 = 2;
+/// downtime slashing and the protocol fee with the treasury's leaf. 3: checkers' signed results,
+/// the majority of the named checkers failing a node forfeits its epoch and slashes it.
+pub const RULES_REVISION: u32 = 3;
 
 /// The rules; the same everywhere, or roots will not match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,6 +71,8 @@ pub struct TallyConfig {
     pub slash_k_ppm: u64,
     /// The stake coefficient of the downtime slash, ppm.
     pub stake_coefficient_ppm: u64,
+    /// How many downtime slashes a node failing its checks loses (Aethir: 3).
+    pub dishonesty_factor: u64,
     /// Most nodes one host may have up in a slot (0: no limit): identities answering probes
     /// from the same host beyond this earn nothing for the slot, the lowest node ids first.
     pub max_nodes_per_host: u32,
@@ -78,6 +81,12 @@ pub struct TallyConfig {
     /// the stored rules: keys rotate while the ledger goes on.
     #[serde(skip)]
     pub orchestrator_keys: Vec<String>,
+    /// Hex ed25519 public keys of the checkers whose signed results count (2N+1 of them in
+    /// Aethir's shape). A node fails an epoch's checks when more than half of them each found
+    /// it failing more often than passing in that epoch. Not part of the stored rules (checkers
+    /// come and go); every indexer of one grid must name the same ones.
+    #[serde(skip)]
+    pub checker_keys: Vec<String>,
 }
 
 impl Default for TallyConfig {
@@ -98,7 +107,9 @@ impl Default for TallyConfig {
             withdrawal_delay_ms: 7 * 24 * 3_600_000,
             slash_k_ppm: 300_000,
             stake_coefficient_ppm: 1_000_000,
+            dishonesty_factor: 3,
             orchestrator_keys: Vec::new(),
+            checker_keys: Vec::new(),
         }
     }
 }
@@ -131,6 +142,8 @@ pub enum Verdict {
     /// A stake change withdrawing more than is bonded, or not exactly one of deposit and
     /// withdraw.
     InvalidStakeChange,
+    /// A check result signed by a checker the rules do not name.
+    UnknownChecker,
 }
 
 /// The largest stake one node may hold, micro-credits (a billion credits): sums of stakes stay
@@ -217,6 +230,9 @@ pub struct NodePayout {
     pub slashed: u64,
     /// Protocol fee taken from the delivery reward, micro-credits.
     pub fee: u64,
+    /// A majority of the checkers found the node failing in this epoch: it earned nothing and
+    /// was slashed at the dishonesty rate.
+    pub checks_failed: bool,
 }
 
 /// The treasury's leaf in every epoch's tree: 32 zero bytes, no node's key. It receives the
@@ -287,6 +303,10 @@ pub struct Tally {
     last_stake: BTreeMap<String, u64>,
     /// Stake events since the last [`Tally::take_stake_events`], for the ledger.
     new_stake_events: Vec<(String, u64, crate::stake::StakeEvent)>,
+    /// Per open (epoch, node): each named checker's (passed, failed) results.
+    checks: BTreeMap<(u64, String), BTreeMap<String, (u32, u32)>>,
+    /// Results taken, by (epoch, checker, node, session): each is counted once.
+    seen_checks: BTreeSet<(u64, String, String, String)>,
     /// Per open epoch, the slots in which the indexer probed anyone (it was running).
     probing: BTreeMap<u64, BTreeSet<u64>>,
     closed: BTreeMap<u64, ClosedEpoch>,
@@ -323,6 +343,8 @@ impl Tally {
             stakes: BTreeMap::new(),
             last_stake: BTreeMap::new(),
             new_stake_events: Vec::new(),
+            checks: BTreeMap::new(),
+            seen_checks: BTreeSet::new(),
             closed: BTreeMap::new(),
             closed_before: 0,
         }
@@ -403,6 +425,8 @@ impl Tally {
         self.closed_before = self.closed_before.max(epoch);
         self.open.retain(|(e, _), _| *e >= epoch);
         self.probing.retain(|e, _| *e >= epoch);
+        self.checks.retain(|(e, _), _| *e >= epoch);
+        self.seen_checks.retain(|(e, ..)| *e >= epoch);
     }
 
     /// Restores an epoch the ledger closed earlier: it stays exactly as it was.
@@ -734,6 +758,93 @@ impl Tally {
         Verdict::Accepted
     }
 
+    /// Takes a checker's signed result that arrived at `now_ms`. The result's own time decides
+    /// its epoch; it counts once, only from a checker the rules name, for a known node.
+    pub fn ingest_check(
+        &mut self,
+        signed: &pixelgrid_proto::indexer::v1::SignedCheckResult,
+        now_ms: u64,
+    ) -> Verdict {
+        let Some(result) = &signed.result else {
+            return Verdict::Malformed;
+        };
+        let Some(node) = result.node_id.as_ref().map(|n| n.hex.clone()) else {
+            return Verdict::Malformed;
+        };
+        if pixelgrid_proto::identity::canonical_node_id(&node).is_err()
+            || result.session_id.is_empty()
+        {
+            return Verdict::Malformed;
+        }
+        if result.at_unix_ms > MAX_REPORT_NUMBER
+            || result.seen_after_ms > MAX_REPORT_NUMBER
+            || result.session_id.len() > MAX_SESSION_ID_BYTES
+        {
+            return Verdict::OutOfRange;
+        }
+        if !self.config.checker_keys.contains(&signed.checker) {
+            return Verdict::UnknownChecker;
+        }
+        if !self.nodes.contains(&node) {
+            return Verdict::UnknownNode;
+        }
+        if !pixelgrid_proto::check::verify(signed) {
+            return Verdict::BadSignature;
+        }
+        if result.at_unix_ms > now_ms.saturating_add(self.config.max_clock_skew_ms) {
+            return Verdict::ClockSkew;
+        }
+        if now_ms
+            > result
+                .at_unix_ms
+                .saturating_add(self.config.max_report_delay_ms)
+        {
+            return Verdict::TooLate;
+        }
+        let epoch = self.epoch_of(result.at_unix_ms);
+        if self.is_closed(epoch) {
+            return Verdict::EpochClosed;
+        }
+        if !self.seen_checks.insert((
+            epoch,
+            signed.checker.clone(),
+            node.clone(),
+            result.session_id.clone(),
+        )) {
+            return Verdict::Replayed;
+        }
+        let tally = self
+            .checks
+            .entry((epoch, node))
+            .or_default()
+            .entry(signed.checker.clone())
+            .or_default();
+        if result.passed {
+            tally.0 = tally.0.saturating_add(1);
+        } else {
+            tally.1 = tally.1.saturating_add(1);
+        }
+        Verdict::Accepted
+    }
+
+    /// True when more than half of the named checkers each found `node` failing more often
+    /// than passing in `epoch`.
+    fn failed_checks(&self, epoch: u64, node: &str) -> bool {
+        let named = self.config.checker_keys.len();
+        let failing = self
+            .checks
+            .get(&(epoch, node.to_owned()))
+            .map_or(0, |by_checker| {
+                by_checker
+                    .iter()
+                    .filter(|(checker, (passed, failed))| {
+                        failed > passed && self.config.checker_keys.contains(checker)
+                    })
+                    .count()
+            });
+        named > 0 && failing > named / 2
+    }
+
     /// A node's stake: bonded, and withdrawals still at risk at `at_ms`.
     pub fn stake_of(&self, node_id: &str, at_ms: u64) -> (u64, u64) {
         self.stakes
@@ -835,6 +946,7 @@ impl Tally {
             let mut crowd: BTreeMap<(u64, String), u32> = BTreeMap::new();
             for key in keys {
                 let e = self.open.remove(&key).unwrap_or_default();
+                let checks_failed = self.failed_checks(epoch, &key.1);
                 // A reported slot is up when a probe in it passed, or when the indexer probed
                 // nobody in it (it was down: its outage is not the node's fault) — unless more
                 // identities than allowed answered from the same host in it.
@@ -873,13 +985,26 @@ impl Tally {
                 let fee = (u128::from(gross) * u128::from(c.protocol_fee_ppm.min(1_000_000))
                     / 1_000_000) as u64;
                 let delivery = gross - fee;
+                // A node the checkers caught forfeits the epoch (no fee is taken from nothing).
+                let (readiness, delivery, fee) = if checks_failed {
+                    (0, 0, 0)
+                } else {
+                    (readiness, delivery, fee)
+                };
                 let refunded = c.refund_per_dropped_session.saturating_mul(e.dropped);
                 // Downtime below the SLA slashes the stake at risk (Aethir's shape).
                 let account = self.stakes.get_mut(&key.1);
                 let stake = account.as_ref().map_or(0, |a| a.at_risk(epoch_end));
                 // Only a node the indexer probed (and so could see down) is slashed: one gone from
                 // the registry is no longer probed, and its stake waits out its withdrawal.
-                let slashed = if sla_met || e.probed == 0 {
+                let slashed = if checks_failed {
+                    crate::stake::dishonesty_slash(
+                        stake,
+                        c.slash_k_ppm,
+                        c.stake_coefficient_ppm,
+                        c.dishonesty_factor,
+                    )
+                } else if sla_met || e.probed == 0 {
                     0
                 } else {
                     crate::stake::downtime_slash(stake, c.slash_k_ppm, c.stake_coefficient_ppm)
@@ -908,6 +1033,7 @@ impl Tally {
                     stake,
                     slashed,
                     fee,
+                    checks_failed,
                 });
             }
             if treasury > 0 {
@@ -922,8 +1048,11 @@ impl Tally {
                     stake: 0,
                     slashed: 0,
                     fee: 0,
+                    checks_failed: false,
                 });
             }
+            self.checks.retain(|(e, _), _| *e != epoch);
+            self.seen_checks.retain(|(e, ..)| *e != epoch);
             payouts.sort_by(|a, b| a.node_id.cmp(&b.node_id));
             let root = merkle::root(&leaves(&payouts));
             self.closed.insert(
@@ -1535,6 +1664,129 @@ mod tests {
             signature: Some(key.sign(&change.encode_to_vec())),
             change: Some(change),
         }
+    }
+
+    fn check_result(
+        checker: &NodeKey,
+        node: &NodeKey,
+        session: &str,
+        passed: bool,
+        at: u64,
+    ) -> pixelgrid_proto::indexer::v1::SignedCheckResult {
+        pixelgrid_proto::check::sign(
+            pixelgrid_proto::indexer::v1::CheckResult {
+                node_id: Some(NodeId {
+                    hex: node.node_id(),
+                }),
+                session_id: session.into(),
+                nonce: 42,
+                passed,
+                seen_after_ms: if passed { 30 } else { 0 },
+                mode: mode(640, 360, 30),
+                sessions: 1,
+                at_unix_ms: at,
+            },
+            checker,
+        )
+    }
+
+    #[test]
+    fn a_majority_of_the_checkers_failing_a_node_forfeits_its_epoch_and_slashes_it_threefold() {
+        let checkers: Vec<NodeKey> = (70..73).map(|s| NodeKey::from_seed(&[s; 32])).collect();
+        let rogue = NodeKey::from_seed(&[73; 32]);
+        let honest = NodeKey::from_seed(&[74; 32]);
+        let cheat = NodeKey::from_seed(&[75; 32]);
+        let framed = NodeKey::from_seed(&[76; 32]);
+        let rules = TallyConfig {
+            checker_keys: checkers.iter().map(NodeKey::node_id).collect(),
+            ..TallyConfig::default()
+        };
+        let mut t = Tally::new(rules.clone());
+        for k in [&honest, &cheat, &framed] {
+            t.add_node(&k.node_id());
+            assert_eq!(
+                t.ingest_stake(&stake_change(k, 1, 1_000, 3_000_000, 0), 1_000),
+                Verdict::Accepted
+            );
+            run_hour(&mut t, k, 0..0, true);
+        }
+        let at = 30 * MIN;
+        let mut inputs = Vec::new();
+        for (i, c) in checkers.iter().enumerate() {
+            inputs.push(check_result(c, &honest, &format!("h{i}"), true, at));
+            // Two of three checkers watched the cheat fail; the third saw it pass.
+            inputs.push(check_result(c, &cheat, &format!("c{i}"), i == 2, at));
+        }
+        // One checker alone failing a node is no majority: `framed` keeps its epoch.
+        inputs.push(check_result(&checkers[0], &framed, "f0", false, at));
+        inputs.push(check_result(&checkers[1], &framed, "f1", true, at));
+        for r in &inputs {
+            assert_eq!(t.ingest_check(r, at + 100), Verdict::Accepted);
+        }
+        // Refused: a checker the rules do not name, a result taken twice, a forged one, an
+        // unknown node, one from the future.
+        assert_eq!(
+            t.ingest_check(&check_result(&rogue, &framed, "r", false, at), at),
+            Verdict::UnknownChecker
+        );
+        assert_eq!(t.ingest_check(&inputs[1], at + 200), Verdict::Replayed);
+        let mut forged = check_result(&checkers[2], &framed, "x", true, at);
+        forged.result.as_mut().unwrap().passed = false;
+        assert_eq!(t.ingest_check(&forged, at), Verdict::BadSignature);
+        assert_eq!(
+            t.ingest_check(&check_result(&checkers[2], &rogue, "u", false, at), at),
+            Verdict::UnknownNode
+        );
+        assert_eq!(
+            t.ingest_check(
+                &check_result(&checkers[2], &framed, "z", false, at + MIN),
+                at
+            ),
+            Verdict::ClockSkew
+        );
+        // Another indexer fed the same results in another order reaches the same root.
+        let mut other = Tally::new(rules);
+        for k in [&honest, &cheat, &framed] {
+            other.add_node(&k.node_id());
+            other.ingest_stake(&stake_change(k, 1, 1_000, 3_000_000, 0), 1_000);
+            run_hour(&mut other, k, 0..0, true);
+        }
+        for r in inputs.iter().rev() {
+            assert_eq!(other.ingest_check(r, at + 100), Verdict::Accepted);
+        }
+        let e = t.close_epoch(0).clone();
+        assert_eq!(other.close_epoch(0).root, e.root);
+        let of = |k: &NodeKey| {
+            e.payouts
+                .iter()
+                .find(|p| p.node_id == k.node_id())
+                .unwrap()
+                .clone()
+        };
+        let (h, c, f) = (of(&honest), of(&cheat), of(&framed));
+        assert!(h.amount > 0 && !h.checks_failed && h.slashed == 0);
+        assert_eq!(
+            f,
+            NodePayout {
+                node_id: framed.node_id(),
+                ..h.clone()
+            }
+        );
+        assert!(c.checks_failed);
+        assert_eq!(c.amount, 0, "a node the checkers caught earns nothing");
+        // 3 × (1/3 × K 0.3 × coefficient 1) = 30 % of the stake.
+        assert_eq!(c.slashed, 900_000);
+        assert_eq!(t.stake_of(&cheat.node_id(), 4 * 3_600_000), (2_100_000, 0));
+        let treasury = e.payouts.iter().find(|p| p.node_id == TREASURY).unwrap();
+        assert_eq!(treasury.amount, h.fee + f.fee + 900_000);
+        // Results for a closed epoch are refused.
+        assert_eq!(
+            t.ingest_check(
+                &check_result(&checkers[0], &honest, "late", true, at),
+                at + 200
+            ),
+            Verdict::EpochClosed
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod audio;
 pub mod challenge;
+pub mod check;
 pub mod clock;
 pub mod http;
 pub mod identity;

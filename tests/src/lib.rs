@@ -341,6 +341,16 @@ impl Etcd {
     }
 }
 
+/// An indexer started by [`TestGrid::start_indexer`].
+#[derive(Debug)]
+pub struct TestIndexer {
+    /// The indexer itself (its tally and ledger).
+    pub indexer: Arc<indexer::daemon::Indexer>,
+    /// Its gRPC URL.
+    pub url: String,
+    _ledger: tempfile::TempDir,
+}
+
 /// An orchestrator and registered edge nodes, in-process on loopback, sharing one runtime.
 pub struct TestGrid {
     /// The orchestrator's gRPC address.
@@ -703,6 +713,42 @@ impl TestGrid {
         self.nodes.push((addr, node));
         self.node_tasks.push(tasks);
         addr
+    }
+
+    /// Starts an in-process indexer under `rules` (short epochs, usually), reading this grid's
+    /// registry, with its gRPC on loopback; nodes added from now on report to it every second.
+    pub fn start_indexer(&mut self, rules: indexer::tally::TallyConfig) -> TestIndexer {
+        let ledger = tempfile::tempdir().expect("a temp dir for the ledger");
+        let indexer = indexer::daemon::Indexer::open(indexer::daemon::DaemonConfig {
+            rules,
+            ledger: ledger.path().join("ledger.db"),
+            orchestrator: Some(format!("http://{}", self.orchestrator)),
+            probes_per_slot: 2,
+            registry_refresh: Duration::from_millis(500),
+            forget_after: Duration::from_secs(3_600),
+        })
+        .expect("the indexer opens its ledger");
+        let url = self.runtime.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", l.local_addr().unwrap());
+            tokio::spawn(indexer::daemon::serve(
+                l,
+                Arc::clone(&indexer),
+                std::future::pending(),
+            ));
+            url
+        });
+        self.reporting = Some(edge_node::reporter::ReporterConfig {
+            indexers: vec![url.clone()],
+            interval: Duration::from_millis(1_000),
+            outbox_capacity: 100,
+            outbox_dir: None,
+        });
+        TestIndexer {
+            indexer,
+            url,
+            _ledger: ledger,
+        }
     }
 
     /// The node dies as a crashed process would: its server, heartbeats and reports stop at

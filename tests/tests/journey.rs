@@ -13,9 +13,8 @@ const EPOCH_MS: u64 = 4_000;
 /// A grid on a real etcd; nodes report to an in-process indexer with 4-second epochs.
 struct Journey {
     grid: TestGrid,
-    indexer: Arc<indexer::daemon::Indexer>,
+    indexer: pixelgrid_tests::TestIndexer,
     _etcd: Etcd,
-    _ledger: tempfile::TempDir,
     /// The etcd client's runtime; it must outlive the grid.
     _store_runtime: tokio::runtime::Runtime,
 }
@@ -28,51 +27,23 @@ impl Journey {
             .block_on(EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)))
             .unwrap();
         let mut grid = TestGrid::start(Arc::new(store), 0, 2);
-        let ledger = tempfile::tempdir().unwrap();
-        let indexer = indexer::daemon::Indexer::open(indexer::daemon::DaemonConfig {
-            rules: indexer::tally::TallyConfig {
-                epoch_ms: EPOCH_MS,
-                slot_ms: 1_000,
-                max_clock_skew_ms: 1_000,
-                max_report_delay_ms: 1_000,
-                sla_floor_ppm: 0,
-                // Delivery counts for sessions this grid's orchestrator placed.
-                orchestrator_keys: vec![
-                    pixelgrid_proto::token::TokenSigner::from_seed(
-                        &pixelgrid_tests::GRID_TOKEN_SEED,
-                    )
+        let indexer = grid.start_indexer(indexer::tally::TallyConfig {
+            epoch_ms: EPOCH_MS,
+            slot_ms: 1_000,
+            max_clock_skew_ms: 1_000,
+            max_report_delay_ms: 1_000,
+            sla_floor_ppm: 0,
+            // Delivery counts for sessions this grid's orchestrator placed.
+            orchestrator_keys: vec![
+                pixelgrid_proto::token::TokenSigner::from_seed(&pixelgrid_tests::GRID_TOKEN_SEED)
                     .public_key_hex(),
-                ],
-                ..Default::default()
-            },
-            ledger: ledger.path().join("ledger.db"),
-            orchestrator: Some(format!("http://{}", grid.orchestrator)),
-            probes_per_slot: 2,
-            registry_refresh: Duration::from_millis(500),
-            forget_after: std::time::Duration::from_secs(3_600),
-        })
-        .unwrap();
-        let url = grid.runtime.block_on(async {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}", l.local_addr().unwrap());
-            tokio::spawn(indexer::daemon::serve(
-                l,
-                Arc::clone(&indexer),
-                std::future::pending(),
-            ));
-            url
-        });
-        grid.reporting = Some(edge_node::reporter::ReporterConfig {
-            indexers: vec![url],
-            interval: Duration::from_millis(1_000),
-            outbox_capacity: 100,
-            outbox_dir: None,
+            ],
+            ..Default::default()
         });
         Self {
             grid,
             indexer,
             _etcd: etcd,
-            _ledger: ledger,
             _store_runtime: rt,
         }
     }
@@ -131,8 +102,11 @@ fn the_sdk_plays_its_input_moves_the_player_and_the_indexer_credits_the_play() {
     });
     let cheating = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let cheater = {
-        let (indexer, cheat, cheating) =
-            (Arc::clone(&j.indexer), cheat.clone(), Arc::clone(&cheating));
+        let (indexer, cheat, cheating) = (
+            Arc::clone(&j.indexer.indexer),
+            cheat.clone(),
+            Arc::clone(&cheating),
+        );
         std::thread::spawn(move || {
             let own_orchestrator = pixelgrid_proto::token::TokenSigner::from_seed(&[67; 32]);
             let own_player = pixelgrid_proto::receipt::PlayerKey::from_seed(&[68; 32]);
@@ -242,7 +216,7 @@ fn the_sdk_plays_its_input_moves_the_player_and_the_indexer_credits_the_play() {
         s.end().await;
         (node_id, epoch)
     });
-    let indexer = Arc::clone(&j.indexer);
+    let indexer = Arc::clone(&j.indexer.indexer);
     assert!(
         pixelgrid_tests::eventually(Duration::from_secs(5), || indexer.payouts(epoch).is_ok()),
         "epoch {epoch} closes"
