@@ -10,7 +10,7 @@
 //! | `nodes` | node id (hex public key), probe address, whether it is still probed |
 //! | `reports` | accepted reports: node, sequence, epoch, arrival ms, `SignedNodeReport` protobuf |
 //! | `attested` | play credited from players' receipts: node, session, cumulative played ms, epoch (derived from `reports`; kept so a restart knows what closed epochs credited) |
-//! | `stake_events` | deposits, withdrawal requests (free-at time) and slashes (epoch end), in order; a node's stake is their fold |
+//! | `stake_events` | deposits, withdrawal requests (free-at time), and per closed epoch one `epoch_slashes` mark whose slashes are in that epoch's payout rows, in order; a node's stake is their fold |
 //! | `probes` | node, time, epoch, passed, host that answered |
 //! | `checks` | checkers' accepted results: epoch, arrival ms, `SignedCheckResult` protobuf |
 //! | `epochs` | closed epochs: number, bounds, Merkle root, total, nodes paid |
@@ -386,24 +386,16 @@ impl Ledger {
     pub fn write_closed(&mut self, closed: &ClosedEpoch, epoch_ms: u64) -> Result<()> {
         let tree = closed.tree();
         let tx = self.db.transaction().map_err(sql)?;
-        // The slashes this close made, as stake events (a restart folds them back in).
-        let end = (closed.epoch + 1) * epoch_ms;
-        let slashes: Vec<(String, u64, StakeEvent)> = closed
-            .payouts
-            .iter()
-            .filter(|p| p.slashed > 0)
-            .map(|p| {
-                (
-                    p.node_id.clone(),
-                    0,
-                    StakeEvent::Slash {
-                        amount: p.slashed,
-                        epoch_end_ms: end,
-                    },
-                )
-            })
-            .collect();
-        append_stake_events(&tx, &slashes)?;
+        // The slashes this close made are in its payout rows; one stake event marks where they
+        // fall among the others, and a restart folds them in there.
+        if closed.payouts.iter().any(|p| p.slashed > 0) {
+            tx.execute(
+                "INSERT INTO stake_events (node_id, sequence, kind, amount, at_ms)
+                 VALUES ('', 0, 'epoch_slashes', ?1, ?2)",
+                params![i(closed.epoch), i((closed.epoch + 1) * epoch_ms)],
+            )
+            .map_err(sql)?;
+        }
         {
             let total = closed
                 .payouts
@@ -422,30 +414,40 @@ impl Ledger {
                 ],
             )
             .map_err(sql)?;
-            let mut insert = tx
-                .prepare_cached(
+            // Many rows per statement: a million payouts is a million statements otherwise.
+            const ROWS: usize = 64;
+            let insert_sql = |rows: usize| {
+                let one = "(?,?,?,?,?,?,?,?,?,?,?,?,?)";
+                format!(
                     "INSERT INTO payouts (epoch, node_id, leaf_index, amount, uptime_ms,
                      delivered_ms, refunded, sla_met, stake, slashed, fee, checks_failed, proof)
-                     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
+                     VALUES {}",
+                    vec![one; rows].join(",")
                 )
-                .map_err(sql)?;
-            for (index, p) in closed.payouts.iter().enumerate() {
+            };
+            for (c, chunk) in closed.payouts.chunks(ROWS).enumerate() {
+                let mut insert = tx.prepare_cached(&insert_sql(chunk.len())).map_err(sql)?;
+                let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 13);
+                for (k, p) in chunk.iter().enumerate() {
+                    use rusqlite::types::Value::{Blob, Integer, Text};
+                    values.extend([
+                        Integer(i(closed.epoch)),
+                        Text(p.node_id.clone()),
+                        Integer((c * ROWS + k) as i64),
+                        Integer(i(p.amount)),
+                        Integer(i(p.uptime_ms)),
+                        Integer(i(p.delivered_ms)),
+                        Integer(i(p.refunded)),
+                        Integer(i64::from(p.sla_met)),
+                        Integer(i(p.stake)),
+                        Integer(i(p.slashed)),
+                        Integer(i(p.fee)),
+                        Integer(i64::from(p.checks_failed)),
+                        Blob(Vec::new()),
+                    ]);
+                }
                 insert
-                    .execute(params![
-                        i(closed.epoch),
-                        p.node_id,
-                        index as i64,
-                        i(p.amount),
-                        i(p.uptime_ms),
-                        i(p.delivered_ms),
-                        i(p.refunded),
-                        p.sla_met,
-                        i(p.stake),
-                        i(p.slashed),
-                        i(p.fee),
-                        p.checks_failed,
-                        Vec::<u8>::new()
-                    ])
+                    .execute(rusqlite::params_from_iter(values))
                     .map_err(sql)?;
             }
             let mut level_insert = tx
@@ -620,9 +622,33 @@ impl Ledger {
                 ))
             })
             .map_err(sql)?;
+        let mut slashes = self
+            .db
+            .prepare("SELECT node_id, slashed FROM payouts WHERE epoch = ?1 AND slashed > 0")
+            .map_err(sql)?;
         for row in rows {
             let (node, sequence, kind, amount, at) = row.map_err(sql)?;
             let event = match kind.as_str() {
+                // `amount` is the epoch; its payout rows hold the slashes, at its end (`at`).
+                "epoch_slashes" => {
+                    let rows = slashes
+                        .query_map(params![i(amount)], |r| {
+                            Ok((r.get::<_, String>(0)?, u(r.get(1)?)))
+                        })
+                        .map_err(sql)?;
+                    for row in rows {
+                        let (node, slashed) = row.map_err(sql)?;
+                        tally.restore_stake_event(
+                            &node,
+                            0,
+                            StakeEvent::Slash {
+                                amount: slashed,
+                                epoch_end_ms: at,
+                            },
+                        );
+                    }
+                    continue;
+                }
                 "deposit" => StakeEvent::Deposit { amount },
                 "withdraw" => StakeEvent::Withdraw {
                     amount,
@@ -642,11 +668,7 @@ impl Ledger {
                 .into_iter()
                 .map(|p| p.payout)
                 .collect();
-            tally.restore_closed(ClosedEpoch {
-                epoch: row.number,
-                payouts,
-                root: row.root,
-            });
+            tally.restore_closed(ClosedEpoch::new(row.number, payouts, row.root));
             first_open = row.number + 1;
             tally.restore_closed_before(first_open);
         }

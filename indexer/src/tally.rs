@@ -240,7 +240,7 @@ pub struct NodePayout {
 pub const TREASURY: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// A closed epoch: payouts sorted by node id, and their Merkle root.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ClosedEpoch {
     /// Epoch number (start / epoch_ms).
     pub epoch: u64,
@@ -248,21 +248,48 @@ pub struct ClosedEpoch {
     pub payouts: Vec<NodePayout>,
     /// Merkle root over `(node_id, amount)`.
     pub root: Hash,
+    /// The tree over the payouts, built once (the close builds it for the root, the ledger
+    /// stores it).
+    #[serde(skip)]
+    tree: std::sync::OnceLock<std::sync::Arc<merkle::Tree>>,
 }
 
+/// Two closed epochs are the same when their payouts and root are (however their trees were
+/// cached).
+impl PartialEq for ClosedEpoch {
+    fn eq(&self, other: &Self) -> bool {
+        self.epoch == other.epoch && self.payouts == other.payouts && self.root == other.root
+    }
+}
+
+impl Eq for ClosedEpoch {}
+
 impl ClosedEpoch {
+    /// A closed epoch as written before (its tree is rebuilt when asked for).
+    pub fn new(epoch: u64, payouts: Vec<NodePayout>, root: Hash) -> Self {
+        Self {
+            epoch,
+            payouts,
+            root,
+            tree: std::sync::OnceLock::new(),
+        }
+    }
+
     /// The proof for one node's payout.
     pub fn proof(&self, node_id: &str) -> Option<(u64, merkle::Proof)> {
         let i = self.payouts.iter().position(|p| p.node_id == node_id)?;
         Some((
             self.payouts[i].amount,
-            merkle::Tree::new(&leaves(&self.payouts)).proof(i)?,
+            self.tree().proof(i)?,
         ))
     }
 
     /// The whole tree over the payouts (leaf `i` is payout `i`).
-    pub fn tree(&self) -> merkle::Tree {
-        merkle::Tree::new(&leaves(&self.payouts))
+    pub fn tree(&self) -> std::sync::Arc<merkle::Tree> {
+        std::sync::Arc::clone(
+            self.tree
+                .get_or_init(|| std::sync::Arc::new(merkle::Tree::new(&leaves(&self.payouts)))),
+        )
     }
 }
 
@@ -827,24 +854,6 @@ impl Tally {
         Verdict::Accepted
     }
 
-    /// True when more than half of the named checkers each found `node` failing more often
-    /// than passing in `epoch`.
-    fn failed_checks(&self, epoch: u64, node: &str) -> bool {
-        let named = self.config.checker_keys.len();
-        let failing = self
-            .checks
-            .get(&(epoch, node.to_owned()))
-            .map_or(0, |by_checker| {
-                by_checker
-                    .iter()
-                    .filter(|(checker, (passed, failed))| {
-                        failed > passed && self.config.checker_keys.contains(checker)
-                    })
-                    .count()
-            });
-        named > 0 && failing > named / 2
-    }
-
     /// A node's stake: bonded, and withdrawals still at risk at `at_ms`.
     pub fn stake_of(&self, node_id: &str, at_ms: u64) -> (u64, u64) {
         self.stakes
@@ -924,18 +933,48 @@ impl Tally {
         if !self.closed.contains_key(&epoch) {
             let c = &self.config;
             let epoch_end = (epoch + 1) * c.epoch_ms;
-            // Nodes that reported, and nodes with stake at risk (silent ones are slashed too).
-            let mut keys: BTreeSet<(u64, String)> = self
-                .open
-                .range((epoch, String::new())..(epoch + 1, String::new()))
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.extend(
-                self.stakes
+            // This epoch's entries, taken out whole; earlier and later ones stay.
+            let mut this_epoch = self.open.split_off(&(epoch, String::new()));
+            let mut later = this_epoch.split_off(&(epoch + 1, String::new()));
+            if self.open.is_empty() {
+                self.open = later;
+            } else {
+                self.open.append(&mut later);
+            }
+            // Nodes that reported, and nodes with stake at risk (silent ones are slashed too),
+            // in node id order: both are sorted, so they merge without a lookup per node.
+            let mut nodes: Vec<(String, NodeEpoch)> = Vec::with_capacity(this_epoch.len());
+            {
+                let mut staked = self
+                    .stakes
                     .iter()
                     .filter(|(_, a)| a.at_risk(epoch_end) > 0)
-                    .map(|(n, _)| (epoch, n.clone())),
-            );
+                    .map(|(n, _)| n)
+                    .peekable();
+                for ((_, node), e) in this_epoch {
+                    while let Some(silent) = staked.next_if(|s| **s < node) {
+                        nodes.push((silent.clone(), NodeEpoch::default()));
+                    }
+                    staked.next_if(|s| **s == node);
+                    nodes.push((node, e));
+                }
+                nodes.extend(staked.map(|s| (s.clone(), NodeEpoch::default())));
+            }
+            // Nodes more than half of the named checkers failed in this epoch.
+            let failed: BTreeSet<String> = self
+                .checks
+                .range((epoch, String::new())..(epoch + 1, String::new()))
+                .filter(|(_, by_checker)| {
+                    let failing = by_checker
+                        .iter()
+                        .filter(|(checker, (passed, failed))| {
+                            failed > passed && c.checker_keys.contains(checker)
+                        })
+                        .count();
+                    failing > c.checker_keys.len() / 2
+                })
+                .map(|((_, node), _)| node.clone())
+                .collect();
             let mut treasury = 0u64;
             let probing = self.probing.remove(&epoch).unwrap_or_default();
             // Sessions whose tokens expired can credit nothing more: forget them.
@@ -944,9 +983,8 @@ impl Tally {
             let mut payouts = Vec::new();
             // Up nodes per (slot, host), counted in node id order.
             let mut crowd: BTreeMap<(u64, String), u32> = BTreeMap::new();
-            for key in keys {
-                let e = self.open.remove(&key).unwrap_or_default();
-                let checks_failed = self.failed_checks(epoch, &key.1);
+            for (node, e) in nodes {
+                let checks_failed = failed.contains(&node);
                 // A reported slot is up when a probe in it passed, or when the indexer probed
                 // nobody in it (it was down: its outage is not the node's fault) — unless more
                 // identities than allowed answered from the same host in it.
@@ -993,7 +1031,7 @@ impl Tally {
                 };
                 let refunded = c.refund_per_dropped_session.saturating_mul(e.dropped);
                 // Downtime below the SLA slashes the stake at risk (Aethir's shape).
-                let account = self.stakes.get_mut(&key.1);
+                let account = self.stakes.get_mut(&node);
                 let stake = account.as_ref().map_or(0, |a| a.at_risk(epoch_end));
                 // Only a node the indexer probed (and so could see down) is slashed: one gone from
                 // the registry is no longer probed, and its stake waits out its withdrawal.
@@ -1021,7 +1059,7 @@ impl Tally {
                 }
                 treasury = treasury.saturating_add(fee).saturating_add(slashed);
                 payouts.push(NodePayout {
-                    node_id: key.1,
+                    node_id: node,
                     amount: readiness
                         .saturating_add(delivery)
                         .saturating_sub(refunded)
@@ -1054,15 +1092,14 @@ impl Tally {
             self.checks.retain(|(e, _), _| *e != epoch);
             self.seen_checks.retain(|(e, ..)| *e != epoch);
             payouts.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-            let root = merkle::root(&leaves(&payouts));
-            self.closed.insert(
+            let tree = merkle::Tree::new(&leaves(&payouts));
+            let closed = ClosedEpoch {
                 epoch,
-                ClosedEpoch {
-                    epoch,
-                    payouts,
-                    root,
-                },
-            );
+                root: tree.root(),
+                payouts,
+                tree: std::sync::OnceLock::from(std::sync::Arc::new(tree)),
+            };
+            self.closed.insert(epoch, closed);
         }
         &self.closed[&epoch]
     }
