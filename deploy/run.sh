@@ -52,10 +52,19 @@ $bin/orchestrator --listen 127.0.0.1:50051 --http-listen "$host:8000" \
   --token-key "$state/token.key" --operator-key-file "$state/operator.key" \
   --state-file "$state/orchestrator-state.db" --demo-studio demo "${etcd_args[@]}" &
 pids+=($!)
+# One checker watches every node once a minute; the indexer counts its signed results.
+checker_key=$($bin/pixelgrid checker-key --key "$state/checker.key")
 $bin/indexer serve --listen 127.0.0.1:50061 --orchestrator http://127.0.0.1:50051 \
-  --orchestrator-key "$token_public_key" --ledger "$state/indexer.db" --epoch-ms 60000 --slot-ms 5000 --max-report-delay-ms 10000 &
-pids+=($!)
+  --orchestrator-key "$token_public_key" --checker-key "$checker_key" \
+  --ledger "$state/indexer.db" --epoch-ms 60000 --slot-ms 5000 --max-report-delay-ms 10000 &
+indexer_pid=$!
+pids+=($indexer_pid)
 sleep 1
+if ! kill -0 "$indexer_pid" 2>/dev/null; then
+  echo "The indexer did not start (see its error above). A ledger written under older rules is" >&2
+  echo "refused: move $state/indexer.db aside to start a new one." >&2
+  exit 1
+fi
 for i in 1 2; do
   $bin/edge-node serve --orchestrator http://127.0.0.1:50051 --listen "$host:808$i" \
     --orchestrator-key "$token_public_key" \
@@ -70,6 +79,9 @@ api_key_of() { sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p'; }
 api_key=$($bin/pixelgrid --json studios create local --name "Local studio" 2>/dev/null | api_key_of || true)
 [ -n "$api_key" ] || api_key=$($bin/pixelgrid --json studios keys add local | api_key_of)
 (umask 077; echo "$api_key" > "$state/studio-local.key")
+$bin/pixelgrid --api-key "$api_key" check --all-nodes --every-s 60 --key "$state/checker.key" \
+  --submit-to http://127.0.0.1:50061 > "$state/checks.jsonl" 2> "$state/checker.log" &
+pids+=($!)
 $bin/pixelgrid --orchestrator http://127.0.0.1:50051 nodes || true
 echo
 $bin/pixelgrid --orchestrator http://127.0.0.1:50051 games || true
@@ -77,6 +89,7 @@ echo
 echo "Play: open http://$host:8000/ in Chrome or Firefox and click Play (arrows/WASD, mouse, gamepad)."
 echo "Play headless: PIXELGRID_API_KEY=\$(cat $state/studio-local.key) $bin/pixelgrid play --duration-s 10"
 echo "               (--game supertux for a packaged game)"
+echo "Checks: tail -f $state/checks.jsonl (a checker's signed watch of each node, once a minute)"
 echo "Operate: PIXELGRID_OPERATOR_KEY_FILE=$state/operator.key $bin/pixelgrid sessions"
 echo "         (nodes, drain NODE, undrain NODE, studios list, usage --studio local, epochs, payouts EPOCH)"
 echo "Ctrl-C stops the grid."

@@ -252,23 +252,33 @@ fn a_checker_watches_the_node_it_names_and_signs_what_it_saw() {
     let grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 2, 2);
     let key_dir = tempfile::tempdir().unwrap();
     let key = key_dir.path().join("checker.key");
-    for (_, node) in &grid.nodes {
-        let id = node.node_id().to_owned();
-        let (code, out, err) = pixelgrid(
-            &grid,
-            &[
-                "check",
-                "--node",
-                &id,
-                "--mode",
-                "320x240@30",
-                "--key",
-                key.to_str().unwrap(),
-            ],
-        );
-        assert_eq!(code, 0, "{out}\n{err}");
-        let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        assert_eq!(r["node"], id.as_str(), "{r}");
+    // The key a checker names itself by, as the indexers' --checker-key takes it.
+    let (code, checker, _) = pixelgrid(&grid, &["checker-key", "--key", key.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    // Every ready node the orchestrator lists, one signed JSON line each.
+    let (code, out, err) = pixelgrid(
+        &grid,
+        &[
+            "check",
+            "--all-nodes",
+            "--mode",
+            "320x240@30",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut checked: Vec<&str> = lines.iter().map(|r| r["node"].as_str().unwrap()).collect();
+    checked.sort_unstable();
+    let mut ids: Vec<&str> = grid.nodes.iter().map(|(_, n)| n.node_id()).collect();
+    ids.sort_unstable();
+    assert_eq!(checked, ids, "{out}");
+    for r in &lines {
+        assert_eq!(r["checker"], checker.trim(), "{r}");
         assert_eq!(r["passed"], true, "{r}");
         assert_eq!(
             (r["width"].as_u64(), r["height"].as_u64()),

@@ -281,9 +281,10 @@ struct StoredOutbox {
 }
 
 impl StoredOutbox {
-    /// Opens the outbox file for `indexer` in `dir` (none: memory only). A damaged file is set
+    /// Opens node `node_id`'s outbox file for `indexer` in `dir` (none: memory only). The file
+    /// is named by both, so nodes sharing a state directory keep apart. A damaged file is set
     /// aside with a warning rather than stopping the node.
-    fn open(dir: Option<&std::path::Path>, indexer: &str, capacity: usize) -> Self {
+    fn open(dir: Option<&std::path::Path>, node_id: &str, indexer: &str, capacity: usize) -> Self {
         let Some(dir) = dir else {
             return Self {
                 outbox: Outbox::new(capacity),
@@ -293,7 +294,8 @@ impl StoredOutbox {
         let name = {
             use sha2::Digest;
             let h = sha2::Sha256::digest(indexer.as_bytes());
-            format!("{}.outbox", pixelgrid_proto::token::hex(&h[..8]))
+            let node = node_id.get(..16).unwrap_or(node_id);
+            format!("{node}-{}.outbox", pixelgrid_proto::token::hex(&h[..8]))
         };
         let path = dir.join(name);
         let outbox = match std::fs::read(&path) {
@@ -377,7 +379,7 @@ pub async fn run(
         .indexers
         .iter()
         .map(|url| {
-            let stored = StoredOutbox::open(dir, url, config.outbox_capacity);
+            let stored = StoredOutbox::open(dir, &key.node_id(), url, config.outbox_capacity);
             high_water = high_water.max(stored.outbox.high_water());
             let outbox = Arc::new(Mutex::new(stored));
             let ready = Arc::new(tokio::sync::Notify::new());
@@ -634,6 +636,26 @@ mod tests {
             .map(sequence)
             .collect();
         assert_eq!(seqs, vec![5, 6]);
+    }
+
+    #[test]
+    fn nodes_sharing_a_directory_keep_their_outboxes_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let url = "http://127.0.0.1:50061";
+        for (node, seqs) in [(&a, 1..3), (&b, 10..15)] {
+            let mut o = StoredOutbox::open(Some(dir.path()), node, url, 8);
+            for s in seqs {
+                o.outbox.push(report(s));
+            }
+            o.save();
+        }
+        let back = |node: &str| {
+            let o = StoredOutbox::open(Some(dir.path()), node, url, 8);
+            o.outbox.high_water()
+        };
+        assert_eq!(back(&a).0, 2, "node a's own reports, not b's");
+        assert_eq!(back(&b).0, 14);
     }
 
     #[test]

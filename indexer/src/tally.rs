@@ -278,10 +278,7 @@ impl ClosedEpoch {
     /// The proof for one node's payout.
     pub fn proof(&self, node_id: &str) -> Option<(u64, merkle::Proof)> {
         let i = self.payouts.iter().position(|p| p.node_id == node_id)?;
-        Some((
-            self.payouts[i].amount,
-            self.tree().proof(i)?,
-        ))
+        Some((self.payouts[i].amount, self.tree().proof(i)?))
     }
 
     /// The whole tree over the payouts (leaf `i` is payout `i`).

@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
     /// The node(s) to check (hex id; repeat the flag for several).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "all_nodes")]
     node: Vec<String>,
+    /// Check every node the orchestrator lists as ready (listed again each period).
+    #[arg(long)]
+    all_nodes: bool,
     /// The game to run (a built-in game: only those draw challenges).
     #[arg(long, default_value = "arena")]
     game: String,
@@ -266,6 +269,52 @@ async fn publish(args: &CheckArgs, signed: &ipb::SignedCheckResult, why: &str) -
     r.passed && all_taken
 }
 
+/// The nodes to check now: those named, or every ready node the orchestrator lists.
+async fn nodes_to_check(
+    orchestrator: &str,
+    api_key: &str,
+    args: &CheckArgs,
+) -> anyhow::Result<Vec<String>> {
+    use pixelgrid_proto::orchestrator::v1 as opb;
+    if !args.all_nodes {
+        return Ok(args.node.clone());
+    }
+    let channel = pixelgrid_proto::transport::connect(orchestrator)
+        .await
+        .map_err(|e| anyhow::anyhow!("orchestrator {orchestrator}: {e}"))?;
+    let mut client = opb::orchestrator_client::OrchestratorClient::new(channel);
+    let (mut nodes, mut page_token) = (args.node.clone(), String::new());
+    loop {
+        let request = pixelgrid_proto::transport::with_bearer(
+            opb::ListNodesRequest {
+                region_code: String::new(),
+                page_size: 0,
+                page_token,
+            },
+            api_key,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let page = client
+            .list_nodes(request)
+            .await
+            .map_err(|e| anyhow::anyhow!("listing nodes: {}", e.message()))?
+            .into_inner();
+        nodes.extend(
+            page.nodes
+                .into_iter()
+                .filter(|n| n.state == opb::NodeState::Ready as i32)
+                .filter_map(|n| n.node_id.map(|id| id.hex)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    nodes.sort();
+    nodes.dedup();
+    Ok(nodes)
+}
+
 /// Runs the checks; see the module docs.
 pub async fn check(
     orchestrator: &str,
@@ -283,7 +332,7 @@ pub async fn check(
         .with_api_key(api_key, "checker");
     if args.every_s == 0 {
         let mut failed = Vec::new();
-        for node in &args.node {
+        for node in &nodes_to_check(orchestrator, api_key, &args).await? {
             match check_node(&client, &key, &args, node).await? {
                 Some((signed, why)) => {
                     if !publish(&args, &signed, &why).await {
@@ -309,8 +358,14 @@ pub async fn check(
     let period = Duration::from_secs(args.every_s);
     loop {
         let started = Instant::now();
-        for node in &args.node {
-            let slot = period / u32::try_from(args.node.len()).unwrap_or(u32::MAX).max(1);
+        let nodes = nodes_to_check(orchestrator, api_key, &args)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot list the nodes; checking those named");
+                args.node.clone()
+            });
+        for node in &nodes {
+            let slot = period / u32::try_from(nodes.len()).unwrap_or(u32::MAX).max(1);
             let wait = slot.mul_f64(
                 f64::from(fresh_nonce()?) / f64::from(pixelgrid_proto::challenge::MAX_NONCE),
             );

@@ -51,9 +51,17 @@ struct Cli {
 enum Command {
     /// Launch a game headless and play it: live stats, PNGs, recording, scripted input.
     Play(Box<play::PlayArgs>),
-    /// Check one node as a checker does: a short real session on it, a random nonce it must
-    /// draw into the picture in time, at the mode asked for; prints the signed result.
+    /// Check nodes as a checker does: short real sessions on each, a random nonce it must draw
+    /// into the picture in time, at the mode asked for; prints the signed result and hands it to
+    /// indexers.
     Check(Box<check::CheckArgs>),
+    /// Print a checker key's public key (what indexers name with --checker-key), creating the
+    /// key (0600) when the file is missing.
+    CheckerKey {
+        /// The checker's identity key file.
+        #[arg(long, default_value = "checker.key")]
+        key: std::path::PathBuf,
+    },
     /// The grid's games: each game and version, its modes and on how many ready nodes.
     Games,
     /// Registered nodes.
@@ -202,6 +210,7 @@ fn verify_payout(
     Ok(ok)
 }
 
+#[allow(clippy::print_stdout)]
 fn main() {
     let cli = Cli::parse();
     // Offline: no orchestrator needed.
@@ -240,6 +249,16 @@ fn main() {
         )) {
             eprintln!("error: {e:#}");
             std::process::exit(1);
+        }
+        return;
+    }
+    if let Command::CheckerKey { key } = &cli.command {
+        match pixelgrid_proto::identity::NodeKey::load_or_create(key) {
+            Ok((k, _)) => println!("{}", k.node_id()),
+            Err(e) => {
+                eprintln!("error: checker key {}: {e}", key.display());
+                std::process::exit(1);
+            }
         }
         return;
     }
@@ -355,7 +374,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let rows: Vec<SessionRow> = sessions.iter().map(SessionRow::from).collect();
             println!("{}", render(&rows, cli.json));
         }
-        Command::Payouts { .. } | Command::Epochs { .. } | Command::Play(_) | Command::Check(_) => {
+        Command::Payouts { .. }
+        | Command::Epochs { .. }
+        | Command::Play(_)
+        | Command::Check(_)
+        | Command::CheckerKey { .. } => {
             unreachable!("handled before connecting to the orchestrator")
         }
         Command::Drain { node } => {
