@@ -41,6 +41,12 @@ pub struct GridConfig {
     /// Reservations one studio may hold for players who have not connected yet (slots cannot
     /// be hoarded by launching and never playing); 0 means no limit.
     pub max_pending_per_studio: u32,
+    /// How long an ended session's record stays readable (GetSession, ListSessions) before the
+    /// store drops it; its usage record stays longer. Zero keeps records for ever.
+    pub session_retention: Duration,
+    /// How long usage records stay in the store (export them for billing before); zero keeps
+    /// them for ever.
+    pub usage_retention: Duration,
 }
 
 impl Default for GridConfig {
@@ -56,6 +62,8 @@ impl Default for GridConfig {
             launch_burst: 200,
             launches_per_minute: 6000,
             max_pending_per_studio: 100,
+            session_retention: Duration::from_secs(3600),
+            usage_retention: Duration::from_secs(35 * 86_400),
         }
     }
 }
@@ -360,6 +368,9 @@ pub struct Grid {
     address_budgets: Mutex<HashMap<std::net::IpAddr, crate::studios::RateBudget>>,
     /// What the control plane has done, for `/metrics`.
     pub metrics: GridMetrics,
+    /// Per retention period: the shared lease records ending now are put under, and when it
+    /// was granted (see [`Grid::retention_lease`]).
+    retention_leases: Mutex<HashMap<Duration, (crate::store::LeaseId, std::time::Instant)>>,
 }
 
 /// Counters and the placement-latency histogram behind the orchestrator's `/metrics`.
@@ -452,7 +463,37 @@ impl Grid {
             launch_budgets: Mutex::new(HashMap::new()),
             address_budgets: Mutex::new(HashMap::new()),
             metrics: GridMetrics::default(),
+            retention_leases: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A lease under which a record lives `keep` (up to 1.25 × `keep`): one lease serves every
+    /// record ending in the same quarter of the period, so ending a session costs no lease of
+    /// its own, and the store forgets old records without a sweep. Zero: no lease (kept).
+    async fn retention_lease(&self, keep: Duration) -> Result<crate::store::LeaseId> {
+        if keep.is_zero() {
+            return Ok(0);
+        }
+        let window = keep / 4;
+        let lock = || {
+            self.retention_leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        if let Some((lease, granted)) = lock().get(&keep)
+            && granted.elapsed() < window
+        {
+            return Ok(*lease);
+        }
+        let lease = self.store.grant_lease(keep + window).await?;
+        lock().insert(keep, (lease, std::time::Instant::now()));
+        Ok(lease)
+    }
+
+    /// The timings changed by `change` (tests and benchmarks that compress time).
+    pub fn with_config(mut self, change: impl FnOnce(&mut GridConfig)) -> Self {
+        change(&mut self.config);
+        self
     }
 
     /// Accepts `credential` (`pgo_…`) as the operator's.
@@ -867,10 +908,19 @@ impl Grid {
             if next.is_final() {
                 rec.reason = reason.to_owned();
             }
+            // A final record lives out its retention; so does its usage record, longer.
+            let (record_lease, usage_lease) = if next.is_final() {
+                (
+                    self.retention_lease(self.config.session_retention).await?,
+                    self.retention_lease(self.config.usage_retention).await?,
+                )
+            } else {
+                (0, 0)
+            };
             let mut ops = vec![Op::Put {
                 key: session_key(id),
                 value: serde_json::to_vec(&rec).expect("serialisable"),
-                lease: 0,
+                lease: record_lease,
             }];
             if next.is_final() {
                 ops.push(Op::Delete {
@@ -887,7 +937,7 @@ impl Grid {
                     });
                     // Metering is written with the final state, so no ended session goes
                     // unbilled.
-                    ops.push(usage_op(&rec));
+                    ops.push(usage_op(&rec, usage_lease));
                 }
             }
             // No longer waiting for its player (connected, or over).
@@ -896,15 +946,28 @@ impl Grid {
                     key: format!("{}{}", pending_prefix(&rec.studio), rec.id),
                 });
             }
-            if self
+            let written = match self
                 .store
                 .txn(
                     vec![Compare::ModRevision(session_key(id), kv.mod_revision)],
                     ops,
                 )
-                .await?
-                .succeeded
+                .await
             {
+                Ok(w) => w,
+                Err(e) if record_lease != 0 || usage_lease != 0 => {
+                    // A shared lease the store no longer has (restored, or revoked by hand):
+                    // take fresh ones next time round.
+                    tracing::warn!(session = %id, error = %e, "ending a session failed; retrying with fresh retention leases");
+                    self.retention_leases
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clear();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if written.succeeded {
                 tracing::info!(session = %id, state = ?next, %reason, "session state");
                 return Ok(Some(rec));
             }
@@ -1689,7 +1752,7 @@ impl Grid {
     }
 }
 
-fn usage_op(rec: &SessionRecord) -> Op {
+fn usage_op(rec: &SessionRecord, lease: crate::store::LeaseId) -> Op {
     let usage = UsageRecord {
         v: 1,
         session: rec.id.clone(),
@@ -1714,7 +1777,7 @@ fn usage_op(rec: &SessionRecord) -> Op {
             rec.id
         ),
         value: serde_json::to_vec(&usage).expect("serialisable"),
-        lease: 0,
+        lease,
     }
 }
 

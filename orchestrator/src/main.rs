@@ -96,6 +96,14 @@ struct Cli {
     /// Leader lease, milliseconds: a dead leader's sweeps move to another replica within this.
     #[arg(long, default_value_t = 3000)]
     leader_ttl_ms: u64,
+    /// How long an ended session's record stays readable, seconds (0: for ever); its usage
+    /// record stays for --usage-retention-days.
+    #[arg(long, default_value_t = 3600)]
+    session_retention_s: u64,
+    /// How long usage records stay in the store, days (0: for ever); export them for billing
+    /// (`pixelgrid usage`) before they go.
+    #[arg(long, default_value_t = 35)]
+    usage_retention_days: u64,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -227,6 +235,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(cli.heartbeat_interval_ms),
         node_lease_ttl: Duration::from_millis(cli.node_lease_ttl_ms),
         reservation_ttl: Duration::from_secs(cli.reservation_ttl_s),
+        session_retention: Duration::from_secs(cli.session_retention_s),
+        usage_retention: Duration::from_secs(cli.usage_retention_days.saturating_mul(86_400)),
         ..GridConfig::default()
     };
     let operator = load_or_create_operator(&cli.operator_key_file)?;

@@ -46,6 +46,19 @@ impl EtcdStore {
         })
     }
 
+    /// The size of the member's database file, bytes (what etcd's space quota counts), and its
+    /// current revision.
+    pub async fn db_size(&self) -> Result<(i64, i64)> {
+        let status = self
+            .client
+            .maintenance_client()
+            .status()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let revision = status.header().map_or(0, |h| h.revision());
+        Ok((status.db_size(), revision))
+    }
+
     fn unavailable(&self, e: etcd_client::Error) -> Error {
         Error::Unavailable(format!("etcd at {}: {e}", self.endpoints))
     }

@@ -25,6 +25,11 @@ fn free_port() -> Result<u16> {
 impl LocalEtcd {
     /// Starts `n` members and waits (up to 20 s) until each accepts connections.
     pub fn start(n: usize) -> Result<Self> {
+        Self::start_with(n, &[])
+    }
+
+    /// [`LocalEtcd::start`] with more etcd flags for every member (e.g. auto-compaction).
+    pub fn start_with(n: usize, extra: &[&str]) -> Result<Self> {
         let ports = (0..n)
             .map(|_| Ok((free_port()?, free_port()?)))
             .collect::<Result<Vec<_>>>()?;
@@ -52,6 +57,7 @@ impl LocalEtcd {
                 .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", "pixelgrid-local", "--log-level", "error"])
                 .args(["--quota-backend-bytes", "4294967296"])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
