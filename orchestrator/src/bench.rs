@@ -34,8 +34,15 @@ pub struct BenchReport {
     pub p50_ms: f64,
     /// Placement latency, 99th percentile, ms.
     pub p99_ms: f64,
-    /// Lease renewals per second sustained (a node heartbeat renews one lease).
+    /// Heartbeats per second sustained (signed, verified, sequenced; the lease renewed and the
+    /// status stored when due), after every node's first one.
     pub heartbeats_per_s: f64,
+    /// Heartbeats per second taken when sent at twice what the nodes send.
+    pub paced_heartbeats_per_s: f64,
+    /// Placements made while those ran (a steady trickle beside them).
+    pub placements_under_heartbeats: usize,
+    /// Their latency, 99th percentile, ms.
+    pub p99_under_heartbeats_ms: f64,
     /// Heartbeats per second the grid needs: `nodes / heartbeat interval`.
     pub heartbeats_needed_per_s: f64,
     /// Slots granted to two sessions (must be 0).
@@ -83,8 +90,14 @@ pub async fn run(
     let keys = register_nodes(&grid, nodes).await?;
     let ids: Arc<Vec<String>> = Arc::new(keys.iter().map(NodeKey::node_id).collect());
 
-    // Placements read a watch-maintained copy of the registry, as the daemon does.
+    // Placements (and heartbeats) read a watch-maintained copy of the registry, as the daemon
+    // does.
     let cache = crate::cache::RegistryCache::start(Arc::clone(&store)).await?;
+    let grid = Arc::new(
+        Arc::try_unwrap(grid)
+            .map_err(|_| Error::Store("the bench's grid is shared".into()))?
+            .with_cache(Arc::clone(&cache)),
+    );
     let synced = Instant::now();
     while cache.node_count() < nodes && synced.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -160,46 +173,48 @@ pub async fn run(
         .filter(|r| held.get(&slots::slot_key(&r.node, r.slot)) != Some(&r.session))
         .count();
 
-    // Heartbeats: signed, through the control plane (verify, renew the lease, store the status),
-    // round-robin over the nodes, `concurrency` at a time.
-    let hb_end = Instant::now() + Duration::from_secs(heartbeat_seconds);
-    let renewed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Heartbeats: signed, through the control plane (verify, sequence, renew the lease and store
+    // the status when due), round-robin over the nodes, `concurrency` at a time. Every node's
+    // first heartbeat (which writes everything) comes before the clock starts: a running grid
+    // is past it.
     // One rising counter for all: every node's sequence rises whichever worker sends for it.
     let sequence = Arc::new(std::sync::atomic::AtomicU64::new(1));
-    let hb_start = Instant::now();
-    let mut beaters = Vec::new();
+    let mut warm = Vec::new();
     for w in 0..concurrency {
-        let (grid, keys, renewed, sequence) = (
-            Arc::clone(&grid),
-            Arc::clone(&keys),
-            Arc::clone(&renewed),
-            Arc::clone(&sequence),
-        );
-        beaters.push(tokio::spawn(async move {
-            let mut i = w;
-            while Instant::now() < hb_end {
-                let key = &keys[i % keys.len()];
-                let hb = pb::HeartbeatRequest {
-                    node_id: Some(types::NodeId { hex: key.node_id() }),
-                    sequence: sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    sent_unix_ms: crate::grid::now_ms(),
-                    state: pb::NodeState::Ready as i32,
-                    cpu_load_percent: 10,
-                    ..Default::default()
-                }
-                .sign_with(key);
-                if grid.heartbeat(hb).await.is_ok() {
-                    renewed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                i += concurrency;
+        let (grid, keys, sequence) = (Arc::clone(&grid), Arc::clone(&keys), Arc::clone(&sequence));
+        warm.push(tokio::spawn(async move {
+            for k in keys.iter().skip(w).step_by(concurrency) {
+                let seq = sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = grid.heartbeat(beat(k, seq)).await;
             }
         }));
     }
-    for b in beaters {
-        let _ = b.await;
+    for w in warm {
+        let _ = w.await;
     }
-    let heartbeats_per_s = renewed.load(std::sync::atomic::Ordering::Relaxed) as f64
-        / hb_start.elapsed().as_secs_f64();
+    let needed = nodes as f64 / heartbeat_interval.as_secs_f64();
+    // As fast as they go, alone; then at twice what the nodes send, with placements beside.
+    let (heartbeats_per_s, _) = heartbeat_phase(
+        &grid,
+        &keys,
+        &sequence,
+        concurrency,
+        heartbeat_seconds,
+        None,
+        None,
+    )
+    .await?;
+    let request: Arc<dyn Fn(usize) -> Request + Send + Sync> = Arc::new(request);
+    let (paced_per_s, mut beside) = heartbeat_phase(
+        &grid,
+        &keys,
+        &sequence,
+        concurrency,
+        heartbeat_seconds,
+        Some(2.0 * needed),
+        Some((Arc::clone(&store), Arc::clone(&cache), request, launches)),
+    )
+    .await?;
 
     Ok(BenchReport {
         store: store_name.to_owned(),
@@ -211,9 +226,114 @@ pub async fn run(
         p50_ms: pct(&mut latencies.clone(), 0.5),
         p99_ms: pct(&mut latencies, 0.99),
         heartbeats_per_s,
-        heartbeats_needed_per_s: nodes as f64 / heartbeat_interval.as_secs_f64(),
+        heartbeats_needed_per_s: needed,
+        paced_heartbeats_per_s: paced_per_s,
+        placements_under_heartbeats: beside.len(),
+        p99_under_heartbeats_ms: pct(&mut beside, 0.99),
         double_bookings,
     })
+}
+
+/// A ready node's signed heartbeat.
+fn beat(key: &NodeKey, sequence: u64) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest {
+        node_id: Some(types::NodeId { hex: key.node_id() }),
+        sequence,
+        sent_unix_ms: crate::grid::now_ms(),
+        state: pb::NodeState::Ready as i32,
+        cpu_load_percent: 10,
+        ..Default::default()
+    }
+    .sign_with(key)
+}
+
+/// Placements to time beside heartbeats: the store, the cache, the request for launch `i`, and
+/// the first launch number.
+type Trickle = (
+    Arc<dyn Store>,
+    Arc<crate::cache::RegistryCache>,
+    Arc<dyn Fn(usize) -> Request + Send + Sync>,
+    usize,
+);
+
+/// Heartbeats round-robin over `keys` for `seconds`, `concurrency` at a time and at most `rate`
+/// a second in all (`None`: as fast as they go), with placements one at a time 5 ms apart
+/// beside them when `trickle` says how; the heartbeats per second taken and the placements'
+/// latencies, ms.
+async fn heartbeat_phase(
+    grid: &Arc<Grid>,
+    keys: &Arc<Vec<NodeKey>>,
+    sequence: &Arc<std::sync::atomic::AtomicU64>,
+    concurrency: usize,
+    seconds: u64,
+    rate: Option<f64>,
+    trickle: Option<Trickle>,
+) -> Result<(f64, Vec<f64>)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let placements = trickle.map(|(store, cache, request, first)| {
+        tokio::spawn(async move {
+            let mut times = Vec::new();
+            let mut i = first;
+            while Instant::now() < end {
+                let t = Instant::now();
+                let placed = slots::reserve_with(
+                    store.as_ref(),
+                    Some(&cache),
+                    &format!("s-{i:07}"),
+                    &request(i),
+                    &Policy::default(),
+                    slots::Conditions::default(),
+                    |_| Vec::new(),
+                )
+                .await;
+                if placed.is_ok() {
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            times
+        })
+    });
+    let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut beaters = Vec::new();
+    for w in 0..concurrency {
+        let (grid, keys, taken, sequence) = (
+            Arc::clone(grid),
+            Arc::clone(keys),
+            Arc::clone(&taken),
+            Arc::clone(sequence),
+        );
+        beaters.push(tokio::spawn(async move {
+            let mut tick = rate.map(|r| {
+                let mut t = tokio::time::interval(Duration::from_secs_f64(concurrency as f64 / r));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            let mut i = w;
+            while Instant::now() < end {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let hb = beat(&keys[i % keys.len()], sequence.fetch_add(1, Relaxed));
+                if grid.heartbeat(hb).await.is_ok() {
+                    taken.fetch_add(1, Relaxed);
+                }
+                i += concurrency;
+            }
+        }));
+    }
+    for b in beaters {
+        let _ = b.await;
+    }
+    let per_s = taken.load(Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let times = match placements {
+        Some(p) => p.await.map_err(|e| Error::Store(e.to_string()))?,
+        None => Vec::new(),
+    };
+    Ok((per_s, times))
 }
 
 /// Registers `nodes` nodes (4 slots, `arena`) through `grid`, signed as real nodes do (one
@@ -276,7 +396,8 @@ impl BenchReport {
         format!(
             "store {}  nodes {}  concurrency {}\n\
              placements: {} of {} granted, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms\n\
-             heartbeats: {:.0}/s sustained (grid needs {:.0}/s)\n\
+             heartbeats: {:.0}/s sustained (grid needs {:.0}/s: {:.2}x)\n\
+             at twice the need: {:.0} heartbeats/s taken, placement p99 {:.2} ms beside them ({} placements)\n\
              double_bookings: {}",
             self.store,
             self.nodes,
@@ -288,6 +409,10 @@ impl BenchReport {
             self.p99_ms,
             self.heartbeats_per_s,
             self.heartbeats_needed_per_s,
+            self.heartbeats_per_s / self.heartbeats_needed_per_s,
+            self.paced_heartbeats_per_s,
+            self.p99_under_heartbeats_ms,
+            self.placements_under_heartbeats,
             self.double_bookings
         )
     }

@@ -158,6 +158,15 @@ impl RegistryCache {
         ids.filter_map(|id| s.nodes.get(id).map(entry)).collect()
     }
 
+    /// One node's record as last seen, `used` counted from its slots.
+    pub fn record(&self, id: &str) -> Option<NodeRecord> {
+        let s = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+        let (rec, _) = s.nodes.get(id)?;
+        let mut rec = rec.clone();
+        rec.view.used = s.slots.get(id).map_or(0, |t| t.len() as u32);
+        Some(rec)
+    }
+
     /// Every node record, `used` counted from its slots, with its revision.
     pub fn records(&self) -> Vec<(NodeRecord, i64)> {
         let s = self.snapshot.read().unwrap_or_else(|p| p.into_inner());

@@ -47,6 +47,9 @@ pub struct GridConfig {
     /// How long usage records stay in the store (export them for billing before); zero keeps
     /// them for ever.
     pub usage_retention: Duration,
+    /// Longest a node's stored status (`pixelgrid nodes`) goes unrefreshed while nothing in it
+    /// changes; most heartbeats then write nothing but what the lease needs.
+    pub status_every: Duration,
 }
 
 impl Default for GridConfig {
@@ -64,6 +67,7 @@ impl Default for GridConfig {
             max_pending_per_studio: 100,
             session_retention: Duration::from_secs(3600),
             usage_retention: Duration::from_secs(35 * 86_400),
+            status_every: Duration::from_secs(5),
         }
     }
 }
@@ -350,8 +354,10 @@ pub struct Grid {
     pub(crate) signer: TokenSigner,
     pub(crate) policy: Policy,
     pub(crate) config: GridConfig,
-    /// Per registered node: (its registration's lease, the last heartbeat sequence seen).
-    heartbeat_seq: Mutex<HashMap<String, (crate::store::LeaseId, u64)>>,
+    /// Per registered node: its registration's heartbeat state (sequence, last writes).
+    heartbeat_seq: Mutex<HashMap<String, crate::beats::Beats>>,
+    /// The monotonic clock heartbeat decisions read (ms since this).
+    started: std::time::Instant,
     pub(crate) cache: Option<Arc<crate::cache::RegistryCache>>,
     /// Keys whose tokens and grants this grid accepts: the signer's, plus a previous one
     /// during a rotation.
@@ -454,6 +460,7 @@ impl Grid {
             policy,
             config,
             heartbeat_seq: Mutex::new(HashMap::new()),
+            started: std::time::Instant::now(),
             cache: None,
             verifier: signer.verifier(),
             signer,
@@ -754,34 +761,72 @@ impl Grid {
                 format!("at most {MAX_NODE_SESSIONS}"),
             ));
         }
-        // The registration first: a key that never registered leaves nothing behind here.
-        let (record, _) = self.node_record(&id).await?.ok_or_else(|| {
+        // The registration first: a key that never registered leaves nothing behind here. A
+        // registration this replica has already read from the store is taken from the
+        // watch-fed cache; a new one (or a refusal below) is read from the store.
+        let known = self
+            .heartbeat_seq
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(crate::beats::Beats::lease);
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.record(&id))
+            .filter(|r| Some(r.lease) == known);
+        let from_cache = cached.is_some();
+        let lapsed = || {
             Error::NotFound(format!(
                 "node {id} (its registration lapsed; register again)"
             ))
-        })?;
-        {
-            // Sequences count within one registration, named by its lease, which every replica
-            // reads from the store: a node that restarts and registers again (from 1, perhaps
-            // through another replica) starts afresh everywhere, while a replayed heartbeat of
-            // the current registration is still refused.
-            let mut seqs = self.heartbeat_seq.lock().unwrap_or_else(|p| p.into_inner());
-            let (lease, last) = seqs.entry(id.clone()).or_insert((record.lease, 0));
-            if *lease != record.lease {
-                *lease = record.lease;
-                *last = 0;
-            }
-            if hb.sequence <= *last {
-                return Err(invalid(
-                    "sequence",
-                    format!(
-                        "{} is not after {}; replayed or reordered heartbeat",
-                        hb.sequence, *last
-                    ),
-                ));
-            }
-            *last = hb.sequence;
+        };
+        let mut record = match cached {
+            Some(r) => r,
+            None => self.node_record(&id).await?.ok_or_else(lapsed)?.0,
+        };
+        // Sequences count within one registration, named by its lease, which every replica
+        // reads from the store: a node that restarts and registers again (from 1, perhaps
+        // through another replica) starts afresh everywhere, while a replayed heartbeat of the
+        // current registration is still refused.
+        let now = self.started.elapsed().as_millis() as u64;
+        let timing = crate::beats::Timing {
+            lease_ttl_ms: self.config.node_lease_ttl.as_millis() as u64,
+            status_every_ms: self.config.status_every.as_millis() as u64,
+        };
+        let take = |record: &NodeRecord| {
+            self.heartbeat_seq
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id.clone())
+                .or_insert_with(|| crate::beats::Beats::new(record.lease))
+                .take(record.lease, hb.sequence, hb.free_slots, now, timing)
+        };
+        let mut taken = take(&record);
+        if taken.is_err() && from_cache {
+            // The cache may not have seen a new registration yet: ask the store.
+            record = self.node_record(&id).await?.ok_or_else(lapsed)?.0;
+            taken = take(&record);
         }
+        let writes = taken.map_err(|last| {
+            invalid(
+                "sequence",
+                format!(
+                    "{} is not after {last}; replayed or reordered heartbeat",
+                    hb.sequence
+                ),
+            )
+        })?;
+        let mark = |f: &dyn Fn(&mut crate::beats::Beats)| {
+            if let Some(b) = self
+                .heartbeat_seq
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&id)
+            {
+                f(b);
+            }
+        };
         // A node runs at most its registered capacity; more ids than that is not a real report.
         let most = record.view.capacity as usize;
         if hb.active_session_ids.len() > most
@@ -794,10 +839,13 @@ impl Grid {
             ));
         }
 
-        if !self.store.keep_alive(record.lease).await? {
-            return Err(Error::NotFound(format!(
-                "node {id} (its registration lapsed; register again)"
-            )));
+        if writes.renew {
+            if !self.store.keep_alive(record.lease).await? {
+                return Err(Error::NotFound(format!(
+                    "node {id} (its registration lapsed; register again)"
+                )));
+            }
+            mark(&|b| b.renewed(now));
         }
         let status = NodeStatus {
             last_heartbeat_ms: now_ms(),
@@ -813,13 +861,16 @@ impl Grid {
                 })
                 .unwrap_or_default(),
         };
-        self.store
-            .put(
-                &status_key(&id),
-                serde_json::to_vec(&status).expect("serialisable"),
-                record.lease,
-            )
-            .await?;
+        if writes.status {
+            self.store
+                .put(
+                    &status_key(&id),
+                    serde_json::to_vec(&status).expect("serialisable"),
+                    record.lease,
+                )
+                .await?;
+            mark(&|b| b.stored(now, hb.free_slots));
+        }
         for sid in &hb.connected_session_ids {
             self.transition(sid, Some(&id), SessionEvent::Connected, "")
                 .await?;
@@ -835,13 +886,22 @@ impl Grid {
             )
             .await?;
         }
-        // Active sessions the node no longer runs have ended there (the player left).
-        for s in self
-            .live_sessions(Some(&id))
-            .await?
-            .into_iter()
-            .filter_map(|(_, s)| s)
-        {
+        // Active sessions the node no longer runs have ended there (the player left). A node
+        // holding no slot in the watch-fed cache has none: no need to read its slots (a slot
+        // taken a moment ago and not yet seen is looked at by the next heartbeat).
+        let holds_slots = match &self.cache {
+            Some(cache) => cache
+                .grid([&id])
+                .first()
+                .is_none_or(|(_, _, t)| !t.is_empty()),
+            None => true,
+        };
+        let live = if holds_slots {
+            self.live_sessions(Some(&id)).await?
+        } else {
+            Vec::new()
+        };
+        for s in live.into_iter().filter_map(|(_, s)| s) {
             if s.state == SessionState::Active && !hb.active_session_ids.contains(&s.id) {
                 self.transition(&s.id, Some(&id), SessionEvent::End, "the player left")
                     .await?;

@@ -10,6 +10,7 @@
 //!   [`tenancy`]: the studio operations over the store (grants, limits at launch, usage).
 
 pub mod auth;
+pub mod beats;
 pub mod bench;
 pub mod bench_launch;
 pub mod cache;

@@ -7,7 +7,7 @@
 //!    │  ╲──reservation ran out──▶ expired
 //!    └──node lost / dropped──▶ failed ◀──node lost / dropped──┘
 //! ```
-//! Ended, expired and failed are final: the slot is free and the record stays for history.
+//! Ended, expired and failed are final: the slot is free and the record stays for its retention.
 
 use serde::{Deserialize, Serialize};
 
