@@ -313,16 +313,28 @@ fn codec_of(c: Codec) -> types::VideoCodec {
     }
 }
 
-/// Round trip to a node's `/probe` (best of two), or `None` when it does not answer in a second.
-async fn measure_rtt(probe_address: &str) -> Option<u32> {
-    let (addr, _) = split_url(&format!("http://{probe_address}/")).await.ok()?;
+/// Round trip to a candidate's probe (best of two), or `None` when it does not answer in a
+/// second. The candidate's `probe_url` says how to reach it (`https://` for a node serving TLS);
+/// an orchestrator that gives none means plain HTTP to its probe address.
+async fn measure_rtt(candidate: &pb::Candidate) -> Option<u32> {
+    let url = match &candidate.probe_url {
+        u if !u.is_empty() => u.clone(),
+        _ => format!("http://{}/probe", candidate.probe_address),
+    };
+    let (target, path) = split_url(&url).await.ok()?;
     let mut best: Option<u32> = None;
     for _ in 0..2 {
         let started = Instant::now();
-        let r =
-            pixelgrid_proto::http::request(addr, "GET", "/probe", &[], b"", Duration::from_secs(1))
-                .await
-                .ok()?;
+        let r = pixelgrid_proto::http::request_to(
+            &target,
+            "GET",
+            &path,
+            &[],
+            b"",
+            Duration::from_secs(1),
+        )
+        .await
+        .ok()?;
         if r.status >= 300 {
             return None;
         }
@@ -576,13 +588,13 @@ impl Client {
         timings.create_session_ms = lap();
         let mut probes = tokio::task::JoinSet::new();
         for c in launch.candidates {
-            let Some(id) = c.node_id.map(|n| n.hex) else {
+            let Some(id) = c.node_id.as_ref().map(|n| n.hex.clone()) else {
                 continue;
             };
             if exclude.contains(&id) {
                 continue;
             }
-            probes.spawn(async move { (id, measure_rtt(&c.probe_address).await) });
+            probes.spawn(async move { (id, measure_rtt(&c).await) });
         }
         let mut latencies = Vec::new();
         let mut unreachable = Vec::new();

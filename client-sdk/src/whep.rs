@@ -32,6 +32,8 @@ pub struct WhepConnection {
     pub channel: Arc<dyn DataChannel>,
     /// The node's HTTP address.
     pub addr: SocketAddr,
+    /// Where its WHEP requests go (TLS for an `https://` node).
+    pub target: pixelgrid_proto::http::Target,
     /// The WHEP resource (`Location`), for `DELETE`.
     pub resource: String,
     /// The bearer token used.
@@ -51,22 +53,14 @@ impl std::fmt::Debug for WhepConnection {
     }
 }
 
-/// Splits `http://host:port/path` into a socket address and the path.
-pub async fn split_url(url: &str) -> Result<(SocketAddr, String)> {
-    let bad = |why: &str| Error::InvalidArgument {
-        field: "url",
-        reason: format!("{url:?}: {why}"),
-    };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| bad("only http:// URLs are supported"))?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let addr = tokio::net::lookup_host(host)
+/// Splits `http(s)://host[:port]/path` into where requests go and the path.
+pub async fn split_url(url: &str) -> Result<(pixelgrid_proto::http::Target, String)> {
+    pixelgrid_proto::http::Target::from_url(url)
         .await
-        .map_err(|e| bad(&e.to_string()))?
-        .next()
-        .ok_or_else(|| bad("the host does not resolve"))?;
-    Ok((addr, format!("/{path}")))
+        .map_err(|e| Error::InvalidArgument {
+            field: "url",
+            reason: e.to_string(),
+        })
 }
 
 /// The local address that routes to `peer` (no packet is sent), for our ICE host candidate.
@@ -147,7 +141,8 @@ pub async fn connect(
     gathered: Gathered,
 ) -> Result<WhepConnection> {
     let started = std::time::Instant::now();
-    let (addr, path) = split_url(whep_url).await?;
+    let (target, path) = split_url(whep_url).await?;
+    let addr = target.addr;
     let (ice_servers, relay_only) = (&route.servers, route.relay_only);
     if relay_only
         && ice_servers
@@ -293,8 +288,8 @@ pub async fn connect(
     let offer_ms = started.elapsed().as_secs_f64() * 1e3;
     let posted = std::time::Instant::now();
     let auth = format!("Bearer {token}");
-    let answer = pixelgrid_proto::http::request(
-        addr,
+    let answer = pixelgrid_proto::http::request_to(
+        &target,
         "POST",
         &path,
         &[
@@ -347,6 +342,7 @@ pub async fn connect(
         pc,
         channel,
         addr,
+        target,
         resource,
         token: token.to_owned(),
         offer_ms,
@@ -359,8 +355,8 @@ impl WhepConnection {
     /// connection. Returns the DELETE's status, if it answered.
     pub async fn leave(&self, timeout: Duration) -> Option<u16> {
         let auth = format!("Bearer {}", self.token);
-        let status = pixelgrid_proto::http::request(
-            self.addr,
+        let status = pixelgrid_proto::http::request_to(
+            &self.target,
             "DELETE",
             &self.resource,
             &[("Authorization", &auth)],

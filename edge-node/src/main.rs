@@ -182,9 +182,17 @@ struct ServeArgs {
     /// This node's identity key file (created 0600 on first run; its public key is the node id).
     #[arg(long, env = "PIXELGRID_IDENTITY", default_value = "node.key")]
     identity: std::path::PathBuf,
-    /// URL players reach this node's HTTP server at (default: http://<listen>).
+    /// URL players reach this node's HTTP server at (default: http://<listen>, or https://
+    /// with --tls-cert).
     #[arg(long, env = "PIXELGRID_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Serve WHEP, probes and /metrics over HTTPS with this certificate chain (PEM; read again
+    /// when the file changes), so players' offers and tokens never cross the network in clear.
+    #[arg(long, env = "PIXELGRID_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's key (PEM).
+    #[arg(long, env = "PIXELGRID_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     listing: Listing,
     /// On SIGTERM: take no new sessions and let running ones finish for up to this long.
@@ -639,6 +647,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                pixelgrid_proto::transport::tls_acceptor(cert, key)
+                    .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?,
+            ),
+            _ => None,
+        };
+        // Players and indexers reach a TLS node by https (and a plaintext one by http).
+        let public_url = match (&args.public_url, &tls) {
+            (Some(u), Some(_)) if !u.starts_with("https://") => anyhow::bail!(
+                "--public-url {u} is not https://, but the node serves TLS (--tls-cert): players would speak plain HTTP to it"
+            ),
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(_)) => Some(format!("https://{addr}")),
+            (None, None) => None,
+        };
         let mut settings = settings;
         let identity = if args.orchestrator.is_some() || !args.indexer.is_empty() {
             let (key, created) = pixelgrid_proto::identity::NodeKey::load_or_create(&args.identity)
@@ -655,7 +679,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (Some(url), verifier, Some(key)) if dev_signer.is_none() || verifier.is_none() => {
                 let key = key.clone();
                 let agent = Agent::register(
-                    agent_config(&host, url, args.public_url.as_deref(), addr, &args.listing)?,
+                    agent_config(&host, url, public_url.as_deref(), addr, &args.listing)?,
                     key,
                 )
                 .await?;
@@ -723,7 +747,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             let _ = stop_tx.send(true);
         };
-        edge_node::stream::serve(listener, std::sync::Arc::clone(&node), shutdown).await?;
+        match tls {
+            Some(acceptor) => {
+                pixelgrid_proto::transport::serve_https(
+                    listener,
+                    acceptor,
+                    edge_node::stream::router(std::sync::Arc::clone(&node)),
+                    shutdown,
+                )
+                .await?;
+            }
+            None => {
+                edge_node::stream::serve(listener, std::sync::Arc::clone(&node), shutdown).await?;
+            }
+        }
         node.close_all().await;
         Ok(())
     })

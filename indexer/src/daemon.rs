@@ -271,7 +271,13 @@ impl Indexer {
                 if let Some(id) = n.node_id.map(|i| i.hex)
                     && pixelgrid_proto::identity::canonical_node_id(&id).is_ok()
                 {
-                    listed.insert(id, n.probe_address);
+                    // A node serving TLS is challenged over https (its probe URL says so).
+                    let target = if n.probe_url.starts_with("https://") {
+                        format!("https://{}", n.probe_address)
+                    } else {
+                        n.probe_address
+                    };
+                    listed.insert(id, target);
                 }
             }
             if page.next_page_token.is_empty() {
@@ -547,6 +553,7 @@ impl Indexer {
                         let passed = probe_with_retries(&node, &addr, timeout, at, slot).await;
                         // Identities answering from one host are counted together.
                         let host = addr
+                            .trim_start_matches("https://")
                             .parse::<std::net::SocketAddr>()
                             .map(|a| host_of(a.ip()))
                             .unwrap_or_default();
@@ -612,22 +619,32 @@ async fn probe_with_retries(
 async fn probe(node_id: &str, addr: &str, timeout: Duration) -> bool {
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).expect("the OS has randomness");
-    let Ok(sock) = addr.parse::<std::net::SocketAddr>() else {
+    // `host:port` (plain HTTP) or `https://host:port` (a node serving TLS).
+    let target = if addr.starts_with("https://") {
+        pixelgrid_proto::http::Target::from_url(addr)
+            .await
+            .map(|(t, _)| t)
+            .ok()
+    } else {
+        addr.parse().ok().map(pixelgrid_proto::http::Target::plain)
+    };
+    let Some(target) = target else {
         tracing::warn!(node = node_id, addr, "probe address is not host:port");
         return false;
     };
     let path = format!("/challenge?nonce={}", hex(&nonce));
-    let answer = match pixelgrid_proto::http::request(sock, "GET", &path, &[], &[], timeout).await {
-        Ok(r) if r.status == 200 => r.body,
-        Ok(r) => {
-            tracing::debug!(node = node_id, status = r.status, "probe refused");
-            return false;
-        }
-        Err(e) => {
-            tracing::debug!(node = node_id, error = %e, "probe unanswered");
-            return false;
-        }
-    };
+    let answer =
+        match pixelgrid_proto::http::request_to(&target, "GET", &path, &[], &[], timeout).await {
+            Ok(r) if r.status == 200 => r.body,
+            Ok(r) => {
+                tracing::debug!(node = node_id, status = r.status, "probe refused");
+                return false;
+            }
+            Err(e) => {
+                tracing::debug!(node = node_id, error = %e, "probe unanswered");
+                return false;
+            }
+        };
     let parsed: Option<(String, Vec<u8>)> = serde_json::from_str::<serde_json::Value>(&answer)
         .ok()
         .and_then(|v| {

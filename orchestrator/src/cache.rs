@@ -27,8 +27,8 @@ impl Snapshot {
     }
 }
 
-/// A launch candidate: node id, probe address, region.
-pub type Candidate = (String, String, String);
+/// A launch candidate: node id, probe address, region, probe URL.
+pub type Candidate = (String, String, String, String);
 
 /// See the module docs.
 #[derive(Debug, Default)]
@@ -206,6 +206,7 @@ impl RegistryCache {
                     r.view.id.clone(),
                     r.probe_address.clone(),
                     r.view.region.clone(),
+                    r.probe_url(),
                 )
             })
             .collect();

@@ -258,7 +258,7 @@ async fn launch(
     let candidates: Vec<_> = r
         .candidates
         .iter()
-        .map(|c| json!({ "node_id": c.node_id.as_ref().map(|n| n.hex.clone()), "probe_url": format!("http://{}/probe", c.probe_address) }))
+        .map(|c| json!({ "node_id": c.node_id.as_ref().map(|n| n.hex.clone()), "probe_url": c.probe_url }))
         .collect();
     Ok(Json(
         json!({ "launch_id": r.launch_id, "candidates": candidates }),

@@ -1151,6 +1151,7 @@ impl Grid {
                         r.view.id.clone(),
                         r.probe_address.clone(),
                         r.view.region.clone(),
+                        r.probe_url(),
                     )
                 })
                 .collect();
@@ -1215,10 +1216,11 @@ impl Grid {
         }
         let candidates = found
             .into_iter()
-            .map(|(id, probe_address, region)| pb::Candidate {
+            .map(|(id, probe_address, region, probe_url)| pb::Candidate {
                 node_id: Some(types::NodeId { hex: id }),
                 probe_address,
                 region: Some(types::Region { code: region }),
+                probe_url,
             })
             .collect();
         Ok(pb::CreateSessionResponse {

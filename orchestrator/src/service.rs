@@ -203,6 +203,7 @@ impl Orchestrator for OrchestratorService {
             } else {
                 Default::default()
             };
+            let probe_url = r.probe_url();
             nodes.push(pb::NodeSummary {
                 node_id: Some(types::NodeId {
                     hex: r.view.id.clone(),
@@ -235,6 +236,7 @@ impl Orchestrator for OrchestratorService {
                 } else {
                     String::new()
                 },
+                probe_url,
                 probe_address: r.probe_address,
                 price: Some(types::Price {
                     micro_credits_per_minute: r.view.price,

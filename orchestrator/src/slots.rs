@@ -45,6 +45,19 @@ pub struct NodeRecord {
     pub lease: i64,
 }
 
+impl NodeRecord {
+    /// Where players measure their round trip to the node: its probe address, spoken to as its
+    /// WHEP base URL is (`https://` for a node serving TLS).
+    pub fn probe_url(&self) -> String {
+        let scheme = if self.whep_base_url.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}/probe", self.probe_address)
+    }
+}
+
 /// A granted slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotReservation {

@@ -131,32 +131,130 @@ pub fn server_tls(
     Ok(tls)
 }
 
-/// A TLS acceptor for an HTTPS endpoint from a certificate chain and key (PEM files).
+/// A TLS acceptor for an HTTPS endpoint from a certificate chain and key (PEM files). The files
+/// are read again when they change (looked at no more than every [`CERT_RECHECK`]), so a renewed
+/// certificate is served without a restart; a renewal that does not load is logged and the
+/// previous certificate kept.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    tls_acceptor_rechecking(cert, key, CERT_RECHECK)
+}
+
+/// [`tls_acceptor`], looking at the files for a renewal at most every `recheck`.
+pub fn tls_acceptor_rechecking(
+    cert: &Path,
+    key: &Path,
+    recheck: std::time::Duration,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
     use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("key {}: {e}", key.display()))?;
+    let resolver = ReloadingCert::load(cert, key, recheck)?;
     let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
     .with_no_client_auth()
-    .with_single_cert(certs, key_der)
-    .map_err(|e| {
-        format!(
-            "certificate {} with key {}: {e}",
-            cert.display(),
-            key.display()
-        )
-    })?;
+    .with_cert_resolver(std::sync::Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// How often an HTTPS endpoint looks at its certificate files for a renewal.
+pub const CERT_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+type CertifiedKey = std::sync::Arc<tokio_rustls::rustls::sign::CertifiedKey>;
+
+/// A server certificate read from its files, and read again when they change.
+#[derive(Debug)]
+struct ReloadingCert {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    recheck: std::time::Duration,
+    /// The certificate served, the files' modification times it was read at, and when they
+    /// were last looked at.
+    current: std::sync::RwLock<(
+        CertifiedKey,
+        Vec<Option<std::time::SystemTime>>,
+        std::time::Instant,
+    )>,
+}
+
+impl ReloadingCert {
+    fn load(cert: &Path, key: &Path, recheck: std::time::Duration) -> Result<Self, String> {
+        let stamps = Self::stamps(cert, key);
+        let certified = Self::read(cert, key)?;
+        Ok(Self {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            recheck,
+            current: std::sync::RwLock::new((certified, stamps, std::time::Instant::now())),
+        })
+    }
+
+    fn stamps(cert: &Path, key: &Path) -> Vec<Option<std::time::SystemTime>> {
+        [cert, key]
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    fn read(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "certificate {}: no certificate in it",
+                cert.display()
+            ));
+        }
+        let key_der =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| format!("key {}: {e}", key.display()))?;
+        let signing = tokio_rustls::rustls::crypto::ring::sign::any_supported_type(&key_der)
+            .map_err(|e| format!("key {}: {e}", key.display()))?;
+        let certified = tokio_rustls::rustls::sign::CertifiedKey::new(certs, signing);
+        certified.keys_match().map_err(|e| {
+            format!(
+                "certificate {} with key {}: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        Ok(std::sync::Arc::new(certified))
+    }
+}
+
+impl tokio_rustls::rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _hello: tokio_rustls::rustls::server::ClientHello<'_>,
+    ) -> Option<CertifiedKey> {
+        let due = {
+            let c = self.current.read().unwrap_or_else(|p| p.into_inner());
+            (c.2.elapsed() >= self.recheck).then(|| c.1.clone())
+        };
+        if let Some(read_at) = due {
+            let stamps = Self::stamps(&self.cert, &self.key);
+            let renewed = (stamps != read_at).then(|| Self::read(&self.cert, &self.key));
+            let mut c = self.current.write().unwrap_or_else(|p| p.into_inner());
+            c.2 = std::time::Instant::now();
+            match renewed {
+                Some(Ok(certified)) => {
+                    tracing::info!(cert = %self.cert.display(), "certificate renewed; serving the new one");
+                    *c = (certified, stamps, c.2);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the changed certificate does not load; keeping the previous one");
+                    c.1 = stamps;
+                }
+                None => {}
+            }
+        }
+        Some(std::sync::Arc::clone(
+            &self.current.read().unwrap_or_else(|p| p.into_inner()).0,
+        ))
+    }
 }
 
 /// Longest a TLS handshake, or a request's headers, may take.

@@ -376,6 +376,9 @@ pub struct TestGrid {
     pub trusted_token_keys: Vec<String>,
     /// Whether nodes added from now on run congestion control (on by default).
     pub congestion_control: bool,
+    /// Nodes added from now on serve HTTPS with this (a certificate for `localhost`), and
+    /// register `https://localhost:PORT` addresses.
+    pub node_tls: Option<tokio_rustls::TlsAcceptor>,
     /// The control plane's server, gateway and leader tasks, and what stops them.
     control: Vec<tokio::task::JoinHandle<()>>,
     stop_control: tokio::sync::watch::Sender<bool>,
@@ -556,6 +559,7 @@ impl TestGrid {
             api_key,
             trusted_token_keys: vec![TokenSigner::from_seed(&GRID_TOKEN_SEED).public_key_hex()],
             congestion_control: true,
+            node_tls: None,
         };
         for i in 0..nodes {
             me.add_node(i as u8, max_sessions);
@@ -645,17 +649,24 @@ impl TestGrid {
         let reporting = self.reporting.clone();
         let congestion_control = self.congestion_control;
         let trusted = self.trusted_token_keys.clone();
+        let tls = self.node_tls.clone();
         let (addr, node, tasks) = self.runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let probe_address = match delay {
-                Some(d) => SlowLink::start(addr, d).await.to_string(),
-                None => addr.to_string(),
+            let probe_address = match (delay, &tls) {
+                (Some(d), _) => SlowLink::start(addr, d).await.to_string(),
+                // By the name its certificate carries.
+                (None, Some(_)) => format!("localhost:{}", addr.port()),
+                (None, None) => addr.to_string(),
+            };
+            let whep_base_url = match &tls {
+                Some(_) => format!("https://localhost:{}/whep", addr.port()),
+                None => format!("http://{addr}/whep"),
             };
             let info = host.vulkan().info().clone();
             let config = edge_node::agent::AgentConfig {
                 orchestrator: orchestrator_url,
-                whep_base_url: format!("http://{addr}/whep"),
+                whep_base_url,
                 probe_address,
                 region: "local".into(),
                 price: 0,
@@ -695,8 +706,20 @@ impl TestGrid {
             let served = Arc::clone(&node);
             let mut tasks = vec![
                 tokio::spawn(async move {
-                    let _ =
-                        edge_node::stream::serve(listener, served, std::future::pending()).await;
+                    let _ = match tls {
+                        Some(acceptor) => {
+                            pixelgrid_proto::transport::serve_https(
+                                listener,
+                                acceptor,
+                                edge_node::stream::router(served),
+                                std::future::pending(),
+                            )
+                            .await
+                        }
+                        None => {
+                            edge_node::stream::serve(listener, served, std::future::pending()).await
+                        }
+                    };
                 }),
                 tokio::spawn(agent.run(Arc::clone(&node), std::future::pending())),
             ];
