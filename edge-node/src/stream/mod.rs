@@ -271,6 +271,8 @@ pub struct StreamNode {
     pub rejects: RejectCounters,
     /// Players' delivery receipts kept and refused, all sessions.
     pub receipts: Arc<ReceiptCounters>,
+    /// Peer connections not yet freed (viewers connected, connecting, or leaking).
+    pub peer_connections: Arc<std::sync::atomic::AtomicU64>,
     gone: mpsc::UnboundedSender<(String, String)>,
     draining: std::sync::atomic::AtomicBool,
     /// Sessions this node dropped (their game, renderer or encoder stopped on its own), not yet
@@ -333,6 +335,7 @@ impl StreamNode {
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             rejects: RejectCounters::default(),
             receipts: Arc::default(),
+            peer_connections: Arc::default(),
             gone: gone_tx,
             draining: std::sync::atomic::AtomicBool::new(false),
             dropped: std::sync::Mutex::new(Vec::new()),
@@ -554,6 +557,7 @@ impl StreamNode {
                 gone: self.gone.clone(),
                 controls: Arc::default(),
                 receipts: Arc::clone(&self.receipts),
+                peer_connections: Arc::clone(&self.peer_connections),
             }
         };
         let opened = peer::open(viewer_id.clone(), offer, ctx, &self.settings.peer).await;
@@ -577,7 +581,7 @@ impl StreamNode {
         };
         let Some(live) = sessions.get_mut(&claims.sid) else {
             drop(sessions);
-            let _ = viewer.pc.close().await;
+            viewer.close().await;
             return Err(Error::Unavailable(
                 "the session ended while this viewer was joining".into(),
             ));
@@ -586,7 +590,7 @@ impl StreamNode {
             // Others joined while this one was connecting.
             live.counters.forget_viewer(&viewer_id);
             drop(sessions);
-            let _ = viewer.pc.close().await;
+            viewer.close().await;
             return Err(Error::Unavailable(format!(
                 "session {} has its {MAX_VIEWERS} viewers",
                 claims.sid
@@ -799,7 +803,7 @@ impl StreamNode {
         }
         drop(sessions);
         tracing::info!(session = %session_id, viewer = %viewer_id, %reason, "viewer left");
-        let _ = viewer.pc.close().await;
+        viewer.close().await;
         if let Some(dead) = dead {
             close_session(dead, "last viewer left").await;
         }
@@ -946,6 +950,14 @@ impl StreamNode {
                 "Player input events and messages dropped by the gate, per session.",
                 &per_session(&|s| s.counters.input_dropped.load(Ordering::Relaxed) as f64),
             )
+            .gauge(
+                "pixelgrid_edge_peer_connections",
+                "WebRTC peer connections not yet freed: viewers connected or connecting (more than that is a leak).",
+                &[(
+                    vec![],
+                    self.peer_connections.load(Ordering::Relaxed) as f64,
+                )],
+            )
             .counter(
                 "pixelgrid_edge_receipts_total",
                 "Players' signed delivery receipts, kept for the indexers' reports or refused.",
@@ -1078,7 +1090,7 @@ async fn close_session(live: LiveSession, reason: &str) {
         .unwrap_or_else(|p| p.into_inner())
         .clear();
     for (_, v) in live.viewers {
-        let _ = v.pc.close().await;
+        v.close().await;
     }
     let session = live.session;
     let id = live.claims.sid.clone();

@@ -312,9 +312,29 @@ pub(crate) struct ViewerContext {
     pub controls: Arc<std::sync::atomic::AtomicBool>,
     /// The node's receipt counters.
     pub receipts: Arc<super::ReceiptCounters>,
+    /// The node's count of peer connections not yet freed.
+    pub peer_connections: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Counts one peer connection while it exists: its event handler holds this, and goes only
+/// with the connection itself.
+struct Alive(Arc<std::sync::atomic::AtomicU64>);
+
+impl Alive {
+    fn new(count: &Arc<std::sync::atomic::AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Handler {
+    _alive: Alive,
     viewer_id: String,
     ctx: ViewerContext,
     gathered: mpsc::Sender<()>,
@@ -493,6 +513,17 @@ pub(crate) struct Viewer {
 }
 
 impl Viewer {
+    /// Closes the viewer's connection and lets go of its data channel: the connection's event
+    /// handler holds the channel, which holds the connection, so without this the pair (and
+    /// every packet its retransmission buffers kept) would outlive the viewer.
+    pub async fn close(&self) {
+        let _ = self.pc.close().await;
+        self.channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
     /// Tells the player the session is over and why, if its channel is open.
     pub async fn say_ended(&self, reason: &str) {
         let dc = self
@@ -608,6 +639,7 @@ pub(crate) async fn open(
     }
     let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
     let handler = Arc::new(Handler {
+        _alive: Alive::new(&ctx.peer_connections),
         viewer_id: viewer_id.clone(),
         ctx: ctx.clone(),
         gathered: gathered_tx,
