@@ -16,6 +16,9 @@ const HEARTBEATS: u64 = 86_400;
 /// A busy day of a four-slot node (ten-minute sessions, around the clock), rounded up.
 const SESSIONS: u64 = 1_000;
 const NODES: usize = 8;
+/// The compressed day: sessions and heartbeats are paced to fill it evenly, so the records
+/// alive at any moment are the rate times their lifetimes, whatever the machine's speed.
+const DAY: Duration = Duration::from_secs(40);
 
 #[test]
 fn a_days_heartbeats_and_sessions_leave_the_keyspace_and_etcd_bounded() {
@@ -53,14 +56,19 @@ fn a_days_heartbeats_and_sessions_leave_the_keyspace_and_etcd_bounded() {
                 .await
                 .expect("registered");
         }
-        // Heartbeats from every node as fast as the store takes them, for the whole run.
+        // Heartbeats from every node, a day's worth spread over the compressed day, until the
+        // sessions are done.
         let beats = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut beaters = Vec::new();
         for k in keys {
-            let (grid, beats) = (Arc::clone(&grid), Arc::clone(&beats));
+            let (grid, beats, done) = (Arc::clone(&grid), Arc::clone(&beats), Arc::clone(&done));
             beaters.push(tokio::spawn(async move {
+                let mut every = tokio::time::interval(DAY * NODES as u32 / HEARTBEATS as u32);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 let mut sequence = 0;
-                while beats.load(Ordering::Relaxed) < HEARTBEATS {
+                while !done.load(Ordering::Relaxed) {
+                    every.tick().await;
                     sequence += 1;
                     let hb = pb::HeartbeatRequest {
                         node_id: Some(types::NodeId { hex: k.node_id() }),
@@ -80,6 +88,7 @@ fn a_days_heartbeats_and_sessions_leave_the_keyspace_and_etcd_bounded() {
         let mut samples = Vec::new();
         let started = Instant::now();
         for i in 0..SESSIONS {
+            tokio::time::sleep_until((started + DAY * i as u32 / SESSIONS as u32).into()).await;
             let grant = g.grant().await;
             let player = grid.authenticate(Some(&grant)).await.unwrap();
             let launch = grid
@@ -133,12 +142,15 @@ fn a_days_heartbeats_and_sessions_leave_the_keyspace_and_etcd_bounded() {
                 samples.push((keys, db));
             }
         }
+        done.store(true, Ordering::Relaxed);
         for b in beaters {
             b.await.unwrap();
         }
+        assert!(beats.load(Ordering::Relaxed) >= HEARTBEATS * 9 / 10);
         samples
     });
-    let (keys_early, db_early) = samples[2];
+    // From 40 % of the day: records have lived out their retention and compaction has run.
+    let (keys_early, db_early) = samples[3];
     let (keys_end, db_end) = *samples.last().unwrap();
     // Without lifetimes every ended session left two records behind: 2,000 keys by now.
     assert!(
