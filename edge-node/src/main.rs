@@ -700,8 +700,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             println!("edge-node: play at http://{addr}/");
         } else {
             println!(
-                "edge-node {}: WHEP at http://{addr}/whep/{{session}}",
-                node.node_id()
+                "edge-node {}: WHEP at {}://{addr}/whep/{{session}}",
+                node.node_id(),
+                if tls.is_some() { "https" } else { "http" }
             );
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

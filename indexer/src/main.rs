@@ -165,6 +165,10 @@ impl ServeArgs {
                     .map_err(|e| anyhow::anyhow!("--checker-key {k}: {e}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        // One vote per checker: a key named twice must not raise the majority's bar.
+        let mut checker_keys = checker_keys;
+        checker_keys.sort();
+        checker_keys.dedup();
         Ok(TallyConfig {
             revision: indexer::tally::RULES_REVISION,
             epoch_ms: self.epoch_ms,

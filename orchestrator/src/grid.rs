@@ -284,9 +284,20 @@ pub const MAX_NODE_SESSIONS: u32 = 1024;
 
 /// `host:port` or `[v6]:port` with a real port: what a probe can be sent to.
 fn is_host_and_port(address: &str) -> bool {
+    // Players' clients build URLs from it: a host is DNS-name characters or a bracketed IPv6
+    // literal, nothing that could carry a path, a query or a header.
+    let name = |h: &str| {
+        h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    };
+    let literal = |h: &str| {
+        h.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+    };
     address.rsplit_once(':').is_some_and(|(host, port)| {
         !host.is_empty()
-            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+            && (name(host) || literal(host))
             && port.parse::<u16>().is_ok_and(|p| p != 0)
     })
 }
@@ -305,6 +316,16 @@ fn check_registration_sizes(
         }
     };
     too_long("whep_base_url", &req.whep_base_url, 256)?;
+    if req
+        .whep_base_url
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ')
+    {
+        return Err(invalid(
+            "whep_base_url",
+            "no spaces or control characters in a URL",
+        ));
+    }
     too_long("probe_address", &req.probe_address, 256)?;
     too_long(
         "region.code",
@@ -1943,6 +1964,12 @@ mod probe_address_tests {
             "host:99999",
             "::1:80",
             "",
+            // A path, a query or a header smuggled into the URLs players' clients build.
+            "127.0.0.1/x:80",
+            "host?a=b:80",
+            "[::ffff:192.168.1.1]/x\r\nEvil: 1\r\n]:80",
+            "[not-an-ip]:80",
+            "host name:80",
         ] {
             assert!(!super::is_host_and_port(bad), "{bad}");
         }

@@ -187,6 +187,18 @@ pub async fn request_to(
     timeout: Duration,
 ) -> std::io::Result<Response> {
     use std::io::{Error, ErrorKind};
+    let unsafe_text = |s: &str| s.bytes().any(|b| b.is_ascii_control() || b == b' ');
+    if unsafe_text(method)
+        || unsafe_text(path)
+        || headers.iter().any(|(k, v)| {
+            unsafe_text(k) || k.contains(':') || v.bytes().any(|b| b.is_ascii_control())
+        })
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "a method, path or header with spaces or control characters",
+        ));
+    }
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
         target.host,
@@ -221,10 +233,21 @@ pub async fn request_to(
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| Error::new(ErrorKind::InvalidData, "no HTTP status line"))?;
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    // A connection cut short (possible over TLS without close_notify) is not a whole answer.
+    let promised = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    if promised.is_some_and(|n| body.len() < n) {
+        return Err(Error::new(
+            ErrorKind::UnexpectedEof,
+            "the response ended before its Content-Length",
+        ));
+    }
     Ok(Response {
         status,
         headers,
@@ -289,6 +312,27 @@ mod tests {
             "https://no-such-host.invalid/",
         ] {
             assert!(Target::from_url(bad).await.is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_that_could_split_the_request_is_sent() {
+        let t = Target::plain("127.0.0.1:9".parse().unwrap());
+        let d = Duration::from_millis(100);
+        for (path, headers) in [
+            ("/x\r\nEvil: 1", vec![]),
+            ("/a b", vec![]),
+            ("/", vec![("X", "1\r\nEvil: 1")]),
+            ("/", vec![("X: Y", "1")]),
+        ] {
+            let e = request_to(&t, "GET", path, &headers, b"", d)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "{path} {headers:?}"
+            );
         }
     }
 }

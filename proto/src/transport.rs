@@ -245,8 +245,9 @@ impl tokio_rustls::rustls::server::ResolvesServerCert for ReloadingCert {
                     *c = (certified, stamps, c.2);
                 }
                 Some(Err(e)) => {
+                    // The stamps stay as they were: the next check reads the files again (a
+                    // renewal may still be half written).
                     tracing::warn!(error = %e, "the changed certificate does not load; keeping the previous one");
-                    c.1 = stamps;
                 }
                 None => {}
             }
@@ -306,6 +307,12 @@ pub async fn serve_https(
             http.http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT);
+            // An HTTP/2 peer that stops answering pings is let go, so idle connections do not
+            // hold the connection cap.
+            http.http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(std::time::Duration::from_secs(20)))
+                .keep_alive_timeout(HANDSHAKE_TIMEOUT);
             let _ = http
                 .serve_connection(
                     TokioIo::new(tls),
