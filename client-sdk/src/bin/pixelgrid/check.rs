@@ -243,9 +243,17 @@ async fn publish(args: &CheckArgs, signed: &ipb::SignedCheckResult, why: &str) -
     let mut indexers = Vec::new();
     let mut all_taken = true;
     for url in &args.submit_to {
-        let (verdict, detail) = submit(url, signed)
-            .await
-            .unwrap_or_else(|e| ("UNREACHABLE".into(), e.to_string()));
+        // An indexer that misses a result decides the node's epoch without it: try again a
+        // few times when it cannot be reached (a refusal is its answer, not retried).
+        let mut outcome = submit(url, signed).await;
+        for wait_ms in [500, 1_000, 2_000] {
+            if outcome.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            outcome = submit(url, signed).await;
+        }
+        let (verdict, detail) = outcome.unwrap_or_else(|e| ("UNREACHABLE".into(), e.to_string()));
         all_taken &= verdict == ipb::ReportVerdict::Accepted.as_str_name();
         indexers.push(serde_json::json!({"url": url, "verdict": verdict, "detail": detail}));
     }
