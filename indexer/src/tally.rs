@@ -400,6 +400,18 @@ impl Tally {
         self.nodes.contains(node_id)
     }
 
+    /// Why something stamped `at_ms` that arrived at `now_ms` is refused for its time, if it is:
+    /// ahead of the indexer's clock by more than the allowed skew, or later than reports may be.
+    fn out_of_window(&self, at_ms: u64, now_ms: u64) -> Option<Verdict> {
+        if at_ms > now_ms.saturating_add(self.config.max_clock_skew_ms) {
+            Some(Verdict::ClockSkew)
+        } else if now_ms > at_ms.saturating_add(self.config.max_report_delay_ms) {
+            Some(Verdict::TooLate)
+        } else {
+            None
+        }
+    }
+
     /// The epoch a time falls in.
     pub fn epoch_of(&self, ms: u64) -> u64 {
         ms / self.config.epoch_ms
@@ -593,15 +605,8 @@ impl Tally {
         if !signature_ok {
             return Verdict::BadSignature;
         }
-        if report.sent_unix_ms > now_ms.saturating_add(self.config.max_clock_skew_ms) {
-            return Verdict::ClockSkew;
-        }
-        if now_ms
-            > report
-                .sent_unix_ms
-                .saturating_add(self.config.max_report_delay_ms)
-        {
-            return Verdict::TooLate;
+        if let Some(refused) = self.out_of_window(report.sent_unix_ms, now_ms) {
+            return refused;
         }
         let last = self.last.get(&node).copied();
         if last.is_some_and(|l| report.sequence <= l.sequence) {
@@ -744,15 +749,8 @@ impl Tally {
         if !pixelgrid_proto::identity::verify(&node, &change.encode_to_vec(), &sig.signature) {
             return Verdict::BadSignature;
         }
-        if change.sent_unix_ms > now_ms.saturating_add(self.config.max_clock_skew_ms) {
-            return Verdict::ClockSkew;
-        }
-        if now_ms
-            > change
-                .sent_unix_ms
-                .saturating_add(self.config.max_report_delay_ms)
-        {
-            return Verdict::TooLate;
+        if let Some(refused) = self.out_of_window(change.sent_unix_ms, now_ms) {
+            return refused;
         }
         if self
             .last_stake
@@ -815,15 +813,8 @@ impl Tally {
         if !pixelgrid_proto::check::verify(signed) {
             return Verdict::BadSignature;
         }
-        if result.at_unix_ms > now_ms.saturating_add(self.config.max_clock_skew_ms) {
-            return Verdict::ClockSkew;
-        }
-        if now_ms
-            > result
-                .at_unix_ms
-                .saturating_add(self.config.max_report_delay_ms)
-        {
-            return Verdict::TooLate;
+        if let Some(refused) = self.out_of_window(result.at_unix_ms, now_ms) {
+            return refused;
         }
         let epoch = self.epoch_of(result.at_unix_ms);
         if self.is_closed(epoch) {

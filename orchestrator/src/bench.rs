@@ -135,19 +135,7 @@ pub async fn run(
                 if i >= launches {
                     return out;
                 }
-                let t = Instant::now();
-                let r = slots::reserve_with(
-                    s.as_ref(),
-                    Some(&cache),
-                    &format!("s-{i:07}"),
-                    &request(i),
-                    &Policy::default(),
-                    slots::Conditions::default(),
-                    |_| Vec::new(),
-                )
-                .await
-                .map(|(r, _)| r);
-                out.push((t.elapsed().as_secs_f64() * 1e3, r.ok()));
+                out.push(place(s.as_ref(), &cache, &request(i), i).await);
             }
         }));
     }
@@ -234,6 +222,29 @@ pub async fn run(
     })
 }
 
+/// Places session `i` for `request` (one reservation transaction, as ChooseNode makes): how
+/// long it took, ms, and the slot when one was granted.
+async fn place(
+    store: &dyn Store,
+    cache: &crate::cache::RegistryCache,
+    request: &Request,
+    i: usize,
+) -> (f64, Option<slots::SlotReservation>) {
+    let t = Instant::now();
+    let r = slots::reserve_with(
+        store,
+        Some(cache),
+        &format!("s-{i:07}"),
+        request,
+        &Policy::default(),
+        slots::Conditions::default(),
+        |_| Vec::new(),
+    )
+    .await
+    .map(|(r, _)| r);
+    (t.elapsed().as_secs_f64() * 1e3, r.ok())
+}
+
 /// A ready node's signed heartbeat.
 fn beat(key: &NodeKey, sequence: u64) -> pb::HeartbeatRequest {
     pb::HeartbeatRequest {
@@ -277,19 +288,8 @@ async fn heartbeat_phase(
             let mut times = Vec::new();
             let mut i = first;
             while Instant::now() < end {
-                let t = Instant::now();
-                let placed = slots::reserve_with(
-                    store.as_ref(),
-                    Some(&cache),
-                    &format!("s-{i:07}"),
-                    &request(i),
-                    &Policy::default(),
-                    slots::Conditions::default(),
-                    |_| Vec::new(),
-                )
-                .await;
-                if placed.is_ok() {
-                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                if let (ms, Some(_)) = place(store.as_ref(), &cache, &request(i), i).await {
+                    times.push(ms);
                 }
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(5)).await;
