@@ -206,6 +206,8 @@ pub struct PayoutRow {
     pub refunded_micro_credits: u64,
     /// Whether uptime reached the SLA floor.
     pub sla_met: bool,
+    /// What studios paid for its delivered play (before the protocol fee), micro-credits.
+    pub studio_paid_micro_credits: u64,
 }
 
 impl From<&pixelgrid_proto::indexer::v1::NodePayout> for PayoutRow {
@@ -221,6 +223,7 @@ impl From<&pixelgrid_proto::indexer::v1::NodePayout> for PayoutRow {
             delivered_ms: p.delivered_ms,
             refunded_micro_credits: p.refunded_micro_credits,
             sla_met: p.sla_met,
+            studio_paid_micro_credits: p.studio_paid_micro_credits,
         }
     }
 }
@@ -328,6 +331,7 @@ impl Row for PayoutRow {
         "DELIVERED_S",
         "REFUNDED",
         "SLA",
+        "STUDIO_PAID",
     ];
     fn cells(&self) -> Vec<String> {
         vec![
@@ -337,6 +341,7 @@ impl Row for PayoutRow {
             format!("{:.1}", self.delivered_ms as f64 / 1000.0),
             self.refunded_micro_credits.to_string(),
             if self.sla_met { "yes" } else { "no" }.into(),
+            self.studio_paid_micro_credits.to_string(),
         ]
     }
 }

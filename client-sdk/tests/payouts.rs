@@ -104,6 +104,7 @@ fn the_cli_reads_a_running_indexer_and_the_proof_it_prints_verifies() {
         aud: key.node_id(),
         nbf: String::new(),
         pk: player.public_hex(),
+        ..Default::default()
     });
     let ledger = dir.path().join("ledger.db");
     // A node the indexer knows (as if read from the registry); its probe address answers nothing.

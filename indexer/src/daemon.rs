@@ -487,6 +487,11 @@ impl Indexer {
         Ok((row, core.ledger.payouts(epoch)?))
     }
 
+    /// What each studio owes for a closed epoch.
+    pub fn charges(&self, epoch: u64) -> Result<Vec<crate::tally::StudioCharge>> {
+        self.core().ledger.charges(epoch)
+    }
+
     /// A node's payout and proof in a closed epoch.
     pub fn proof(&self, epoch: u64, node_id: &str) -> Result<(EpochRow, StoredPayout)> {
         let core = self.core();
@@ -828,7 +833,9 @@ impl pb::indexer_server::Indexer for Service {
         &self,
         request: tonic::Request<pb::GetPayoutsRequest>,
     ) -> std::result::Result<tonic::Response<pb::GetPayoutsResponse>, tonic::Status> {
-        let (row, payouts) = self.indexer.payouts(request.into_inner().epoch)?;
+        let epoch = request.into_inner().epoch;
+        let (row, payouts) = self.indexer.payouts(epoch)?;
+        let charges = self.indexer.charges(epoch)?;
         Ok(tonic::Response::new(pb::GetPayoutsResponse {
             epoch: Some(epoch_proto(&row)),
             payouts: payouts
@@ -846,6 +853,15 @@ impl pb::indexer_server::Indexer for Service {
                     slashed_micro_credits: s.payout.slashed,
                     fee_micro_credits: s.payout.fee,
                     checks_failed: s.payout.checks_failed,
+                    studio_paid_micro_credits: s.payout.studio_paid,
+                })
+                .collect(),
+            studio_charges: charges
+                .into_iter()
+                .map(|c| pb::StudioCharge {
+                    studio: c.studio,
+                    delivered_ms: c.delivered_ms,
+                    amount_micro_credits: c.amount,
                 })
                 .collect(),
         }))

@@ -14,12 +14,13 @@
 //! | `probes` | node, time, epoch, passed, host that answered |
 //! | `checks` | checkers' accepted results: epoch, arrival ms, `SignedCheckResult` protobuf |
 //! | `epochs` | closed epochs: number, bounds, Merkle root, total, nodes paid |
-//! | `payouts` | per closed epoch and node: amount, uptime, delivery, refund, SLA, stake, slashed, fee, whether the checkers failed it, leaf index |
+//! | `payouts` | per closed epoch and node: amount, uptime, delivery, refund, SLA, stake, slashed, fee, whether the checkers failed it, what studios paid for its play, leaf index |
+//! | `studio_charges` | per closed epoch and studio: attested play of its sessions and what it owes |
 //! | `epoch_tree` | per closed epoch, its Merkle tree's levels in chunks of [`TREE_CHUNK`] hashes: any node's proof is read from it (one sibling per level), so a close writes the tree once instead of a proof per node |
 
 use crate::merkle::Proof;
 use crate::stake::StakeEvent;
-use crate::tally::{AttestedPlay, ClosedEpoch, NodePayout, Tally, TallyConfig};
+use crate::tally::{AttestedPlay, ClosedEpoch, NodePayout, StudioCharge, Tally, TallyConfig};
 use crate::{Error, Result};
 use pixelgrid_proto::indexer::v1::SignedNodeReport;
 use prost::Message;
@@ -95,9 +96,21 @@ CREATE TABLE IF NOT EXISTS payouts (
     slashed INTEGER NOT NULL DEFAULT 0,
     fee INTEGER NOT NULL DEFAULT 0,
     checks_failed INTEGER NOT NULL DEFAULT 0,
+    studio_paid INTEGER NOT NULL DEFAULT 0,
     proof BLOB NOT NULL,
     PRIMARY KEY (epoch, node_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS studio_charges (
+    epoch INTEGER NOT NULL,
+    studio TEXT NOT NULL,
+    delivered_ms INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    PRIMARY KEY (epoch, studio)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS studio_charges_never_change BEFORE UPDATE ON studio_charges
+    BEGIN SELECT RAISE(ABORT, 'closed epochs never change'); END;
+CREATE TRIGGER IF NOT EXISTS studio_charges_are_kept BEFORE DELETE ON studio_charges
+    BEGIN SELECT RAISE(ABORT, 'closed epochs never change'); END;
 CREATE TABLE IF NOT EXISTS epoch_tree (
     epoch INTEGER NOT NULL,
     level INTEGER NOT NULL,
@@ -417,17 +430,18 @@ impl Ledger {
             // Many rows per statement: a million payouts is a million statements otherwise.
             const ROWS: usize = 64;
             let insert_sql = |rows: usize| {
-                let one = "(?,?,?,?,?,?,?,?,?,?,?,?,?)";
+                let one = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
                 format!(
                     "INSERT INTO payouts (epoch, node_id, leaf_index, amount, uptime_ms,
-                     delivered_ms, refunded, sla_met, stake, slashed, fee, checks_failed, proof)
+                     delivered_ms, refunded, sla_met, stake, slashed, fee, checks_failed, studio_paid,
+                     proof)
                      VALUES {}",
                     vec![one; rows].join(",")
                 )
             };
             for (c, chunk) in closed.payouts.chunks(ROWS).enumerate() {
                 let mut insert = tx.prepare_cached(&insert_sql(chunk.len())).map_err(sql)?;
-                let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 13);
+                let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 14);
                 for (k, p) in chunk.iter().enumerate() {
                     use rusqlite::types::Value::{Blob, Integer, Text};
                     values.extend([
@@ -443,11 +457,28 @@ impl Ledger {
                         Integer(i(p.slashed)),
                         Integer(i(p.fee)),
                         Integer(i64::from(p.checks_failed)),
+                        Integer(i(p.studio_paid)),
                         Blob(Vec::new()),
                     ]);
                 }
                 insert
                     .execute(rusqlite::params_from_iter(values))
+                    .map_err(sql)?;
+            }
+            let mut charge_insert = tx
+                .prepare_cached(
+                    "INSERT INTO studio_charges (epoch, studio, delivered_ms, amount)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(sql)?;
+            for c in &closed.charges {
+                charge_insert
+                    .execute(params![
+                        i(closed.epoch),
+                        c.studio,
+                        i(c.delivered_ms),
+                        i(c.amount)
+                    ])
                     .map_err(sql)?;
             }
             let mut level_insert = tx
@@ -536,13 +567,34 @@ impl Ledger {
         Ok(self.payouts_where(epoch, Some(node_id))?.pop())
     }
 
+    /// What each studio owes for a closed epoch, by studio id.
+    pub fn charges(&self, epoch: u64) -> Result<Vec<StudioCharge>> {
+        let mut q = self
+            .db
+            .prepare_cached(
+                "SELECT studio, delivered_ms, amount FROM studio_charges WHERE epoch = ?1
+                 ORDER BY studio",
+            )
+            .map_err(sql)?;
+        q.query_map(params![i(epoch)], |r| {
+            Ok(StudioCharge {
+                studio: r.get(0)?,
+                delivered_ms: u(r.get(1)?),
+                amount: u(r.get(2)?),
+            })
+        })
+        .map_err(sql)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(sql)
+    }
+
     fn payouts_where(&self, epoch: u64, node: Option<&str>) -> Result<Vec<StoredPayout>> {
         let count = self.epoch(epoch)?.map_or(0, |e| u64::from(e.nodes_paid));
         let mut q = self
             .db
             .prepare_cached(
                 "SELECT node_id, leaf_index, amount, uptime_ms, delivered_ms, refunded, sla_met,
-                 proof, stake, slashed, fee, checks_failed FROM payouts
+                 proof, stake, slashed, fee, checks_failed, studio_paid FROM payouts
                  WHERE epoch = ?1 AND (?2 IS NULL OR node_id = ?2)
                  ORDER BY node_id",
             )
@@ -561,6 +613,7 @@ impl Ledger {
                         slashed: u(r.get(9)?),
                         fee: u(r.get(10)?),
                         checks_failed: r.get(11)?,
+                        studio_paid: u(r.get(12)?),
                     },
                     u(r.get(1)?),
                 ))
@@ -668,7 +721,8 @@ impl Ledger {
                 .into_iter()
                 .map(|p| p.payout)
                 .collect();
-            tally.restore_closed(ClosedEpoch::new(row.number, payouts, row.root));
+            let charges = self.charges(row.number)?;
+            tally.restore_closed(ClosedEpoch::new(row.number, payouts, charges, row.root));
             first_open = row.number + 1;
             tally.restore_closed_before(first_open);
         }

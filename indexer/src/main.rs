@@ -290,6 +290,7 @@ fn placed_session(
         aud: node.to_owned(),
         nbf: format_rfc3339(0),
         pk: player.public_hex(),
+        ..Default::default()
     });
     (sid, token, player)
 }

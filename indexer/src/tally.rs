@@ -19,7 +19,9 @@
 //!
 //! ```text
 //! readiness = readiness_reward × uptime / epoch      (0 when uptime is under the SLA floor)
-//! delivery  = delivery_reward_per_minute × delivered_ms / 60 000
+//! studio_paid = Σ over paid sessions: price × attested ms / 60 000   (the token's price, its studio's)
+//! delivery  = delivery_reward_per_minute × delivered_ms / 60 000 + studio_paid − fee
+//! fee       = protocol_fee_ppm × (delivery before the fee) / 1 000 000   (to the treasury's leaf)
 //! payout    = readiness + delivery − refund_per_dropped_session × sessions the node dropped   (≥ 0)
 //! ```
 //! Late, duplicated, replayed, reordered, future-dated, forged and unknown-node reports are
@@ -36,8 +38,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// sequence, slots the indexer probed nobody in are not charged; delivery only as player
 /// receipts attest, for sessions the orchestrator placed; identities crowding one host; stakes,
 /// downtime slashing and the protocol fee with the treasury's leaf. 3: checkers' signed results,
-/// the majority of the named checkers failing a node forfeits its epoch and slashes it.
-pub const RULES_REVISION: u32 = 3;
+/// the majority of the named checkers failing a node forfeits its epoch and slashes it. 4: studios
+/// pay their sessions' prices for attested play, on top of the network's delivery reward.
+pub const RULES_REVISION: u32 = 4;
 
 /// The rules; the same everywhere, or roots will not match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -172,6 +175,8 @@ struct NodeEpoch {
     /// The host that answered a passed probe, per slot (when known).
     probe_host: BTreeMap<u64, String>,
     delivered_ms: u64,
+    /// Σ price × attested ms of the sessions studios pay for (÷ 60 000 at the close).
+    studio_price_ms: u128,
     dropped: u64,
 }
 
@@ -233,6 +238,20 @@ pub struct NodePayout {
     /// A majority of the checkers found the node failing in this epoch: it earned nothing and
     /// was slashed at the dishonesty rate.
     pub checks_failed: bool,
+    /// What studios paid for the play this node delivered (before the fee), micro-credits.
+    pub studio_paid: u64,
+}
+
+/// What one studio owes for an epoch: its sessions' attested play at the prices they were
+/// placed at (the same receipts that credit the nodes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StudioCharge {
+    /// Studio id.
+    pub studio: String,
+    /// Attested play of its sessions, ms.
+    pub delivered_ms: u64,
+    /// Owed, micro-credits (rounded down).
+    pub amount: u64,
 }
 
 /// The treasury's leaf in every epoch's tree: 32 zero bytes, no node's key. It receives the
@@ -246,6 +265,8 @@ pub struct ClosedEpoch {
     pub epoch: u64,
     /// Payouts, sorted by node id.
     pub payouts: Vec<NodePayout>,
+    /// What each studio owes for the epoch, sorted by studio id.
+    pub charges: Vec<StudioCharge>,
     /// Merkle root over `(node_id, amount)`.
     pub root: Hash,
     /// The tree over the payouts, built once (the close builds it for the root, the ledger
@@ -258,7 +279,10 @@ pub struct ClosedEpoch {
 /// cached).
 impl PartialEq for ClosedEpoch {
     fn eq(&self, other: &Self) -> bool {
-        self.epoch == other.epoch && self.payouts == other.payouts && self.root == other.root
+        self.epoch == other.epoch
+            && self.payouts == other.payouts
+            && self.charges == other.charges
+            && self.root == other.root
     }
 }
 
@@ -266,10 +290,16 @@ impl Eq for ClosedEpoch {}
 
 impl ClosedEpoch {
     /// A closed epoch as written before (its tree is rebuilt when asked for).
-    pub fn new(epoch: u64, payouts: Vec<NodePayout>, root: Hash) -> Self {
+    pub fn new(
+        epoch: u64,
+        payouts: Vec<NodePayout>,
+        charges: Vec<StudioCharge>,
+        root: Hash,
+    ) -> Self {
         Self {
             epoch,
             payouts,
+            charges,
             root,
             tree: std::sync::OnceLock::new(),
         }
@@ -329,6 +359,8 @@ pub struct Tally {
     new_stake_events: Vec<(String, u64, crate::stake::StakeEvent)>,
     /// Per open (epoch, node): each named checker's (passed, failed) results.
     checks: BTreeMap<(u64, String), BTreeMap<String, (u32, u32)>>,
+    /// Per (epoch, studio): attested play of its paid sessions, ms, and Σ price × ms.
+    charges: BTreeMap<(u64, String), (u64, u128)>,
     /// Results taken, by (epoch, checker, node, session): each is counted once.
     seen_checks: BTreeSet<(u64, String, String, String)>,
     /// Per open epoch, the slots in which the indexer probed anyone (it was running).
@@ -368,6 +400,7 @@ impl Tally {
             last_stake: BTreeMap::new(),
             new_stake_events: Vec::new(),
             checks: BTreeMap::new(),
+            charges: BTreeMap::new(),
             seen_checks: BTreeSet::new(),
             closed: BTreeMap::new(),
             closed_before: 0,
@@ -636,6 +669,7 @@ impl Tally {
             .reported
             .insert(report.sent_unix_ms / self.config.slot_ms);
         let mut delivered = 0u64;
+        let mut studio_price_ms = 0u128;
         let mut dropped = 0u64;
         for (j, s) in report.sessions.iter().enumerate() {
             if s.dropped_by_node {
@@ -644,13 +678,29 @@ impl Tally {
             }
             let checked = receipts_ok.map(|(r, _)| r.get(j).copied().unwrap_or(false));
             let placed = receipts_ok.and_then(|(_, p)| p.get(j).cloned().flatten());
-            let attested =
-                self.attested_play(&node, s, report.sent_unix_ms, epoch, checked, placed);
-            delivered = delivered.saturating_add(attested.min(s.delivered_ms).min(since_last));
+            let Some((attested, placed)) =
+                self.attested_play(&node, s, report.sent_unix_ms, epoch, checked, placed)
+            else {
+                continue;
+            };
+            let credit = attested.min(s.delivered_ms).min(since_last);
+            delivered = delivered.saturating_add(credit);
+            // The studio pays the price its session was placed at, for attested play only.
+            if placed.claims.price > 0 && !placed.claims.studio.is_empty() {
+                let owed = u128::from(placed.claims.price) * u128::from(credit);
+                studio_price_ms += owed;
+                let charge = self
+                    .charges
+                    .entry((epoch, placed.claims.studio.clone()))
+                    .or_default();
+                charge.0 = charge.0.saturating_add(credit);
+                charge.1 += owed;
+            }
         }
         let entry = self.open.entry((epoch, node)).or_default();
         entry.dropped += dropped;
         entry.delivered_ms = entry.delivered_ms.saturating_add(delivered);
+        entry.studio_price_ms += studio_price_ms;
         Verdict::Accepted
     }
 
@@ -664,14 +714,10 @@ impl Tally {
         epoch: u64,
         signature_checked: Option<bool>,
         placed: Option<std::sync::Arc<Placement>>,
-    ) -> u64 {
-        let Some(signed) = &s.receipt else {
-            return 0;
-        };
+    ) -> Option<(u64, std::sync::Arc<Placement>)> {
+        let signed = s.receipt.as_ref()?;
         // The orchestrator placed this session on this node, valid at the report's time.
-        let Some(placed) = placed.or_else(|| self.placement(&s.session_token)) else {
-            return 0;
-        };
+        let placed = placed.or_else(|| self.placement(&s.session_token))?;
         let claims = &placed.claims;
         if claims.nid != node
             || claims.sid != s.session_id
@@ -679,7 +725,7 @@ impl Tally {
             || at_ms.saturating_add(pixelgrid_proto::token::NBF_LEEWAY_S * 1000) < placed.from_ms
             || at_ms >= placed.until_ms
         {
-            return 0;
+            return None;
         }
         // Signed by the player key the token names, at the promised mode.
         let receipt = pixelgrid_proto::receipt::Receipt::from_proto(signed);
@@ -689,7 +735,7 @@ impl Tally {
                 .saturating_sub(placed.from_ms)
                 .saturating_add(PLAY_SLACK_MS)
         {
-            return 0;
+            return None;
         }
         let at_promise = receipt.width >= claims.width
             && receipt.height >= claims.height
@@ -697,12 +743,12 @@ impl Tally {
         let signature_ok = signature_checked
             .unwrap_or_else(|| receipt.verify(&claims.sid, &claims.pk, &signed.signature));
         if !at_promise || !signature_ok {
-            return 0;
+            return None;
         }
         let key = (node.to_owned(), claims.sid.clone());
         let before = self.attested.get(&key).map_or(0, |(played, _)| *played);
         if receipt.played_ms <= before {
-            return 0;
+            return None;
         }
         self.newly_attested.push(AttestedPlay {
             node_id: key.0.clone(),
@@ -712,7 +758,7 @@ impl Tally {
         });
         self.attested
             .insert(key, (receipt.played_ms, placed.until_ms));
-        receipt.played_ms - before
+        Some((receipt.played_ms - before, placed.clone()))
     }
 
     /// Takes a stake change that arrived at `now_ms` (signed with the node's identity key).
@@ -1006,8 +1052,12 @@ impl Tally {
                 } else {
                     0
                 };
-                let gross = (u128::from(c.delivery_reward_per_minute) * u128::from(e.delivered_ms)
-                    / 60_000) as u64;
+                // What studios paid for this node's attested play, plus the network's own
+                // delivery reward; the protocol fee comes off both.
+                let studio_paid = u64::try_from(e.studio_price_ms / 60_000).unwrap_or(u64::MAX);
+                let gross = ((u128::from(c.delivery_reward_per_minute) * u128::from(e.delivered_ms)
+                    / 60_000) as u64)
+                    .saturating_add(studio_paid);
                 let fee = (u128::from(gross) * u128::from(c.protocol_fee_ppm.min(1_000_000))
                     / 1_000_000) as u64;
                 let delivery = gross - fee;
@@ -1060,6 +1110,7 @@ impl Tally {
                     slashed,
                     fee,
                     checks_failed,
+                    studio_paid,
                 });
             }
             if treasury > 0 {
@@ -1075,8 +1126,21 @@ impl Tally {
                     slashed: 0,
                     fee: 0,
                     checks_failed: false,
+                    studio_paid: 0,
                 });
             }
+            let charges = self
+                .charges
+                .range((epoch, String::new())..(epoch + 1, String::new()))
+                .map(|((_, studio), (ms, price_ms))| StudioCharge {
+                    studio: studio.clone(),
+                    delivered_ms: *ms,
+                    amount: u64::try_from(price_ms / 60_000)
+                        .unwrap_or(u64::MAX)
+                        .min(MAX_REPORT_NUMBER),
+                })
+                .collect();
+            self.charges.retain(|(e, _), _| *e != epoch);
             self.checks.retain(|(e, _), _| *e != epoch);
             self.seen_checks.retain(|(e, ..)| *e != epoch);
             payouts.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -1085,6 +1149,7 @@ impl Tally {
                 epoch,
                 root: tree.root(),
                 payouts,
+                charges,
                 tree: std::sync::OnceLock::from(std::sync::Arc::new(tree)),
             };
             self.closed.insert(epoch, closed);
@@ -1215,6 +1280,18 @@ mod tests {
     const ORCHESTRATOR_SEED: [u8; 32] = [40; 32];
 
     fn placed(node: &NodeKey, sid: &str, player: Option<&PlayerKey>, fps: u32) -> String {
+        placed_for(node, sid, player, fps, 0, "")
+    }
+
+    /// A session a studio pays `price` micro-credits per minute for.
+    fn placed_for(
+        node: &NodeKey,
+        sid: &str,
+        player: Option<&PlayerKey>,
+        fps: u32,
+        price: u64,
+        studio: &str,
+    ) -> String {
         use pixelgrid_proto::token::{SessionClaims, TokenSigner, format_rfc3339};
         TokenSigner::from_seed(&ORCHESTRATOR_SEED).sign(&SessionClaims {
             sid: sid.into(),
@@ -1228,7 +1305,77 @@ mod tests {
             aud: node.node_id(),
             nbf: String::new(),
             pk: player.map(PlayerKey::public_hex).unwrap_or_default(),
+            price,
+            studio: studio.into(),
         })
+    }
+
+    #[test]
+    fn studios_pay_their_sessions_prices_for_attested_play_and_fund_the_nodes() {
+        let node = NodeKey::from_seed(&[15; 32]);
+        let player = PlayerKey::from_seed(&[16; 32]);
+        let stranger = PlayerKey::from_seed(&[17; 32]);
+        let rules = receipts_config();
+        let mut t = Tally::new(rules.clone());
+        t.add_node(&node.node_id());
+        let a = placed_for(&node, "a", Some(&player), 60, 600, "acme");
+        let b = placed_for(&node, "b", Some(&player), 60, 1_200, "beta");
+        let c = placed_for(&node, "c", Some(&player), 60, 99_999, "gamma");
+        let minute_one = vec![
+            attested("a", a.clone(), &player, 1, MIN, 60, MIN),
+            attested("b", b, &player, 1, MIN, 60, MIN),
+            // Not signed by its player: gamma pays nothing and the node earns nothing for it.
+            attested("c", c, &stranger, 1, MIN, 60, MIN),
+        ];
+        assert_eq!(
+            t.ingest(&report(&node, 1, MIN, minute_one), MIN),
+            Verdict::Accepted
+        );
+        let minute_two = vec![attested("a", a, &player, 2, 2 * MIN, 60, MIN)];
+        assert_eq!(
+            t.ingest(&report(&node, 2, 2 * MIN, minute_two), 2 * MIN),
+            Verdict::Accepted
+        );
+        let e = t.close_epoch(0).clone();
+        let p = e
+            .payouts
+            .iter()
+            .find(|p| p.node_id == node.node_id())
+            .unwrap();
+        assert_eq!(p.delivered_ms, 3 * MIN);
+        assert_eq!(
+            p.studio_paid,
+            2 * 600 + 1_200,
+            "acme 2 min at 600, beta 1 at 1,200"
+        );
+        let gross = rules.delivery_reward_per_minute * 3 + p.studio_paid;
+        assert_eq!(p.fee, gross * rules.protocol_fee_ppm / 1_000_000);
+        let readiness = if p.sla_met {
+            rules.readiness_reward * p.uptime_ms / rules.epoch_ms
+        } else {
+            0
+        };
+        assert_eq!(p.amount, readiness + gross - p.fee);
+        assert_eq!(
+            e.charges,
+            vec![
+                StudioCharge {
+                    studio: "acme".into(),
+                    delivered_ms: 2 * MIN,
+                    amount: 1_200
+                },
+                StudioCharge {
+                    studio: "beta".into(),
+                    delivered_ms: MIN,
+                    amount: 1_200
+                },
+            ],
+            "what studios owe is what their players attested, and equals what the nodes got"
+        );
+        assert_eq!(
+            e.charges.iter().map(|c| c.amount).sum::<u64>(),
+            p.studio_paid
+        );
     }
 
     fn attested(

@@ -182,6 +182,7 @@ mod tests {
             aud: String::new(),
             nbf: String::new(),
             pk: String::new(),
+            ..Default::default()
         })
     }
 

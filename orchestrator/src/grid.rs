@@ -1568,6 +1568,13 @@ impl Grid {
             aud: reservation.node.clone(),
             nbf: format_rfc3339(now_s),
             pk: player_key,
+            // What the studio pays per attested minute: the price the node asked when placed.
+            price: if launch.studio.is_empty() {
+                0
+            } else {
+                node.view.price
+            },
+            studio: launch.studio.clone(),
         });
         tracing::info!(session = %session_id, node = %reservation.node, slot = reservation.slot, "session placed");
         Ok(pb::ChooseNodeResponse {

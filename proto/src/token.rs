@@ -8,7 +8,8 @@
 //! Claims (JSON): `sid` session id, `nid` node id (hex public key), `aud` (the same node id, as
 //! PASETO registers the audience), `game`, `width`, `height`, `fps`, `iat`, `nbf` and `exp`
 //! (RFC 3339 UTC, second precision), and `pk`, the player's delivery-receipt key, when the
-//! player registered one. The footer is `{"kid":"…"}`: the first 16 hex characters
+//! player registered one, and `price` (micro-credits per minute) and `studio`, who pays for it,
+//! when someone does. The footer is `{"kid":"…"}`: the first 16 hex characters
 //! of the signing public key, so a verifier trusting several keys (during a rotation) picks the
 //! right one. Launch grants ([`LaunchGrantClaims`]) use the same format with their own claims.
 //!
@@ -27,7 +28,7 @@ const HEADER: &str = "v4.public.";
 pub const MAX_TOKEN_LEN: usize = 4096;
 
 /// What a session token grants.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionClaims {
     /// Session id.
     pub sid: String,
@@ -55,6 +56,18 @@ pub struct SessionClaims {
     /// player registered none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pk: String,
+    /// What the studio pays for this session, micro-credits per minute of play its player's
+    /// receipts attest: the node's asking price when the orchestrator placed it. 0 (absent) is a
+    /// session nobody pays for (the network's own delivery reward still applies).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub price: u64,
+    /// The studio that pays for it; empty when none does (a player without a studio).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub studio: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SessionClaims {
@@ -486,6 +499,7 @@ mod tests {
             aud: "ab".repeat(32),
             nbf: format_rfc3339(exp - 60),
             pk: String::new(),
+            ..Default::default()
         }
     }
 

@@ -135,6 +135,7 @@ impl TestNode {
             aud: nid.into(),
             nbf: format_rfc3339((now - 120) as u64),
             pk: String::new(),
+            ..Default::default()
         })
     }
 
@@ -379,6 +380,8 @@ pub struct TestGrid {
     /// Nodes added from now on serve HTTPS with this (a certificate for `localhost`), and
     /// register `https://localhost:PORT` addresses.
     pub node_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The price nodes added from now on ask, micro-credits per minute.
+    pub node_price: u64,
     /// The control plane's server, gateway and leader tasks, and what stops them.
     control: Vec<tokio::task::JoinHandle<()>>,
     stop_control: tokio::sync::watch::Sender<bool>,
@@ -560,6 +563,7 @@ impl TestGrid {
             trusted_token_keys: vec![TokenSigner::from_seed(&GRID_TOKEN_SEED).public_key_hex()],
             congestion_control: true,
             node_tls: None,
+            node_price: 0,
         };
         for i in 0..nodes {
             me.add_node(i as u8, max_sessions);
@@ -650,6 +654,7 @@ impl TestGrid {
         let congestion_control = self.congestion_control;
         let trusted = self.trusted_token_keys.clone();
         let tls = self.node_tls.clone();
+        let price = self.node_price;
         let (addr, node, tasks) = self.runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -669,7 +674,7 @@ impl TestGrid {
                 whep_base_url,
                 probe_address,
                 region: "local".into(),
-                price: 0,
+                price,
                 max_sessions,
                 games: host.games(),
                 gpu: pixelgrid_proto::types::v1::GpuInfo {

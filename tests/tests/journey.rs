@@ -78,6 +78,9 @@ async fn player_position(session: &mut pixelgrid_client::Session) -> (f64, f64) 
 #[test]
 fn the_sdk_plays_its_input_moves_the_player_and_the_indexer_credits_the_play() {
     let mut j = Journey::start();
+    // The studio pays what the nodes ask, per minute its player's receipts attest.
+    const PRICE: u64 = 6_000;
+    j.grid.node_price = PRICE;
     j.grid.add_node(1, 2);
     j.grid.add_node(2, 2);
     let url = j.orchestrator_url();
@@ -123,6 +126,9 @@ fn the_sdk_plays_its_input_moves_the_player_and_the_indexer_credits_the_play() {
                 aud: cheat.node_id(),
                 nbf: String::new(),
                 pk: own_player.public_hex(),
+                // A price it made up, billed to a studio it never served.
+                price: 1_000_000,
+                studio: "victim".into(),
             });
             let mut seq = 0;
             while cheating.load(std::sync::atomic::Ordering::Relaxed) {
@@ -242,10 +248,30 @@ fn the_sdk_plays_its_input_moves_the_player_and_the_indexer_credits_the_play() {
         if *node == serving {
             // Its player's receipts attest the play: about the whole epoch.
             assert!(p.payout.delivered_ms >= EPOCH_MS / 2, "{:?}", p.payout);
+            assert_eq!(
+                p.payout.studio_paid,
+                PRICE * p.payout.delivered_ms / 60_000,
+                "the studio paid the node's price for the attested play"
+            );
         } else {
             assert_eq!(p.payout.delivered_ms, 0, "{:?}", p.payout);
+            assert_eq!(p.payout.studio_paid, 0, "{:?}", p.payout);
         }
     }
+    // What funded it: the test studio owes exactly what the serving node was paid; the
+    // cheat's made-up studio owes nothing.
+    let served = payouts
+        .iter()
+        .find(|p| p.payout.node_id == serving)
+        .unwrap();
+    assert_eq!(
+        indexer.charges(epoch).unwrap(),
+        vec![indexer::tally::StudioCharge {
+            studio: pixelgrid_tests::TEST_STUDIO.into(),
+            delivered_ms: served.payout.delivered_ms,
+            amount: served.payout.studio_paid,
+        }]
+    );
 }
 
 /// A node behind a slow link (+80 ms each way on its probe) is passed over for the other.

@@ -183,6 +183,7 @@ fn bad_whep_requests_get_precise_statuses_and_start_nothing() {
                 aud: support::NODE_ID.into(),
                 nbf: String::new(),
                 pk: String::new(),
+                ..Default::default()
             }
         )
     );

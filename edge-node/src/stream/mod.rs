@@ -456,6 +456,7 @@ impl StreamNode {
             aud: self.settings.node_id.clone(),
             nbf: format_rfc3339(now),
             pk: String::new(),
+            ..Default::default()
         };
         Ok(DevSession {
             whep_url: format!("/whep/{session_id}"),
