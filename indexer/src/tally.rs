@@ -201,6 +201,27 @@ struct Placement {
     until_ms: u64,
 }
 
+impl Placement {
+    fn new(claims: pixelgrid_proto::token::SessionClaims) -> std::sync::Arc<Self> {
+        let player = unhex(&claims.pk)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+            .filter(|k| !k.is_weak());
+        let (from_ms, until_ms) = claims.validity_ms();
+        std::sync::Arc::new(Self {
+            from_ms,
+            until_ms,
+            claims,
+            player,
+        })
+    }
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
 /// Play time a player's receipt attested for a session on a node, as far as it was credited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttestedPlay {
@@ -518,6 +539,16 @@ impl Tally {
         let valid = crate::report::signatures_valid_with(batch, |id| node_keys.get(id).copied());
         // The players' receipts in validly signed reports, checked as one batch too (their keys
         // come from the session tokens).
+        self.check_tokens(
+            batch
+                .iter()
+                .zip(&valid)
+                .filter(|(_, v)| **v)
+                .filter_map(|(s, _)| s.report.as_ref())
+                .flat_map(|r| &r.sessions)
+                .filter(|d| d.receipt.is_some())
+                .map(|d| d.session_token.as_str()),
+        );
         let mut checks = Vec::new();
         let mut at = Vec::new();
         let mut placements: Vec<Vec<Option<std::sync::Arc<Placement>>>> = batch
@@ -565,31 +596,44 @@ impl Tally {
         if token.len() > pixelgrid_proto::token::MAX_TOKEN_LEN {
             return None;
         }
-        let digest: [u8; 32] = {
-            use sha2::Digest;
-            sha2::Sha256::digest(token.as_bytes()).into()
-        };
+        let digest = token_digest(token);
         if let Some(c) = self.checked_tokens.get(&digest) {
             return c.clone();
         }
-        let c = verifier.verify_timeless(token).ok().map(|claims| {
-            let player = unhex(&claims.pk)
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
-                .filter(|k| !k.is_weak());
-            let (from_ms, until_ms) = claims.validity_ms();
-            std::sync::Arc::new(Placement {
-                from_ms,
-                until_ms,
-                claims,
-                player,
-            })
-        });
+        let c = verifier.verify_timeless(token).ok().map(Placement::new);
+        self.remember_token(digest, c.clone());
+        c
+    }
+
+    /// Checks the tokens not met before as one batch and remembers them (each session's token
+    /// is new once; its later reports find it remembered).
+    fn check_tokens<'a>(&mut self, tokens: impl Iterator<Item = &'a str>) {
+        let Some(verifier) = self.placements.as_ref() else {
+            return;
+        };
+        let mut new: Vec<(&str, [u8; 32])> = Vec::new();
+        for token in tokens.filter(|t| t.len() <= pixelgrid_proto::token::MAX_TOKEN_LEN) {
+            let digest = token_digest(token);
+            if !self.checked_tokens.contains_key(&digest) && !new.iter().any(|(_, d)| *d == digest)
+            {
+                new.push((token, digest));
+            }
+        }
+        if new.is_empty() {
+            return;
+        }
+        let texts: Vec<&str> = new.iter().map(|(t, _)| *t).collect();
+        let verdicts = verifier.verify_timeless_batch(&texts);
+        for ((_, digest), verdict) in new.into_iter().zip(verdicts) {
+            self.remember_token(digest, verdict.ok().map(Placement::new));
+        }
+    }
+
+    fn remember_token(&mut self, digest: [u8; 32], placement: Option<std::sync::Arc<Placement>>) {
         if self.checked_tokens.len() >= MAX_CHECKED_TOKENS {
             self.checked_tokens.clear();
         }
-        self.checked_tokens.insert(digest, c.clone());
-        c
+        self.checked_tokens.insert(digest, placement);
     }
 
     /// `receipts_ok`: per session of the report, whether its receipt's signature was already

@@ -309,13 +309,39 @@ impl TokenVerifier {
     /// judge a token at a time of their own (the indexer, at the time of the report carrying it:
     /// [`SessionClaims::valid_at`]).
     pub fn verify_timeless(&self, token: &str) -> Result<SessionClaims, TokenError> {
-        let message = self.signed_message(token)?;
-        let claims: SessionClaims = serde_json::from_slice(&message)
-            .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
-        if !claims.aud.is_empty() && claims.aud != claims.nid {
-            return Err(TokenError::Malformed("aud and nid differ".into()));
-        }
-        Ok(claims)
+        session_claims(&self.signed_message(token)?)
+    }
+
+    /// [`Self::verify_timeless`] for many tokens at once: their signatures checked as one batch
+    /// (about twice as fast as one by one: the indexer meets every session's token once), and
+    /// each alone when the batch fails, so one bad token cannot sink or hide the others.
+    pub fn verify_timeless_batch(&self, tokens: &[&str]) -> Vec<Result<SessionClaims, TokenError>> {
+        let parts: Vec<Result<SignedParts, TokenError>> =
+            tokens.iter().map(|t| self.signed_parts(t)).collect();
+        // Only tokens naming one trusted key can join the batch.
+        let batchable: Vec<&SignedParts> = parts
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .filter(|p| p.keys.len() == 1)
+            .collect();
+        let batch_ok = !batchable.is_empty() && {
+            let texts: Vec<&[u8]> = batchable.iter().map(|p| p.signed.as_slice()).collect();
+            let sigs: Vec<Signature> = batchable.iter().map(|p| p.signature).collect();
+            let keys: Vec<VerifyingKey> = batchable.iter().map(|p| p.keys[0]).collect();
+            ed25519_dalek::verify_batch(&texts, &sigs, &keys).is_ok()
+        };
+        parts
+            .into_iter()
+            .map(|p| {
+                let p = p?;
+                if batch_ok && p.keys.len() == 1 {
+                    Ok(p.claims)
+                } else {
+                    p.verified()
+                }
+                .and_then(|message| session_claims(&message))
+            })
+            .collect()
     }
 
     /// Checks the signature, `nbf` and `exp` of any token and parses its claims as `T`.
@@ -345,6 +371,12 @@ impl TokenVerifier {
 
     /// The claims bytes of a token whose signature verifies for a trusted key.
     fn signed_message(&self, token: &str) -> Result<Vec<u8>, TokenError> {
+        self.signed_parts(token)?.verified()
+    }
+
+    /// A token taken apart (not yet verified): what was signed, the signature, the trusted keys
+    /// that may have signed it and the claims bytes.
+    fn signed_parts(&self, token: &str) -> Result<SignedParts, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed(format!(
                 "longer than {MAX_TOKEN_LEN} bytes"
@@ -366,12 +398,17 @@ impl TokenVerifier {
             .transpose()?
             .unwrap_or_default();
         // A footer must name the key; without one, any trusted key may have signed.
-        let candidates: Vec<&VerifyingKey> = if footer.is_empty() {
-            self.keys.iter().collect()
+        let candidates: Vec<VerifyingKey> = if footer.is_empty() {
+            self.keys.clone()
         } else {
             let f: Footer = serde_json::from_slice(&footer)
                 .map_err(|_| TokenError::Malformed("footer is not {\"kid\":…}".into()))?;
-            let found: Vec<_> = self.keys.iter().filter(|k| key_id(k) == f.kid).collect();
+            let found: Vec<_> = self
+                .keys
+                .iter()
+                .filter(|k| key_id(k) == f.kid)
+                .copied()
+                .collect();
             if found.is_empty() {
                 return Err(TokenError::UnknownKey(f.kid.chars().take(32).collect()));
             }
@@ -387,15 +424,46 @@ impl TokenVerifier {
         }
         let (message, sig) = raw.split_at(raw.len() - 64);
         let signature = Signature::from_slice(sig).map_err(|_| TokenError::BadSignature)?;
-        let signed = pae(&[HEADER.as_bytes(), message, &footer, b""]);
-        if !candidates
-            .iter()
-            .any(|k| k.verify_strict(&signed, &signature).is_ok())
-        {
-            return Err(TokenError::BadSignature);
-        }
-        Ok(message.to_vec())
+        Ok(SignedParts {
+            signed: pae(&[HEADER.as_bytes(), message, &footer, b""]),
+            signature,
+            keys: candidates,
+            claims: message.to_vec(),
+        })
     }
+}
+
+/// A token taken apart by [`TokenVerifier::signed_parts`].
+struct SignedParts {
+    signed: Vec<u8>,
+    signature: Signature,
+    keys: Vec<VerifyingKey>,
+    claims: Vec<u8>,
+}
+
+impl SignedParts {
+    /// The claims bytes, when one of the keys signed them (strictly checked).
+    fn verified(self) -> Result<Vec<u8>, TokenError> {
+        if self
+            .keys
+            .iter()
+            .any(|k| k.verify_strict(&self.signed, &self.signature).is_ok())
+        {
+            Ok(self.claims)
+        } else {
+            Err(TokenError::BadSignature)
+        }
+    }
+}
+
+/// A session token's claims from its verified bytes.
+fn session_claims(message: &[u8]) -> Result<SessionClaims, TokenError> {
+    let claims: SessionClaims = serde_json::from_slice(message)
+        .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
+    if !claims.aud.is_empty() && claims.aud != claims.nid {
+        return Err(TokenError::Malformed("aud and nid differ".into()));
+    }
+    Ok(claims)
 }
 
 /// Lowercase hex (the `hex` crate).
@@ -485,6 +553,39 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_of_tokens_gets_the_verdict_each_would_get_alone() {
+        let signer = TokenSigner::from_seed(&[1; 32]);
+        let verifier = TokenVerifier::from_hex(&signer.public_key_hex()).unwrap();
+        let good = signer.sign(&claims(100));
+        let also_good = signer.sign(&SessionClaims {
+            sid: "another".into(),
+            ..claims(200)
+        });
+        // One character of the claims changed after signing.
+        let mut forged = good.clone().into_bytes();
+        let i = HEADER.len() + 8;
+        forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        let foreign = TokenSigner::from_seed(&[2; 32]).sign(&claims(100));
+        let tokens = [
+            good.as_str(),
+            forged.as_str(),
+            foreign.as_str(),
+            "v4.public.junk",
+            also_good.as_str(),
+        ];
+        let batch = verifier.verify_timeless_batch(&tokens);
+        for (token, verdict) in tokens.iter().zip(&batch) {
+            assert_eq!(verdict, &verifier.verify_timeless(token), "{token}");
+        }
+        assert!(batch[0].is_ok() && batch[4].is_ok());
+        assert!(batch[1].is_err() && batch[2].is_err() && batch[3].is_err());
+        // All good: the batch alone decides.
+        let all_good = verifier.verify_timeless_batch(&[good.as_str(), also_good.as_str()]);
+        assert_eq!(all_good[1].as_ref().unwrap().sid, "another");
+    }
 
     fn claims(exp: u64) -> SessionClaims {
         SessionClaims {
