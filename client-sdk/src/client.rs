@@ -121,7 +121,9 @@ pub struct LaunchOptions {
     pub reconnect: bool,
     /// Nothing from the node (no video, no message on the data channel) for this long means the
     /// node is lost. A node that still answers while its game holds the pictures back (a
-    /// packaged game loading its data) is slow, not lost: [`Event::Degraded`] says so.
+    /// packaged game loading its data) is slow, not lost: [`Event::Degraded`] says so. Nodes
+    /// say they are alive on the data channel every 100 ms, so 500 ms (the default) is five
+    /// missed in a row.
     pub node_lost_after: Duration,
     /// Reach the node only through the TURN relays the orchestrator hands out (as a player
     /// behind a NAT that lets nothing else through would); fails when it hands out none.
@@ -147,7 +149,7 @@ impl Default for LaunchOptions {
             access_units: false,
             audio: true,
             reconnect: true,
-            node_lost_after: Duration::from_millis(1500),
+            node_lost_after: Duration::from_millis(500),
             relay_only: false,
             tcp_only: false,
             node_id: None,
@@ -715,7 +717,8 @@ async fn supervise(mut s: Supervisor) {
                 let _ = s.events.send(Event::Ended { reason: "ended by the player".into() });
                 return;
             }
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            // Often enough that noticing a lost node adds little to the threshold.
+            _ = tokio::time::sleep(Duration::from_millis(25)) => {}
         }
         // The node ended the session itself (the game exited): no other node would do better.
         let ended = s

@@ -243,7 +243,8 @@ export class PixelGridPlayer {
     this.receiptsSent = 0;
     if (s.playerKey) this.timers.push(setInterval(() => this.sendReceipt(s.session_id, s.playerKey), 1000));
     this.lastFrameAt = performance.now();
-    this.timers.push(setInterval(() => this.watchdog(options.nodeLostAfterMs || 1500), 250));
+    // Nodes say they are alive every 100 ms: 500 ms of nothing is five missed in a row.
+    this.timers.push(setInterval(() => this.watchdog(options.nodeLostAfterMs || 500), 50));
     this.onEvent({ type: "connected", node: s.node_id, session: s.session_id });
     return s;
   }

@@ -413,6 +413,60 @@ fn killing_the_serving_node_moves_the_session_to_the_other_node() {
     });
 }
 
+/// The SDK takes a node for lost after 500 ms of silence (nodes say they are alive every 100 ms);
+/// that must not fire on healthy nodes working hard: five sessions on this 2-core machine, each
+/// rendering, encoding and decoding, for 15 s, and not one is taken for lost.
+#[test]
+fn healthy_nodes_under_load_are_never_taken_for_lost() {
+    let mut j = Journey::start();
+    j.grid.add_node(7, 3);
+    j.grid.add_node(8, 3);
+    let url = j.orchestrator_url();
+    let api_key = j.grid.api_key.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let frames_and_events = rt.block_on(async {
+        let client = Client::connect(&url)
+            .await
+            .unwrap()
+            .with_api_key(&api_key, "journey-player");
+        let mut sessions = Vec::new();
+        for _ in 0..5 {
+            sessions.push(client.launch("arena", options(640, 360, 30)).await.unwrap());
+        }
+        let players = sessions.into_iter().map(|mut s| {
+            tokio::spawn(async move {
+                let until = Instant::now() + Duration::from_secs(15);
+                let mut frames = 0u32;
+                while Instant::now() < until {
+                    if tokio::time::timeout(Duration::from_secs(5), s.next_frame())
+                        .await
+                        .is_ok_and(|f| f.is_some())
+                    {
+                        frames += 1;
+                    }
+                }
+                let events: Vec<Event> = std::iter::from_fn(|| s.try_event()).collect();
+                s.end().await;
+                (frames, events)
+            })
+        });
+        let mut out = Vec::new();
+        for p in players {
+            out.push(p.await.unwrap());
+        }
+        out
+    });
+    for (frames, events) in frames_and_events {
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::NodeLost { .. } | Event::Reconnected { .. })),
+            "a healthy node was taken for lost: {events:?}"
+        );
+        assert!(frames > 100, "{frames} frames in 15 s: {events:?}");
+    }
+}
+
 /// A render challenge through the real pipeline: the player asks the node to draw a nonce, and
 /// reads it back from the pictures it decodes (H.264 through WebRTC) — what a checker does to
 /// prove a node renders this stream live. A second nonce replaces the first.

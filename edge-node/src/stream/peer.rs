@@ -397,11 +397,17 @@ async fn run_input_channel(dc: Arc<dyn DataChannel>, ctx: ViewerContext, limits:
     let started = Instant::now();
     let mut gate = InputGate::new(limits);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut alive = tokio::time::interval(super::protocol::KEEPALIVE_EVERY);
+    alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut open = false;
     let now_ms = || started.elapsed().as_millis() as u64;
     loop {
         tokio::select! {
             event = dc.poll() => match event {
-                Some(DataChannelEvent::OnOpen) => send(&dc, &hello(&ctx)).await,
+                Some(DataChannelEvent::OnOpen) => {
+                    open = true;
+                    send(&dc, &hello(&ctx)).await;
+                }
                 Some(DataChannelEvent::OnMessage(msg)) => match gate.admit(now_ms(), &msg.data) {
                     Ok(GateOutcome { message, events_dropped }) => {
                         ctx.counters.input_dropped.fetch_add(u64::from(events_dropped), Ordering::Relaxed);
@@ -452,6 +458,7 @@ async fn run_input_channel(dc: Arc<dyn DataChannel>, ctx: ViewerContext, limits:
                 }
                 Some(_) => {}
             },
+            _ = alive.tick(), if open => send(&dc, &NodeMessage::Alive {}).await,
             _ = tick.tick() => {
                 if gate.silence_elapsed(now_ms()) && ctx.controls.load(Ordering::Relaxed) {
                     ctx.session.release_all_input();

@@ -14,6 +14,7 @@
 //! | node | `frame` | per frame: RTP timestamp, capture time, where the time went |
 //! | node | `pong` | the ping's `t` and the node's clock |
 //! | node | `stats` | once a second: session and input counters |
+//! | node | `alive` | none; every 100 ms ([`KEEPALIVE_EVERY`]): the node is up even while its game holds pictures back, so players can tell a lost node within half a second |
 //!
 //! Limits ([`InputLimits`]): messages over 4 KiB, more than 64 events in one message, events
 //! beyond 500/s (burst 250), unknown versions, types or kinds and out-of-range values are dropped
@@ -21,6 +22,10 @@
 
 use crate::input::{InputEvent, InputRejected};
 use serde::{Deserialize, Serialize};
+
+/// How often the node says it is alive on the data channel. Players decide a node is lost after
+/// several of these go missing (the SDKs: 500 ms of nothing at all).
+pub const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Protocol version this node speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -353,6 +358,8 @@ pub enum NodeMessage {
         /// Why, e.g. "the game exited with code 0".
         reason: String,
     },
+    /// Nothing but "still here", every [`KEEPALIVE_EVERY`].
+    Alive {},
     /// Counters, once a second.
     Stats {
         /// Frames encoded so far.
