@@ -5,6 +5,7 @@
 
 #![allow(clippy::print_stdout, missing_debug_implementations)]
 
+pub mod faults;
 pub mod impair;
 pub mod turn;
 pub mod viewer;
@@ -382,6 +383,9 @@ pub struct TestGrid {
     pub node_tls: Option<tokio_rustls::TlsAcceptor>,
     /// The price nodes added from now on ask, micro-credits per minute.
     pub node_price: u64,
+    /// How nodes added from now on reach the orchestrator (`http://…`), when not directly
+    /// (through a [`faults::Partition`], say).
+    pub orchestrator_for_nodes: Option<String>,
     /// The control plane's server, gateway and leader tasks, and what stops them.
     control: Vec<tokio::task::JoinHandle<()>>,
     stop_control: tokio::sync::watch::Sender<bool>,
@@ -564,6 +568,7 @@ impl TestGrid {
             congestion_control: true,
             node_tls: None,
             node_price: 0,
+            orchestrator_for_nodes: None,
         };
         for i in 0..nodes {
             me.add_node(i as u8, max_sessions);
@@ -575,6 +580,15 @@ impl TestGrid {
     /// same addresses, as an orchestrator process restarted on its state would be; the nodes
     /// keep running and find it again.
     pub fn restart_orchestrator(&mut self, store: Arc<dyn orchestrator::store::Store>) {
+        self.restart_orchestrator_after(store, Duration::ZERO);
+    }
+
+    /// [`TestGrid::restart_orchestrator`], the orchestrator staying down for `down` first.
+    pub fn restart_orchestrator_after(
+        &mut self,
+        store: Arc<dyn orchestrator::store::Store>,
+        down: Duration,
+    ) {
         // Gone at once, as with kill -9: every task of the old control plane, its connections
         // to the nodes included.
         self.stop_control.send_replace(true);
@@ -584,6 +598,7 @@ impl TestGrid {
         if let Some(old) = self.control_runtime.take() {
             old.shutdown_background();
         }
+        std::thread::sleep(down);
         let at = (self.orchestrator, self.gateway);
         let operator = self.operator.clone();
         let runtime = control_runtime();
@@ -649,7 +664,10 @@ impl TestGrid {
         delay: Option<Duration>,
     ) -> SocketAddr {
         let host = Arc::new(host);
-        let orchestrator_url = format!("http://{}", self.orchestrator);
+        let orchestrator_url = self
+            .orchestrator_for_nodes
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.orchestrator));
         let reporting = self.reporting.clone();
         let congestion_control = self.congestion_control;
         let trusted = self.trusted_token_keys.clone();

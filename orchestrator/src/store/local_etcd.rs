@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct LocalEtcd {
     members: Vec<Option<Child>>,
+    /// How each member was started (to start it again on its data).
+    commands: Vec<Vec<std::ffi::OsString>>,
     /// Client URLs, one per member.
     pub endpoints: Vec<String>,
     _dirs: Vec<tempfile::TempDir>,
@@ -41,6 +43,7 @@ impl LocalEtcd {
             .join(",");
         let mut me = Self {
             members: Vec::new(),
+            commands: Vec::new(),
             endpoints: Vec::new(),
             _dirs: Vec::new(),
         };
@@ -49,19 +52,39 @@ impl LocalEtcd {
                 .map_err(|e| Error::Unavailable(format!("no temp dir for etcd: {e}")))?;
             let endpoint = format!("http://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new("etcd")
-                .args(["--name", &format!("m{i}"), "--data-dir"])
-                .arg(dir.path())
-                .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", "pixelgrid-local", "--log-level", "error"])
-                .args(["--quota-backend-bytes", "4294967296"])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| Error::Unavailable(format!("cannot start etcd ({e}); install Debian's etcd-server (deploy/install-deps.sh does)")))?;
+            let mut args: Vec<std::ffi::OsString> = vec![
+                "--name".into(),
+                format!("m{i}").into(),
+                "--data-dir".into(),
+                dir.path().into(),
+            ];
+            args.extend(
+                [
+                    "--listen-client-urls",
+                    &endpoint,
+                    "--advertise-client-urls",
+                    &endpoint,
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "pixelgrid-local",
+                    "--log-level",
+                    "error",
+                    "--quota-backend-bytes",
+                    "4294967296",
+                ]
+                .iter()
+                .chain(extra)
+                .map(std::ffi::OsString::from),
+            );
+            let child = spawn(&args)?;
+            me.commands.push(args);
             me.members.push(Some(child));
             me._dirs.push(dir);
             me.endpoints.push(endpoint);
@@ -80,6 +103,15 @@ impl LocalEtcd {
         Ok(me)
     }
 
+    /// Starts member `i` again on its data directory and ports, after [`LocalEtcd::kill`]
+    /// (as a restarted etcd process rejoins its cluster).
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        if self.members.get(i).is_some_and(Option::is_none) {
+            self.members[i] = Some(spawn(&self.commands[i])?);
+        }
+        Ok(())
+    }
+
     /// Kills member `i` with SIGKILL.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members.get_mut(i).and_then(Option::take) {
@@ -87,6 +119,19 @@ impl LocalEtcd {
             let _ = c.wait();
         }
     }
+}
+
+fn spawn(args: &[std::ffi::OsString]) -> Result<Child> {
+    Command::new("etcd")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot start etcd ({e}); install Debian's etcd-server (deploy/install-deps.sh does)"
+            ))
+        })
 }
 
 impl Drop for LocalEtcd {
