@@ -47,6 +47,9 @@ pub struct BenchReport {
     pub heartbeats_needed_per_s: f64,
     /// Slots granted to two sessions (must be 0).
     pub double_bookings: usize,
+    /// The store's own ceiling in the same run: bare puts of 100-byte values per second,
+    /// `concurrency` at a time (what a heartbeat that must write costs at least).
+    pub store_puts_per_s: f64,
 }
 
 /// The `p` quantile of `v` (nearest rank), sorting it in place; NaN when empty.
@@ -204,6 +207,7 @@ pub async fn run(
     )
     .await?;
 
+    let store_puts_per_s = store_ceiling(store.as_ref(), concurrency, heartbeat_seconds).await;
     Ok(BenchReport {
         store: store_name.to_owned(),
         nodes,
@@ -219,7 +223,38 @@ pub async fn run(
         placements_under_heartbeats: beside.len(),
         p99_under_heartbeats_ms: pct(&mut beside, 0.99),
         double_bookings,
+        store_puts_per_s,
     })
+}
+
+/// Bare puts per second, `concurrency` at a time for `seconds`, to keys cleaned up after.
+async fn store_ceiling(store: &dyn Store, concurrency: usize, seconds: u64) -> f64 {
+    let until = Instant::now() + Duration::from_secs(seconds.max(1));
+    let started = Instant::now();
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let worker = |w: usize| {
+        let done = &done;
+        async move {
+            let mut i = 0;
+            while Instant::now() < until {
+                let key = format!("/pixelgrid/bench-ceiling/{w:03}-{:03}", i % 100);
+                if store.put(&key, vec![b'x'; 100], 0).await.is_ok() {
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }
+    };
+    futures::future::join_all((0..concurrency).map(worker)).await;
+    let per_s = done.into_inner() as f64 / started.elapsed().as_secs_f64();
+    for kv in store
+        .range("/pixelgrid/bench-ceiling/")
+        .await
+        .unwrap_or_default()
+    {
+        let _ = store.delete(&kv.key).await;
+    }
+    per_s
 }
 
 /// Places session `i` for `request` (one reservation transaction, as ChooseNode makes): how
@@ -398,6 +433,7 @@ impl BenchReport {
              placements: {} of {} granted, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms\n\
              heartbeats: {:.0}/s sustained (grid needs {:.0}/s: {:.2}x)\n\
              at twice the need: {:.0} heartbeats/s taken, placement p99 {:.2} ms beside them ({} placements)\n\
+             store ceiling, same run: {:.0} bare puts/s at {} in flight (paced heartbeats: {:.2}x of it)\n\
              double_bookings: {}",
             self.store,
             self.nodes,
@@ -413,6 +449,9 @@ impl BenchReport {
             self.paced_heartbeats_per_s,
             self.p99_under_heartbeats_ms,
             self.placements_under_heartbeats,
+            self.store_puts_per_s,
+            self.concurrency,
+            self.paced_heartbeats_per_s / self.store_puts_per_s,
             self.double_bookings
         )
     }

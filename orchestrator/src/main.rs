@@ -406,9 +406,27 @@ async fn bench(
         heartbeat_seconds,
     )
     .await;
+    // What the run left in etcd: its database file and keys.
+    let endpoints = match &local_etcd {
+        Some(e) => e.endpoints.clone(),
+        None => cli.etcd.clone(),
+    };
+    let etcd_after = if store == "etcd" {
+        let etcd = EtcdStore::connect(&endpoints).await?;
+        let (db_bytes, _) = etcd.db_size().await?;
+        Some((db_bytes, etcd.range("/pixelgrid/").await?.len()))
+    } else {
+        None
+    };
     drop(local_etcd);
     let report = report?;
     println!("{}", report.table());
+    if let Some((db_bytes, keys)) = etcd_after {
+        println!(
+            "etcd after the run: {:.1} MiB database, {keys} keys",
+            db_bytes as f64 / 1_048_576.0
+        );
+    }
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

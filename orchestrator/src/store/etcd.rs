@@ -13,6 +13,24 @@ use std::time::Duration;
 /// How many times an operation is tried before its error is returned.
 const ATTEMPTS: u32 = 5;
 
+/// Keys per page of a range read. One answer is limited to 4 MiB by the gRPC client: 100,000
+/// node records in one read were 38 MB, so big prefixes are read in pages of this many (all at
+/// the first page's revision, so the pages form one snapshot).
+const PAGE: i64 = 1_000;
+
+/// The first key after every key starting with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): to the end of the keyspace.
+    vec![0]
+}
+
 /// The etcd store; see the module docs.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -64,6 +82,40 @@ impl EtcdStore {
     }
 
     /// Runs `f` with retries and backoff on transport errors.
+    /// Every key under `prefix`, read in pages of [`PAGE`] at one revision, and that revision.
+    async fn range_paged(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        let end = prefix_end(prefix);
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut out = Vec::new();
+        loop {
+            let r = self
+                .retry(|mut c| {
+                    let (from, end) = (from.clone(), end.clone());
+                    async move {
+                        let mut options = GetOptions::new().with_range(end).with_limit(PAGE);
+                        if revision > 0 {
+                            options = options.with_revision(revision);
+                        }
+                        c.get(from, Some(options)).await
+                    }
+                })
+                .await?;
+            if revision == 0 {
+                revision = r.header().map_or(0, |h| h.revision());
+            }
+            out.extend(r.kvs().iter().map(kv));
+            match r.kvs().last() {
+                Some(last) if r.more() => {
+                    // The next page starts just after the last key read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((out, revision)),
+            }
+        }
+    }
+
     async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T>
     where
         F: FnMut(Client) -> Fut,
@@ -114,12 +166,7 @@ impl Store for EtcdStore {
     }
 
     async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        let r = self
-            .retry(
-                |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await },
-            )
-            .await?;
-        Ok(r.kvs().iter().map(kv).collect())
+        Ok(self.range_paged(prefix).await?.0)
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<i64> {
@@ -204,13 +251,7 @@ impl Store for EtcdStore {
     }
 
     async fn range_and_watch(&self, prefix: &str) -> Result<(Vec<KeyValue>, WatchReceiver)> {
-        let r = self
-            .retry(
-                |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await },
-            )
-            .await?;
-        let revision = r.header().map_or(0, |h| h.revision());
-        let now = r.kvs().iter().map(kv).collect();
+        let (now, revision) = self.range_paged(prefix).await?;
         // etcd keeps history, so watching from the snapshot's next revision leaves no gap.
         let options = WatchOptions::new()
             .with_prefix()
