@@ -39,7 +39,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// receipts attest, for sessions the orchestrator placed; identities crowding one host; stakes,
 /// downtime slashing and the protocol fee with the treasury's leaf. 3: checkers' signed results,
 /// the majority of the named checkers failing a node forfeits its epoch and slashes it. 4: studios
-/// pay their sessions' prices for attested play, on top of the network's delivery reward.
+/// pay their sessions' prices for attested play, on top of the network's delivery reward; a
+/// checker's results per node and epoch capped ([`checks_allowed`]).
 pub const RULES_REVISION: u32 = 4;
 
 /// The rules; the same everywhere, or roots will not match.
@@ -163,6 +164,14 @@ const MAX_CHECKED_TOKENS: usize = 65_536;
 pub const MAX_REPORT_NUMBER: u64 = i64::MAX as u64;
 /// Most session entries one report may carry (far above any node's capacity).
 pub const MAX_SESSIONS_PER_REPORT: usize = 256;
+/// A checker's results for one node count at most once per this long on average (an epoch of
+/// an hour takes 360 per checker and node; checkers watch once a minute).
+pub const MIN_CHECK_PERIOD_MS: u64 = 10_000;
+/// Results one checker may submit for one node in an epoch of `epoch_ms` (at least 10, for
+/// short epochs).
+pub fn checks_allowed(epoch_ms: u64) -> u64 {
+    (epoch_ms / MIN_CHECK_PERIOD_MS).max(10)
+}
 /// Longest session id a report may carry, bytes.
 pub const MAX_SESSION_ID_BYTES: usize = 128;
 
@@ -910,14 +919,28 @@ impl Tally {
         if self.is_closed(epoch) {
             return Verdict::EpochClosed;
         }
-        if !self.seen_checks.insert((
+        let seen = (
             epoch,
             signed.checker.clone(),
             node.clone(),
             result.session_id.clone(),
-        )) {
+        );
+        if self.seen_checks.contains(&seen) {
             return Verdict::Replayed;
         }
+        // A checker watches a node at most once per MIN_CHECK_PERIOD_MS on average: more is a
+        // flood (memory, and a named checker drowning the others' results), refused.
+        let counted = self
+            .checks
+            .get(&(epoch, node.clone()))
+            .and_then(|by| by.get(&signed.checker))
+            .map_or(0, |(passed, failed)| {
+                u64::from(*passed) + u64::from(*failed)
+            });
+        if counted >= checks_allowed(self.config.epoch_ms) {
+            return Verdict::OutOfRange;
+        }
+        self.seen_checks.insert(seen);
         let tally = self
             .checks
             .entry((epoch, node))
@@ -1904,6 +1927,30 @@ mod tests {
             },
             checker,
         )
+    }
+
+    #[test]
+    fn a_named_checker_flooding_a_node_with_results_is_cut_off_at_one_per_ten_seconds() {
+        let flooder = NodeKey::from_seed(&[77; 32]);
+        let other = NodeKey::from_seed(&[78; 32]);
+        let node = NodeKey::from_seed(&[79; 32]);
+        let rules = TallyConfig {
+            checker_keys: vec![flooder.node_id(), other.node_id()],
+            ..TallyConfig::default()
+        };
+        let mut t = Tally::new(rules.clone());
+        t.add_node(&node.node_id());
+        let at = 30 * MIN;
+        let allowed = checks_allowed(rules.epoch_ms);
+        for i in 0..allowed {
+            let r = check_result(&flooder, &node, &format!("s{i}"), false, at);
+            assert_eq!(t.ingest_check(&r, at), Verdict::Accepted, "result {i}");
+        }
+        let beyond = check_result(&flooder, &node, "one-too-many", false, at);
+        assert_eq!(t.ingest_check(&beyond, at), Verdict::OutOfRange);
+        // Another checker's results for the same node still count.
+        let r = check_result(&other, &node, "o", true, at);
+        assert_eq!(t.ingest_check(&r, at), Verdict::Accepted);
     }
 
     #[test]
