@@ -702,6 +702,13 @@ struct Supervisor {
     stop: tokio::sync::oneshot::Receiver<()>,
 }
 
+/// How long a node may stay silent after its answer before the first packet (ICE and DTLS
+/// connecting) before it is taken for lost.
+const CONNECT_GRACE: Duration = Duration::from_secs(3);
+/// The loss threshold for a node whose hello announced no keep-alives (it sends stats once a
+/// second).
+const LEGACY_NODE_LOST_AFTER: Duration = Duration::from_millis(1500);
+
 /// Watches the stream; re-launches when the node is lost.
 async fn supervise(mut s: Supervisor) {
     let mut slow_seconds = 0u32;
@@ -733,12 +740,24 @@ async fn supervise(mut s: Supervisor) {
             });
             return;
         }
-        let silent_ms = (unix_ms() as u64).saturating_sub(
-            s.connection
-                .last_packet_ms
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        if silent_ms >= s.options.node_lost_after.as_millis() as u64 {
+        let heard_ms = s
+            .connection
+            .last_packet_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let silent_ms = (unix_ms() as u64).saturating_sub(heard_ms);
+        let mut lost_after = s.options.node_lost_after;
+        if heard_ms <= s.connection.answered_ms {
+            // Nothing heard yet: ICE and DTLS may still be connecting (seconds through a relay).
+            lost_after = lost_after.max(CONNECT_GRACE);
+        } else if !s
+            .connection
+            .keepalive
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // An older node, without keep-alives: its stats come once a second.
+            lost_after = lost_after.max(LEGACY_NODE_LOST_AFTER);
+        }
+        if silent_ms >= lost_after.as_millis() as u64 {
             let lost = s.connection.node_id.clone();
             let old_session = s.connection.session_id.clone();
             let old_token = s.connection.token.clone();

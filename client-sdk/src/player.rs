@@ -63,6 +63,10 @@ pub(crate) struct Connection {
     channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>>,
     /// Unix ms of the latest RTP packet.
     pub last_packet_ms: Arc<AtomicU64>,
+    /// Unix ms of the node's answer: `last_packet_ms` no later than this means nothing heard yet.
+    pub answered_ms: u64,
+    /// Whether the node's hello announced `alive` keep-alives (older nodes send none).
+    pub keepalive: Arc<std::sync::atomic::AtomicBool>,
     /// Set when the node says the session is over (the game exited): why.
     pub ended: Arc<Mutex<Option<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -324,7 +328,9 @@ impl Connection {
         .await?;
         // The node's silence counts from its answer: the offer waited while a packaged game
         // started (seconds for some), and that wait is not a lost node.
-        last_packet_ms.fetch_max(unix_ms() as u64, Ordering::Relaxed);
+        let answered_ms = unix_ms() as u64;
+        last_packet_ms.fetch_max(answered_ms, Ordering::Relaxed);
+        let keepalive = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let channel: Arc<Mutex<Option<Arc<dyn DataChannel>>>> = Arc::default();
         let ended: Arc<Mutex<Option<String>>> = Arc::default();
         let tasks = vec![tokio::spawn(run_channel(
@@ -333,7 +339,7 @@ impl Connection {
             origin,
             Arc::clone(&sinks.meter),
             Arc::clone(&ended),
-            Arc::clone(&last_packet_ms),
+            (Arc::clone(&last_packet_ms), Arc::clone(&keepalive)),
             player_key.map(|k| (k, session_id.to_owned())),
         ))];
         Ok(Self {
@@ -343,6 +349,8 @@ impl Connection {
             whep,
             channel,
             last_packet_ms,
+            answered_ms,
+            keepalive,
             ended,
             tasks,
         })
@@ -389,7 +397,8 @@ async fn run_channel(
     origin: Arc<Mutex<Option<Origin>>>,
     meter: Arc<Mutex<StatsMeter>>,
     ended: Arc<Mutex<Option<String>>>,
-    heard: Arc<AtomicU64>,
+    // When the node was last heard, and whether its hello announced keep-alives.
+    (heard, keepalive): (Arc<AtomicU64>, Arc<std::sync::atomic::AtomicBool>),
     receipts: Option<(pixelgrid_proto::receipt::PlayerKey, String)>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -413,6 +422,7 @@ async fn run_channel(
                             let epoch_unix_ms = v.get("epoch_unix_ms").and_then(|x| x.as_f64()).unwrap_or(0.0);
                             let audio_rtp_epoch = v.get("audio_rtp_epoch").and_then(|x| x.as_u64()).map(|x| x as u32);
                             *origin.lock().unwrap_or_else(|p| p.into_inner()) = Some(Origin { rtp_epoch, epoch_unix_ms, audio_rtp_epoch });
+                            keepalive.store(v.get("keepalive_ms").is_some_and(|k| k.as_u64().is_some_and(|k| k > 0)), Ordering::Relaxed);
                         }
                         Some("ended") => {
                             let reason = v.get("reason").and_then(|x| x.as_str()).unwrap_or("ended by the node");

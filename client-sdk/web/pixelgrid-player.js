@@ -135,6 +135,7 @@ export class PixelGridPlayer {
   onNodeMessage(m) {
     // A node that still talks is alive, even while its game holds the pictures back.
     this.lastHeardAt = performance.now();
+    this.heardAny = true;
     switch (m.type) {
       case "hello": this.hello = m; break;
       case "pong": {
@@ -162,6 +163,7 @@ export class PixelGridPlayer {
     if (!v.requestVideoFrameCallback) return;
     const onFrame = (_now, meta) => {
       this.lastFrameAt = performance.now();
+      this.heardAny = true;
       if (this.firstFrameAt === undefined) this.firstFrameAt = this.lastFrameAt;
       if (this.timings.firstFrameMs === null && this.timings.offerSentAt !== null) {
         this.timings.firstFrameMs = meta.presentationTime - this.timings.offerSentAt;
@@ -243,6 +245,7 @@ export class PixelGridPlayer {
     this.receiptsSent = 0;
     if (s.playerKey) this.timers.push(setInterval(() => this.sendReceipt(s.session_id, s.playerKey), 1000));
     this.lastFrameAt = performance.now();
+    this.heardAny = false;
     // Nodes say they are alive every 100 ms: 500 ms of nothing is five missed in a row.
     this.timers.push(setInterval(() => this.watchdog(options.nodeLostAfterMs || 500), 50));
     this.onEvent({ type: "connected", node: s.node_id, session: s.session_id });
@@ -251,6 +254,10 @@ export class PixelGridPlayer {
 
   watchdog(limitMs) {
     if (this.reconnecting || !this.pc) return;
+    // Until the first packet, ICE and DTLS may still be connecting (seconds through a relay);
+    // a node that does not announce keep-alives (older ones) only sends stats once a second.
+    if (!this.heardAny) limitMs = Math.max(limitMs, 3000);
+    else if (!(this.hello && this.hello.keepalive_ms)) limitMs = Math.max(limitMs, 1500);
     const silent = performance.now() - Math.max(this.lastFrameAt || 0, this.lastHeardAt || 0);
     if (silent > limitMs || this.pc.connectionState === "failed") this.reconnect(`nothing from the node for ${Math.round(silent)} ms`);
   }

@@ -833,9 +833,7 @@ impl pb::indexer_server::Indexer for Service {
         &self,
         request: tonic::Request<pb::GetPayoutsRequest>,
     ) -> std::result::Result<tonic::Response<pb::GetPayoutsResponse>, tonic::Status> {
-        let epoch = request.into_inner().epoch;
-        let (row, payouts) = self.indexer.payouts(epoch)?;
-        let charges = self.indexer.charges(epoch)?;
+        let (row, payouts) = self.indexer.payouts(request.into_inner().epoch)?;
         Ok(tonic::Response::new(pb::GetPayoutsResponse {
             epoch: Some(epoch_proto(&row)),
             payouts: payouts
@@ -854,14 +852,6 @@ impl pb::indexer_server::Indexer for Service {
                     fee_micro_credits: s.payout.fee,
                     checks_failed: s.payout.checks_failed,
                     studio_paid_micro_credits: s.payout.studio_paid,
-                })
-                .collect(),
-            studio_charges: charges
-                .into_iter()
-                .map(|c| pb::StudioCharge {
-                    studio: c.studio,
-                    delivered_ms: c.delivered_ms,
-                    amount_micro_credits: c.amount,
                 })
                 .collect(),
         }))

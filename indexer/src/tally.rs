@@ -184,8 +184,9 @@ struct NodeEpoch {
     /// The host that answered a passed probe, per slot (when known).
     probe_host: BTreeMap<u64, String>,
     delivered_ms: u64,
-    /// Σ price × attested ms of the sessions studios pay for (÷ 60 000 at the close).
-    studio_price_ms: u128,
+    /// Per paying studio: attested play of its sessions on this node, ms, and Σ price × ms
+    /// (÷ 60 000 at the close).
+    studio_owed: BTreeMap<String, (u64, u128)>,
     dropped: u64,
 }
 
@@ -280,7 +281,8 @@ pub struct StudioCharge {
     pub studio: String,
     /// Attested play of its sessions, ms.
     pub delivered_ms: u64,
-    /// Owed, micro-credits (rounded down).
+    /// Owed, micro-credits: the sum of what the nodes that served it got from it (each
+    /// rounded down); nothing for the play of a node the checkers failed.
     pub amount: u64,
 }
 
@@ -389,8 +391,6 @@ pub struct Tally {
     new_stake_events: Vec<(String, u64, crate::stake::StakeEvent)>,
     /// Per open (epoch, node): each named checker's (passed, failed) results.
     checks: BTreeMap<(u64, String), BTreeMap<String, (u32, u32)>>,
-    /// Per (epoch, studio): attested play of its paid sessions, ms, and Σ price × ms.
-    charges: BTreeMap<(u64, String), (u64, u128)>,
     /// Results taken, by (epoch, checker, node, session): each is counted once.
     seen_checks: BTreeSet<(u64, String, String, String)>,
     /// Per open epoch, the slots in which the indexer probed anyone (it was running).
@@ -430,7 +430,6 @@ impl Tally {
             last_stake: BTreeMap::new(),
             new_stake_events: Vec::new(),
             checks: BTreeMap::new(),
-            charges: BTreeMap::new(),
             seen_checks: BTreeSet::new(),
             closed: BTreeMap::new(),
             closed_before: 0,
@@ -722,7 +721,7 @@ impl Tally {
             .reported
             .insert(report.sent_unix_ms / self.config.slot_ms);
         let mut delivered = 0u64;
-        let mut studio_price_ms = 0u128;
+        let mut studio_owed: Vec<(String, u64, u128)> = Vec::new();
         let mut dropped = 0u64;
         for (j, s) in report.sessions.iter().enumerate() {
             if s.dropped_by_node {
@@ -741,19 +740,17 @@ impl Tally {
             // The studio pays the price its session was placed at, for attested play only.
             if placed.claims.price > 0 && !placed.claims.studio.is_empty() {
                 let owed = u128::from(placed.claims.price) * u128::from(credit);
-                studio_price_ms += owed;
-                let charge = self
-                    .charges
-                    .entry((epoch, placed.claims.studio.clone()))
-                    .or_default();
-                charge.0 = charge.0.saturating_add(credit);
-                charge.1 += owed;
+                studio_owed.push((placed.claims.studio.clone(), credit, owed));
             }
         }
         let entry = self.open.entry((epoch, node)).or_default();
         entry.dropped += dropped;
         entry.delivered_ms = entry.delivered_ms.saturating_add(delivered);
-        entry.studio_price_ms += studio_price_ms;
+        for (studio, ms, owed) in studio_owed {
+            let o = entry.studio_owed.entry(studio).or_default();
+            o.0 = o.0.saturating_add(ms);
+            o.1 += owed;
+        }
         Verdict::Accepted
     }
 
@@ -928,8 +925,10 @@ impl Tally {
         if self.seen_checks.contains(&seen) {
             return Verdict::Replayed;
         }
-        // A checker watches a node at most once per MIN_CHECK_PERIOD_MS on average: more is a
-        // flood (memory, and a named checker drowning the others' results), refused.
+        // A checker watches a node at most once per MIN_CHECK_PERIOD_MS on average. One result
+        // beyond that is taken (and kept in the ledger) as the mark of a flood: that checker's
+        // results for the node in this epoch then count for nothing, whichever arrived first,
+        // so every indexer fed the same results decides alike. Any more are refused.
         let counted = self
             .checks
             .get(&(epoch, node.clone()))
@@ -937,7 +936,7 @@ impl Tally {
             .map_or(0, |(passed, failed)| {
                 u64::from(*passed) + u64::from(*failed)
             });
-        if counted >= checks_allowed(self.config.epoch_ms) {
+        if counted > checks_allowed(self.config.epoch_ms) {
             return Verdict::OutOfRange;
         }
         self.seen_checks.insert(seen);
@@ -1069,7 +1068,10 @@ impl Tally {
                     let failing = by_checker
                         .iter()
                         .filter(|(checker, (passed, failed))| {
-                            failed > passed && c.checker_keys.contains(checker)
+                            failed > passed
+                                && u64::from(*passed) + u64::from(*failed)
+                                    <= checks_allowed(c.epoch_ms)
+                                && c.checker_keys.contains(checker)
                         })
                         .count();
                     failing > c.checker_keys.len() / 2
@@ -1084,6 +1086,8 @@ impl Tally {
             let mut payouts = Vec::new();
             // Up nodes per (slot, host), counted in node id order.
             let mut crowd: BTreeMap<(u64, String), u32> = BTreeMap::new();
+            // What each studio owes, summed over the nodes that served it.
+            let mut charges: BTreeMap<String, (u64, u64)> = BTreeMap::new();
             for (node, e) in nodes {
                 let checks_failed = failed.contains(&node);
                 // A reported slot is up when a probe in it passed, or when the indexer probed
@@ -1119,9 +1123,19 @@ impl Tally {
                 } else {
                     0
                 };
-                // What studios paid for this node's attested play, plus the network's own
-                // delivery reward; the protocol fee comes off both.
-                let studio_paid = u64::try_from(e.studio_price_ms / 60_000).unwrap_or(u64::MAX);
+                // What studios pay for this node's attested play (rounded down per studio), plus
+                // the network's own delivery reward; the protocol fee comes off both. Studios pay
+                // nothing for the play of a node the checkers failed.
+                let mut studio_paid = 0u64;
+                if !checks_failed {
+                    for (studio, (ms, price_ms)) in &e.studio_owed {
+                        let owed = u64::try_from(price_ms / 60_000).unwrap_or(u64::MAX);
+                        studio_paid = studio_paid.saturating_add(owed);
+                        let charge = charges.entry(studio.clone()).or_insert((0u64, 0u64));
+                        charge.0 = charge.0.saturating_add(*ms);
+                        charge.1 = charge.1.saturating_add(owed);
+                    }
+                }
                 let gross = ((u128::from(c.delivery_reward_per_minute) * u128::from(e.delivered_ms)
                     / 60_000) as u64)
                     .saturating_add(studio_paid);
@@ -1196,18 +1210,14 @@ impl Tally {
                     studio_paid: 0,
                 });
             }
-            let charges = self
-                .charges
-                .range((epoch, String::new())..(epoch + 1, String::new()))
-                .map(|((_, studio), (ms, price_ms))| StudioCharge {
-                    studio: studio.clone(),
-                    delivered_ms: *ms,
-                    amount: u64::try_from(price_ms / 60_000)
-                        .unwrap_or(u64::MAX)
-                        .min(MAX_REPORT_NUMBER),
+            let charges = charges
+                .into_iter()
+                .map(|(studio, (delivered_ms, amount))| StudioCharge {
+                    studio,
+                    delivered_ms,
+                    amount: amount.min(MAX_REPORT_NUMBER),
                 })
                 .collect();
-            self.charges.retain(|(e, _), _| *e != epoch);
             self.checks.retain(|(e, _), _| *e != epoch);
             self.seen_checks.retain(|(e, ..)| *e != epoch);
             payouts.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -1930,27 +1940,34 @@ mod tests {
     }
 
     #[test]
-    fn a_named_checker_flooding_a_node_with_results_is_cut_off_at_one_per_ten_seconds() {
+    fn a_named_checker_flooding_a_node_with_results_is_cut_off_and_counts_for_nothing() {
         let flooder = NodeKey::from_seed(&[77; 32]);
-        let other = NodeKey::from_seed(&[78; 32]);
         let node = NodeKey::from_seed(&[79; 32]);
+        // The flooder is the only named checker: its failures alone would fail the node.
         let rules = TallyConfig {
-            checker_keys: vec![flooder.node_id(), other.node_id()],
+            checker_keys: vec![flooder.node_id()],
             ..TallyConfig::default()
         };
         let mut t = Tally::new(rules.clone());
         t.add_node(&node.node_id());
+        run_hour(&mut t, &node, 0..0, true);
         let at = 30 * MIN;
         let allowed = checks_allowed(rules.epoch_ms);
-        for i in 0..allowed {
+        // Up to the allowance, and one more as the mark of the flood: taken.
+        for i in 0..=allowed {
             let r = check_result(&flooder, &node, &format!("s{i}"), false, at);
             assert_eq!(t.ingest_check(&r, at), Verdict::Accepted, "result {i}");
         }
         let beyond = check_result(&flooder, &node, "one-too-many", false, at);
         assert_eq!(t.ingest_check(&beyond, at), Verdict::OutOfRange);
-        // Another checker's results for the same node still count.
-        let r = check_result(&other, &node, "o", true, at);
-        assert_eq!(t.ingest_check(&r, at), Verdict::Accepted);
+        let e = t.close_epoch(0).clone();
+        let p = e
+            .payouts
+            .iter()
+            .find(|p| p.node_id == node.node_id())
+            .unwrap();
+        assert!(!p.checks_failed, "a flood decides nothing: {p:?}");
+        assert!(p.amount > 0, "{p:?}");
     }
 
     #[test]

@@ -1137,6 +1137,11 @@ impl Grid {
         // Checked again at ChooseNode; here it costs the player no grant.
         self.check_pending(&studio.id).await?;
         let version = (!req.game_version.is_empty()).then(|| req.game_version.clone());
+        // The studio's price ceiling; its player may only lower it.
+        let max_price = match (c.max_micro_credits_per_minute, studio.limits.max_price) {
+            (0, cap) | (cap, 0) => cap,
+            (player, studio) => player.min(studio),
+        };
         let mode_text = format!("{}x{}@{}", mode.width_px, mode.height_px, mode.fps);
         let region = req.player_region.map(|r| r.code).unwrap_or_default();
         let preq = Request {
@@ -1144,8 +1149,7 @@ impl Grid {
             version: version.clone(),
             mode: Some(mode_text.clone()),
             region: region.clone(),
-            max_price: (c.max_micro_credits_per_minute > 0)
-                .then_some(c.max_micro_credits_per_minute),
+            max_price: (max_price > 0).then_some(max_price),
             only_node: (!c.node_id.is_empty()).then(|| c.node_id.clone()),
             ..Request::default()
         };
@@ -1194,7 +1198,7 @@ impl Grid {
                 .copied()
                 .unwrap_or(types::VideoCodec::H264 as i32),
             max_latency_ms: c.max_latency_ms,
-            max_price: c.max_micro_credits_per_minute,
+            max_price,
             candidates: picked.ranked.clone(),
             created_ms: now_ms(),
             studio: studio.id.clone(),
@@ -1572,7 +1576,7 @@ impl Grid {
             price: if launch.studio.is_empty() {
                 0
             } else {
-                node.view.price
+                reservation.price
             },
             studio: launch.studio.clone(),
         });

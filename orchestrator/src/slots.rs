@@ -69,6 +69,9 @@ pub struct SlotReservation {
     pub session: String,
     /// The tenant seat it also holds, when its studio has a concurrent-session limit.
     pub seat: Option<u32>,
+    /// The node's price per minute as placement checked it against the player's limit (the
+    /// transaction holds only while the node's record is the one read).
+    pub price: u64,
 }
 
 /// How many reservation attempts one launch makes before reporting contention as no capacity.
@@ -227,6 +230,7 @@ pub async fn reserve_with(
             slot,
             session: session.to_owned(),
             seat,
+            price: view.price,
         };
         let mut ops = vec![Op::Put {
             key: key.clone(),

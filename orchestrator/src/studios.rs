@@ -30,6 +30,9 @@ pub struct Limits {
     pub max_height: u32,
     /// Highest frame rate.
     pub max_fps: u32,
+    /// Highest node price per minute its sessions may be placed at.
+    #[serde(default)]
+    pub max_price: u64,
 }
 
 /// One API key, as stored: never the key itself.
@@ -250,6 +253,7 @@ mod tests {
                     max_width: 1280,
                     max_height: 720,
                     max_fps: 60,
+                    max_price: 0,
                 },
                 keys: vec![record],
                 created_ms: 1000,

@@ -30,6 +30,7 @@ fn limits_from(l: Option<&pb::StudioLimits>) -> Limits {
         max_width: mode.width_px,
         max_height: mode.height_px,
         max_fps: mode.fps,
+        max_price: l.max_micro_credits_per_minute,
     }
 }
 
@@ -47,6 +48,7 @@ pub fn studio_to_proto(s: &StudioRecord) -> pb::Studio {
                 height_px: s.limits.max_height,
                 fps: s.limits.max_fps,
             }),
+            max_micro_credits_per_minute: s.limits.max_price,
         }),
         keys: s
             .keys

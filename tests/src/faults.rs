@@ -28,6 +28,8 @@ pub const LOST_AFTER: Duration = Duration::from_secs(5);
 pub struct PlayerLog {
     /// Launches that started a session.
     pub launches: u32,
+    /// When each of them started.
+    pub launched_at: Vec<Instant>,
     /// Launches refused or failed: when, and why.
     pub launch_failures: Vec<(Instant, String)>,
     /// Sessions lost (see the module docs), with why.
@@ -57,6 +59,8 @@ pub struct CellOutcome {
     pub slots_leaked: usize,
     /// Longest time a player went without a frame, s.
     pub recovery_s: f64,
+    /// Players who launched again after the fault was over.
+    pub players_back: usize,
 }
 
 /// Players running against a grid until stopped.
@@ -146,6 +150,7 @@ async fn player(
             }
         };
         log.launches += 1;
+        log.launched_at.push(Instant::now());
         let until = Instant::now() + play;
         let mut last_frame = Instant::now();
         let mut lost = None;
@@ -210,9 +215,19 @@ pub fn slots_left(grid: &TestGrid, store: &dyn Store, settle: Duration) -> usize
     }
 }
 
-/// Sums the players' logs and the store's checks into a cell's outcome.
-pub fn outcome(logs: &[PlayerLog], double_bookings: usize, slots_leaked: usize) -> CellOutcome {
+/// Sums the players' logs and the store's checks into a cell's outcome; `healed` is when the
+/// fault was over.
+pub fn outcome(
+    logs: &[PlayerLog],
+    double_bookings: usize,
+    slots_leaked: usize,
+    healed: Instant,
+) -> CellOutcome {
     CellOutcome {
+        players_back: logs
+            .iter()
+            .filter(|l| l.launched_at.iter().any(|t| *t > healed))
+            .count(),
         launches: logs.iter().map(|l| l.launches).sum(),
         launch_failures: logs.iter().map(|l| l.launch_failures.len()).sum(),
         launches_out_s: {

@@ -62,10 +62,11 @@ fn cell(
     };
     std::thread::sleep(before);
     fault(&mut f);
+    let healed = std::time::Instant::now();
     std::thread::sleep(after);
     let (logs, double_bookings) = load.stop(&f.grid);
     let leaked = faults::slots_left(&f.grid, f.store.as_ref(), Duration::from_secs(15));
-    let o = faults::outcome(&logs, double_bookings, leaked);
+    let o = faults::outcome(&logs, double_bookings, leaked, healed);
     println!(
         "| {name} | {} | {} ({:.1} s) | {} | {} | {} | {} | {:.1} |",
         o.launches,
@@ -84,9 +85,9 @@ fn assert_clean(o: &CellOutcome) {
     assert!(o.sessions_lost.is_empty(), "sessions lost: {o:#?}");
     assert_eq!(o.double_bookings, 0, "{o:#?}");
     assert_eq!(o.slots_leaked, 0, "{o:#?}");
-    assert!(
-        o.launches >= PLAYERS as u32,
-        "players kept launching: {o:#?}"
+    assert_eq!(
+        o.players_back, PLAYERS,
+        "every player launched again after: {o:#?}"
     );
 }
 
@@ -142,6 +143,10 @@ fn the_orchestrator_killed_and_restarted() {
         },
     );
     assert_clean(&o);
+    assert!(
+        o.launch_failures > 0,
+        "launches failed while it was down: {o:#?}"
+    );
     assert_eq!(o.reconnects, 0, "no node was lost: {o:#?}");
 }
 
@@ -178,6 +183,10 @@ fn all_of_etcd_down_for_longer_than_the_node_lease() {
         },
     );
     assert_clean(&o);
+    assert!(
+        o.launch_failures > 0,
+        "launches failed while etcd was down: {o:#?}"
+    );
 }
 
 #[test]
@@ -193,4 +202,8 @@ fn the_nodes_cut_off_from_the_orchestrator_for_longer_than_their_lease() {
         },
     );
     assert_clean(&o);
+    assert!(
+        o.launch_failures > 0,
+        "the nodes' registrations lapsed: {o:#?}"
+    );
 }

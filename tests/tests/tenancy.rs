@@ -590,6 +590,7 @@ fn a_studio_is_held_to_its_limits_while_another_launches() {
                         height_px: 360,
                         fps: 30,
                     }),
+                    ..Default::default()
                 }),
                 ..Default::default()
             },
@@ -631,6 +632,53 @@ fn a_studio_is_held_to_its_limits_while_another_launches() {
         launch_with(&mut c, &g3, launch_request("arena", 320, 240))
             .await
             .expect("a seat after one ended");
+    });
+}
+
+/// A studio caps what it pays per minute: its players are never placed on a node asking more
+/// (the node's price is what the studio is charged for attested play), while a studio without
+/// a cap is placed there.
+#[test]
+fn a_studio_is_never_placed_on_a_node_above_its_price_ceiling() {
+    let mut grid = TestGrid::start(Arc::new(EmbeddedStore::new()), 0, 4);
+    grid.node_price = 500;
+    grid.add_node(0, 4);
+    let g = &grid;
+    grid.runtime.block_on(async {
+        let mut c = g.client().await;
+        wait_nodes(&mut c, 1).await;
+        let thrifty = create_studio(
+            &mut c,
+            &g.operator,
+            pb::CreateStudioRequest {
+                studio_id: "thrifty".into(),
+                limits: Some(pb::StudioLimits {
+                    max_micro_credits_per_minute: 100,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await;
+        let free = free_slots(&mut c).await;
+        let g1 = grant(&mut c, &thrifty).await;
+        let e = launch_with(&mut c, &g1, launch_request("arena", 320, 240))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("price"), "{e:?}");
+        // A player asking for a higher limit than its studio's gets the studio's.
+        let g2 = grant(&mut c, &thrifty).await;
+        let mut generous = launch_request("arena", 320, 240);
+        generous
+            .constraints
+            .as_mut()
+            .unwrap()
+            .max_micro_credits_per_minute = 1_000;
+        let e = launch_with(&mut c, &g2, generous).await.unwrap_err();
+        assert!(e.message().contains("price"), "{e:?}");
+        assert_eq!(free_slots(&mut c).await, free, "nothing reserved");
+        // The test studio has no ceiling: placed there at the node's price.
+        launch(&mut c, &g.api_key).await;
     });
 }
 

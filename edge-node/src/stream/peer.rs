@@ -492,6 +492,7 @@ fn hello(ctx: &ViewerContext) -> NodeMessage {
         rtp_epoch: ctx.rtp_epoch,
         epoch_unix_ms: ctx.epoch_unix_ms,
         audio_rtp_epoch: ctx.audio_rtp_epoch,
+        keepalive_ms: super::protocol::KEEPALIVE_EVERY.as_millis() as u32,
     }
 }
 

@@ -10,7 +10,7 @@
 //! | player | `keyframe` | `v`: 1 |
 //! | player | `challenge` | `v`: 1, `nonce` (0..=999,999,999): draw it on every frame from now on (a checker's proof of live rendering, see `pixelgrid_proto::challenge`); built-in games only; at most one per 500 ms |
 //! | player | `receipt` | `v`: 1, `seq`, `frames`, `played_ms`, `width`, `height`, `fps`, `at` (Unix ms), `sig` (hex ed25519 signature by the session's player key, see `pixelgrid_proto::receipt`); at most one per 500 ms |
-//! | node | `hello` | session, codec, mode, encoder, `rtp_epoch` and `epoch_unix_ms` (see [`NodeMessage::Hello`]) |
+//! | node | `hello` | session, codec, mode, encoder, `rtp_epoch`, `epoch_unix_ms` and `keepalive_ms` (see [`NodeMessage::Hello`]) |
 //! | node | `frame` | per frame: RTP timestamp, capture time, where the time went |
 //! | node | `pong` | the ping's `t` and the node's clock |
 //! | node | `stats` | once a second: session and input counters |
@@ -328,6 +328,9 @@ pub enum NodeMessage {
         /// RTP timestamp `audio_rtp_epoch + ms * 48` (mod 2^32), 48 kHz. Absent without sound.
         #[serde(skip_serializing_if = "Option::is_none")]
         audio_rtp_epoch: Option<u32>,
+        /// How often this node sends `alive`, ms: a player may take several missed in a row as
+        /// a lost node. Absent from nodes that send none (they send `stats` once a second).
+        keepalive_ms: u32,
     },
     /// One encoded frame went out.
     Frame {

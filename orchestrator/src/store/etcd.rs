@@ -81,11 +81,15 @@ impl EtcdStore {
         Error::Unavailable(format!("etcd at {}: {e}", self.endpoints))
     }
 
-    /// Runs `f` with retries and backoff on transport errors.
     /// Every key under `prefix`, read in pages of [`PAGE`] at one revision, and that revision.
     async fn range_paged(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
         let end = prefix_end(prefix);
-        let mut from = prefix.as_bytes().to_vec();
+        // The empty prefix is every key: etcd takes "\0" as the first key there is.
+        let mut from = if prefix.is_empty() {
+            vec![0]
+        } else {
+            prefix.as_bytes().to_vec()
+        };
         let mut revision = 0;
         let mut out = Vec::new();
         loop {
@@ -116,6 +120,7 @@ impl EtcdStore {
         }
     }
 
+    /// Runs `f` with retries and backoff on transport errors.
     async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T>
     where
         F: FnMut(Client) -> Fut,

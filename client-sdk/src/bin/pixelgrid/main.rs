@@ -479,24 +479,6 @@ async fn run_indexer(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             let rows: Vec<PayoutRow> = r.payouts.iter().map(PayoutRow::from).collect();
             println!("{}", render(&rows, cli.json));
-            // What funded it: each studio's attested play at its sessions' prices.
-            if !cli.json && !r.studio_charges.is_empty() {
-                let charges: Vec<Vec<String>> = r
-                    .studio_charges
-                    .iter()
-                    .map(|c| {
-                        vec![
-                            c.studio.clone(),
-                            format!("{:.1}", c.delivered_ms as f64 / 1000.0),
-                            c.amount_micro_credits.to_string(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "\n{}",
-                    pixelgrid_client::table(&["STUDIO", "PLAYED_S", "OWES"], &charges)
-                );
-            }
         }
         Command::Payouts {
             command: Some(PayoutsCommand::Proof { epoch, node }),

@@ -67,6 +67,9 @@ pub struct LimitArgs {
     /// Highest mode, WIDTHxHEIGHT@FPS (none = any).
     #[arg(long)]
     max_mode: Option<String>,
+    /// Highest node price per minute its sessions may be placed at, micro-credits (0 = any).
+    #[arg(long, default_value_t = 0)]
+    max_price_per_minute: u64,
 }
 
 impl LimitArgs {
@@ -86,6 +89,7 @@ impl LimitArgs {
             max_concurrent_sessions: self.max_sessions,
             max_minutes_per_day: self.max_minutes_per_day,
             max_mode,
+            max_micro_credits_per_minute: self.max_price_per_minute,
         })
     }
 }
