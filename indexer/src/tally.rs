@@ -1388,6 +1388,36 @@ mod tests {
     }
 
     #[test]
+    fn studios_pay_nothing_for_the_play_of_a_node_the_checkers_failed() {
+        let node = NodeKey::from_seed(&[18; 32]);
+        let player = PlayerKey::from_seed(&[19; 32]);
+        let checker = NodeKey::from_seed(&[20; 32]);
+        let rules = TallyConfig {
+            checker_keys: vec![checker.node_id()],
+            ..receipts_config()
+        };
+        let mut t = Tally::new(rules);
+        t.add_node(&node.node_id());
+        let a = placed_for(&node, "a", Some(&player), 60, 600, "acme");
+        let played = vec![attested("a", a, &player, 1, MIN, 60, MIN)];
+        assert_eq!(
+            t.ingest(&report(&node, 1, MIN, played), MIN),
+            Verdict::Accepted
+        );
+        let failed = check_result(&checker, &node, "watch", false, MIN);
+        assert_eq!(t.ingest_check(&failed, MIN), Verdict::Accepted);
+        let e = t.close_epoch(0).clone();
+        let p = e
+            .payouts
+            .iter()
+            .find(|p| p.node_id == node.node_id())
+            .unwrap();
+        assert!(p.checks_failed && p.amount == 0, "{p:?}");
+        assert_eq!(p.studio_paid, 0, "{p:?}");
+        assert!(e.charges.is_empty(), "acme owes nothing: {:?}", e.charges);
+    }
+
+    #[test]
     fn studios_pay_their_sessions_prices_for_attested_play_and_fund_the_nodes() {
         let node = NodeKey::from_seed(&[15; 32]);
         let player = PlayerKey::from_seed(&[16; 32]);
