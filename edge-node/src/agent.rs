@@ -33,9 +33,36 @@ pub struct AgentConfig {
     pub gpu: types::GpuInfo,
     /// Encoders that work here.
     pub encoders: Vec<types::EncoderCapability>,
+    /// The wall clock the node stamps its requests with (the system's; tests skew it).
+    pub clock: WallClock,
 }
 
-use pixelgrid_proto::clock::unix_ms as now_ms;
+/// A source of Unix milliseconds.
+#[derive(Clone)]
+pub struct WallClock(std::sync::Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl WallClock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(std::sync::Arc::new(pixelgrid_proto::clock::unix_ms))
+    }
+
+    /// Any other source (a clock that jumps, in tests).
+    pub fn from_fn(f: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+
+    /// Now, Unix ms.
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WallClock({} ms)", self.now_ms())
+    }
+}
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("{what}: {e}"))
@@ -162,7 +189,7 @@ impl Agent {
             price: Some(types::Price {
                 micro_credits_per_minute: c.price,
             }),
-            sent_unix_ms: now_ms(),
+            sent_unix_ms: self.config.clock.now_ms(),
             signature: None,
         }
         .sign_with(&self.key);
@@ -224,7 +251,7 @@ impl Agent {
             node_id: Some(types::NodeId {
                 hex: self.key.node_id(),
             }),
-            sent_unix_ms: now_ms(),
+            sent_unix_ms: self.config.clock.now_ms(),
             signature: None,
         }
         .sign_with(&self.key);
@@ -254,7 +281,7 @@ impl Agent {
                     let hb = pb::HeartbeatRequest {
                         node_id: Some(types::NodeId { hex: self.key.node_id() }),
                         sequence: *sequence,
-                        sent_unix_ms: now_ms(),
+                        sent_unix_ms: self.config.clock.now_ms(),
                         state: if node.is_draining() { pb::NodeState::Draining } else { pb::NodeState::Ready } as i32,
                         active_session_ids: node.session_ids().await,
                         connected_session_ids: node.take_newly_connected().await,

@@ -846,6 +846,7 @@ fn agent_config(
     let (whep_base_url, probe_address) =
         edge_node::agent::public_endpoints(public, addr).map_err(|e| anyhow::anyhow!(e))?;
     Ok(AgentConfig {
+        clock: edge_node::agent::WallClock::system(),
         orchestrator: orchestrator.to_owned(),
         whep_base_url,
         probe_address,

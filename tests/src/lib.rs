@@ -386,6 +386,9 @@ pub struct TestGrid {
     /// How nodes added from now on reach the orchestrator (`http://…`), when not directly
     /// (through a [`faults::Partition`], say).
     pub orchestrator_for_nodes: Option<String>,
+    /// Each node's clock error, ms, in the order they were added (0: the system clock): set
+    /// one to make that node's clock jump.
+    pub node_clock_skews: Vec<Arc<std::sync::atomic::AtomicI64>>,
     /// The control plane's server, gateway and leader tasks, and what stops them.
     control: Vec<tokio::task::JoinHandle<()>>,
     stop_control: tokio::sync::watch::Sender<bool>,
@@ -569,6 +572,7 @@ impl TestGrid {
             node_tls: None,
             node_price: 0,
             orchestrator_for_nodes: None,
+            node_clock_skews: Vec::new(),
         };
         for i in 0..nodes {
             me.add_node(i as u8, max_sessions);
@@ -673,6 +677,8 @@ impl TestGrid {
         let trusted = self.trusted_token_keys.clone();
         let tls = self.node_tls.clone();
         let price = self.node_price;
+        let clock_skew = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        self.node_clock_skews.push(Arc::clone(&clock_skew));
         let (addr, node, tasks) = self.runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -687,7 +693,12 @@ impl TestGrid {
                 None => format!("http://{addr}/whep"),
             };
             let info = host.vulkan().info().clone();
+            let skew = Arc::clone(&clock_skew);
             let config = edge_node::agent::AgentConfig {
+                clock: edge_node::agent::WallClock::from_fn(move || {
+                    pixelgrid_proto::clock::unix_ms()
+                        .saturating_add_signed(skew.load(std::sync::atomic::Ordering::Relaxed))
+                }),
                 orchestrator: orchestrator_url,
                 whep_base_url,
                 probe_address,

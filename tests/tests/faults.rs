@@ -207,3 +207,30 @@ fn the_nodes_cut_off_from_the_orchestrator_for_longer_than_their_lease() {
         "the nodes' registrations lapsed: {o:#?}"
     );
 }
+
+#[test]
+fn a_nodes_clock_jumping_an_hour_ahead_for_longer_than_its_lease() {
+    let mut lapsed = false;
+    let o = cell(
+        "a node's clock jumps +1 h for 4 s (node lease 2 s)",
+        Duration::from_secs(6),
+        Duration::from_secs(10),
+        |f| {
+            let skew = &f.grid.node_clock_skews[0];
+            skew.store(3_600_000, std::sync::atomic::Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(3_500));
+            // Felt: the orchestrator refused its heartbeats ("check NTP") and its registration
+            // lapsed.
+            let id = f.grid.nodes[0].1.node_id().to_owned();
+            let record = f
+                .grid
+                .runtime
+                .block_on(f.store.get(&orchestrator::slots::node_key(&id)));
+            lapsed = matches!(record, Ok(None));
+            std::thread::sleep(Duration::from_millis(500));
+            skew.store(0, std::sync::atomic::Ordering::Relaxed);
+        },
+    );
+    assert_clean(&o);
+    assert!(lapsed, "the skewed node's registration lapsed: {o:#?}");
+}
