@@ -321,6 +321,14 @@ impl PartialEq for ClosedEpoch {
 impl Eq for ClosedEpoch {}
 
 impl ClosedEpoch {
+    /// The payout of `node_id` (hex), if it has one (payouts are sorted by node id).
+    pub fn payout_of(&self, node_id: &str) -> Option<&NodePayout> {
+        self.payouts
+            .binary_search_by(|p| p.node_id.as_str().cmp(node_id))
+            .ok()
+            .map(|i| &self.payouts[i])
+    }
+
     /// A closed epoch as written before (its tree is rebuilt when asked for).
     pub fn new(
         epoch: u64,
@@ -547,41 +555,47 @@ impl Tally {
         let valid = crate::report::signatures_valid_with(batch, |id| node_keys.get(id).copied());
         // The players' receipts in validly signed reports, checked as one batch too (their keys
         // come from the session tokens).
-        self.check_tokens(
-            batch
-                .iter()
-                .zip(&valid)
-                .filter(|(_, v)| **v)
-                .filter_map(|(s, _)| s.report.as_ref())
-                .flat_map(|r| &r.sessions)
-                .filter(|d| d.receipt.is_some())
-                .map(|d| d.session_token.as_str()),
-        );
+        // Their sessions' tokens, new ones verified as one batch.
+        let with_receipts: Vec<(usize, usize)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| valid[*i])
+            .filter_map(|(i, s)| Some((i, s.report.as_ref()?)))
+            .flat_map(|(i, r)| {
+                r.sessions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| d.receipt.is_some())
+                    .map(move |(j, _)| (i, j))
+            })
+            .collect();
+        let session =
+            |(i, j): (usize, usize)| &batch[i].report.as_ref().expect("a valid report").sessions[j];
+        let tokens: Vec<&str> = with_receipts
+            .iter()
+            .map(|at| session(*at).session_token.as_str())
+            .collect();
+        let placed_tokens = self.placements_of(&tokens);
         let mut checks = Vec::new();
         let mut at = Vec::new();
         let mut placements: Vec<Vec<Option<std::sync::Arc<Placement>>>> = batch
             .iter()
             .map(|s| vec![None; s.report.as_ref().map_or(0, |r| r.sessions.len())])
             .collect();
-        for (i, signed) in batch.iter().enumerate() {
-            let Some(report) = signed.report.as_ref().filter(|_| valid[i]) else {
+        for ((i, j), placed) in with_receipts.into_iter().zip(placed_tokens) {
+            let d = session((i, j));
+            let (Some(r), Some(placed)) = (&d.receipt, placed) else {
                 continue;
             };
-            for (j, d) in report.sessions.iter().enumerate() {
-                let Some(r) = &d.receipt else { continue };
-                let Some(placed) = self.placement(&d.session_token) else {
-                    continue;
-                };
-                if let Some(player) = placed.player
-                    && placed.claims.sid == d.session_id
-                {
-                    let text = pixelgrid_proto::receipt::Receipt::from_proto(r)
-                        .signed_text(&placed.claims.sid);
-                    checks.push((text, r.signature.clone(), player));
-                    at.push((i, j));
-                }
-                placements[i][j] = Some(placed);
+            if let Some(player) = placed.player
+                && placed.claims.sid == d.session_id
+            {
+                let text = pixelgrid_proto::receipt::Receipt::from_proto(r)
+                    .signed_text(&placed.claims.sid);
+                checks.push((text, r.signature.clone(), player));
+                at.push((i, j));
             }
+            placements[i][j] = Some(placed);
         }
         let mut receipts_ok: Vec<Vec<bool>> = batch
             .iter()
@@ -600,41 +614,50 @@ impl Tally {
 
     /// The claims of a session token signed by a trusted orchestrator key (remembered).
     fn placement(&mut self, token: &str) -> Option<std::sync::Arc<Placement>> {
-        let verifier = self.placements.as_ref()?;
-        if token.len() > pixelgrid_proto::token::MAX_TOKEN_LEN {
-            return None;
-        }
-        let digest = token_digest(token);
-        if let Some(c) = self.checked_tokens.get(&digest) {
-            return c.clone();
-        }
-        let c = verifier.verify_timeless(token).ok().map(Placement::new);
-        self.remember_token(digest, c.clone());
-        c
+        self.placements_of(&[token]).pop().flatten()
     }
 
-    /// Checks the tokens not met before as one batch and remembers them (each session's token
-    /// is new once; its later reports find it remembered).
-    fn check_tokens<'a>(&mut self, tokens: impl Iterator<Item = &'a str>) {
+    /// The placements `tokens` prove (None where one does not verify): tokens not met before
+    /// are verified as one batch and remembered (each session's token is new once; its later
+    /// reports find it remembered). Each token's digest is taken once.
+    fn placements_of(&mut self, tokens: &[&str]) -> Vec<Option<std::sync::Arc<Placement>>> {
         let Some(verifier) = self.placements.as_ref() else {
-            return;
+            return vec![None; tokens.len()];
         };
+        let digests: Vec<Option<[u8; 32]>> = tokens
+            .iter()
+            .map(|t| (t.len() <= pixelgrid_proto::token::MAX_TOKEN_LEN).then(|| token_digest(t)))
+            .collect();
         let mut new: Vec<(&str, [u8; 32])> = Vec::new();
-        for token in tokens.filter(|t| t.len() <= pixelgrid_proto::token::MAX_TOKEN_LEN) {
-            let digest = token_digest(token);
-            if !self.checked_tokens.contains_key(&digest) && !new.iter().any(|(_, d)| *d == digest)
+        for (token, digest) in tokens.iter().zip(&digests) {
+            if let Some(d) = digest
+                && !self.checked_tokens.contains_key(d)
+                && !new.iter().any(|(_, n)| n == d)
             {
-                new.push((token, digest));
+                new.push((token, *d));
             }
         }
-        if new.is_empty() {
-            return;
+        // This batch's verdicts, looked up here first: remembering may clear a full cache.
+        let mut fresh = std::collections::HashMap::new();
+        if !new.is_empty() {
+            let texts: Vec<&str> = new.iter().map(|(t, _)| *t).collect();
+            for ((_, digest), verdict) in new.iter().zip(verifier.verify_timeless_batch(&texts)) {
+                let placed = verdict.ok().map(Placement::new);
+                self.remember_token(*digest, placed.clone());
+                fresh.insert(*digest, placed);
+            }
         }
-        let texts: Vec<&str> = new.iter().map(|(t, _)| *t).collect();
-        let verdicts = verifier.verify_timeless_batch(&texts);
-        for ((_, digest), verdict) in new.into_iter().zip(verdicts) {
-            self.remember_token(digest, verdict.ok().map(Placement::new));
-        }
+        digests
+            .iter()
+            .map(|d| {
+                let d = d.as_ref()?;
+                fresh
+                    .get(d)
+                    .or_else(|| self.checked_tokens.get(d))
+                    .cloned()
+                    .flatten()
+            })
+            .collect()
     }
 
     fn remember_token(&mut self, digest: [u8; 32], placement: Option<std::sync::Arc<Placement>>) {
@@ -1407,11 +1430,7 @@ mod tests {
         let failed = check_result(&checker, &node, "watch", false, MIN);
         assert_eq!(t.ingest_check(&failed, MIN), Verdict::Accepted);
         let e = t.close_epoch(0).clone();
-        let p = e
-            .payouts
-            .iter()
-            .find(|p| p.node_id == node.node_id())
-            .unwrap();
+        let p = e.payout_of(&node.node_id()).unwrap();
         assert!(p.checks_failed && p.amount == 0, "{p:?}");
         assert_eq!(p.studio_paid, 0, "{p:?}");
         assert!(e.charges.is_empty(), "acme owes nothing: {:?}", e.charges);
@@ -1444,11 +1463,7 @@ mod tests {
             Verdict::Accepted
         );
         let e = t.close_epoch(0).clone();
-        let p = e
-            .payouts
-            .iter()
-            .find(|p| p.node_id == node.node_id())
-            .unwrap();
+        let p = e.payout_of(&node.node_id()).unwrap();
         assert_eq!(p.delivered_ms, 3 * MIN);
         assert_eq!(
             p.studio_paid,
@@ -1635,11 +1650,7 @@ mod tests {
             t.record_probe(&node.node_id(), m * MIN + 1, false);
         }
         let e = t.close_epoch(0).clone();
-        let p = e
-            .payouts
-            .iter()
-            .find(|p| p.node_id == node.node_id())
-            .unwrap();
+        let p = e.payout_of(&node.node_id()).unwrap();
         assert_eq!(
             p.delivered_ms,
             2 * MIN,
@@ -1866,11 +1877,7 @@ mod tests {
             }
         }
         let e = t.close_epoch(0);
-        let p = e
-            .payouts
-            .iter()
-            .find(|p| p.node_id == key.node_id())
-            .unwrap();
+        let p = e.payout_of(&key.node_id()).unwrap();
         assert_eq!(
             p.uptime_ms,
             55 * MIN,
@@ -1902,7 +1909,7 @@ mod tests {
         let mut by_id: Vec<(&str, u64)> = keys[..3]
             .iter()
             .map(|k| {
-                let p = e.payouts.iter().find(|p| p.node_id == k.node_id()).unwrap();
+                let p = e.payout_of(&k.node_id()).unwrap();
                 (p.node_id.as_str(), p.uptime_ms)
             })
             .collect();
@@ -1912,11 +1919,7 @@ mod tests {
             vec![60 * MIN, 60 * MIN, 0],
             "the two lowest ids on the crowded host earn; the third earns nothing"
         );
-        let alone = e
-            .payouts
-            .iter()
-            .find(|p| p.node_id == keys[3].node_id())
-            .unwrap();
+        let alone = e.payout_of(&keys[3].node_id()).unwrap();
         assert_eq!(
             alone.uptime_ms,
             60 * MIN,
@@ -1991,11 +1994,7 @@ mod tests {
         let beyond = check_result(&flooder, &node, "one-too-many", false, at);
         assert_eq!(t.ingest_check(&beyond, at), Verdict::OutOfRange);
         let e = t.close_epoch(0).clone();
-        let p = e
-            .payouts
-            .iter()
-            .find(|p| p.node_id == node.node_id())
-            .unwrap();
+        let p = e.payout_of(&node.node_id()).unwrap();
         assert!(!p.checks_failed, "a flood decides nothing: {p:?}");
         assert!(p.amount > 0, "{p:?}");
     }
@@ -2066,13 +2065,7 @@ mod tests {
         }
         let e = t.close_epoch(0).clone();
         assert_eq!(other.close_epoch(0).root, e.root);
-        let of = |k: &NodeKey| {
-            e.payouts
-                .iter()
-                .find(|p| p.node_id == k.node_id())
-                .unwrap()
-                .clone()
-        };
+        let of = |k: &NodeKey| e.payout_of(&k.node_id()).unwrap().clone();
         let (h, c, f) = (of(&honest), of(&cheat), of(&framed));
         assert!(h.amount > 0 && !h.checks_failed && h.slashed == 0);
         assert_eq!(
@@ -2146,13 +2139,7 @@ mod tests {
             Verdict::Accepted
         );
         let e = t.close_epoch(0).clone();
-        let of = |k: &NodeKey| {
-            e.payouts
-                .iter()
-                .find(|p| p.node_id == k.node_id())
-                .unwrap()
-                .clone()
-        };
+        let of = |k: &NodeKey| e.payout_of(&k.node_id()).unwrap().clone();
         assert_eq!((of(&faithful).stake, of(&faithful).slashed), (3_000_000, 0));
         // 1/3 × K (30 %) × coefficient 1 = 10 % of the stake at risk.
         assert_eq!(of(&flaky).slashed, 300_000, "{:?}", of(&flaky));
