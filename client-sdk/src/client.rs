@@ -133,6 +133,41 @@ pub struct LaunchOptions {
     pub tcp_only: bool,
     /// Launch on this node only (hex id): what a checker does to watch one node's stream.
     pub node_id: Option<String>,
+    /// Told each [`LaunchPhase`] as the launch (or a re-launch after a node loss) reaches it.
+    pub on_phase: Option<LaunchObserver>,
+}
+
+/// How far a launch has come, for a "finding a node… connecting…" line on the player's screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LaunchPhase {
+    /// CreateSession answered with this many candidate nodes; their round trips are measured
+    /// next.
+    Candidates {
+        /// Candidates offered.
+        count: usize,
+    },
+    /// ChooseNode reserved a slot on this node; the WHEP offer goes to it next.
+    Chosen {
+        /// The node (hex id).
+        node_id: String,
+    },
+    /// The node answered the offer: pictures follow.
+    Connected {
+        /// The node (hex id).
+        node_id: String,
+    },
+}
+
+/// Called with each [`LaunchPhase`], on the launching task: the launch goes on when it returns,
+/// so keep it short (a test may hold a launch at a phase with it).
+#[derive(Clone)]
+pub struct LaunchObserver(pub Arc<dyn Fn(&LaunchPhase) + Send + Sync>);
+
+impl std::fmt::Debug for LaunchObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LaunchObserver")
+    }
 }
 
 impl Default for LaunchOptions {
@@ -153,6 +188,7 @@ impl Default for LaunchOptions {
             relay_only: false,
             tcp_only: false,
             node_id: None,
+            on_phase: None,
         }
     }
 }
@@ -552,6 +588,11 @@ impl Client {
                 s.message()
             ))
         };
+        let tell = |p: LaunchPhase| {
+            if let Some(o) = &options.on_phase {
+                (o.0)(&p);
+            }
+        };
         let mut timings = LaunchTimings::default();
         let mut phase = Instant::now();
         let mut lap = move || {
@@ -588,6 +629,9 @@ impl Client {
             .map_err(status)?
             .into_inner();
         timings.create_session_ms = lap();
+        tell(LaunchPhase::Candidates {
+            count: launch.candidates.len(),
+        });
         let mut probes = tokio::task::JoinSet::new();
         for c in launch.candidates {
             let Some(id) = c.node_id.as_ref().map(|n| n.hex.clone()) else {
@@ -643,6 +687,9 @@ impl Client {
             .session
             .ok_or_else(|| Error::Orchestrator("ChooseNode answered without a session".into()))?;
         let node_id = session.node_id.map(|n| n.hex).unwrap_or_default();
+        tell(LaunchPhase::Chosen {
+            node_id: node_id.clone(),
+        });
         let codec = if session.codec == types::VideoCodec::Vp8 as i32 {
             Codec::Vp8
         } else {
@@ -664,6 +711,9 @@ impl Client {
         )
         .await?;
         (timings.offer_ms, timings.answer_ms) = connection.whep_timings();
+        tell(LaunchPhase::Connected {
+            node_id: node_id.clone(),
+        });
         Ok(Placed {
             rtt_ms: rtt_of(&node_id),
             timings,

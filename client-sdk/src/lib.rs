@@ -37,8 +37,8 @@ pub mod whep;
 
 pub use audio::AudioChunk;
 pub use client::{
-    AccessUnit, Client, Event, Frame, GameInfo, GrantSource, InputSender, LaunchOptions,
-    LaunchTimings, Session,
+    AccessUnit, Client, Event, Frame, GameInfo, GrantSource, InputSender, LaunchObserver,
+    LaunchOptions, LaunchPhase, LaunchTimings, Session,
 };
 pub use decoder::{Codec, FrameFormat};
 pub use error::{Error, Result};

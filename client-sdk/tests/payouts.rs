@@ -119,6 +119,7 @@ fn the_cli_reads_a_running_indexer_and_the_proof_it_prints_verifies() {
         probes_per_slot: 1,
         registry_refresh: std::time::Duration::from_secs(60),
         forget_after: std::time::Duration::from_secs(3_600),
+        ledger_max_bytes: None,
     })
     .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -27,8 +27,40 @@ use pixelgrid_proto::indexer::v1::{
 };
 use pixelgrid_proto::types::v1::{NodeId, VideoMode};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// What became of this node's reports, every indexer together (one report sent to two indexers
+/// counts twice): for `/metrics`, and for the fault matrix to find a report lost.
+#[derive(Debug, Default)]
+pub struct ReportCounters {
+    /// Queued for an indexer.
+    pub queued: AtomicU64,
+    /// Taken by an indexer.
+    pub accepted: AtomicU64,
+    /// Refused as already taken: a resend after an acknowledgement was lost.
+    pub replayed: AtomicU64,
+    /// Refused for another reason (the acknowledgement's detail says which).
+    pub refused: AtomicU64,
+    /// Dropped from a full outbox without being taken.
+    pub dropped: AtomicU64,
+    /// Waiting in the outboxes now.
+    pub waiting: AtomicU64,
+}
+
+impl ReportCounters {
+    fn count_ack(&self, verdict: i32) {
+        let c = if verdict == ReportVerdict::Accepted as i32 {
+            &self.accepted
+        } else if verdict == ReportVerdict::Replayed as i32 {
+            &self.replayed
+        } else {
+            &self.refused
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Reports waiting for one indexer's acknowledgement, oldest first.
 #[derive(Debug)]
@@ -134,8 +166,10 @@ impl Outbox {
             .collect()
     }
 
-    /// The indexer answered report `sequence` (and, answering in order, every one before it).
-    pub fn acknowledge(&mut self, sequence_acked: u64) {
+    /// The indexer answered report `sequence` (and, answering in order, every one before it);
+    /// returns how many left the queue.
+    pub fn acknowledge(&mut self, sequence_acked: u64) -> usize {
+        let before = self.queue.len();
         while self
             .queue
             .front()
@@ -143,6 +177,7 @@ impl Outbox {
         {
             self.queue.pop_front();
         }
+        before - self.queue.len()
     }
 
     /// Reports waiting.
@@ -381,12 +416,16 @@ pub async fn run(
         .map(|url| {
             let stored = StoredOutbox::open(dir, &key.node_id(), url, config.outbox_capacity);
             high_water = high_water.max(stored.outbox.high_water());
+            node.reports
+                .waiting
+                .fetch_add(stored.outbox.len() as u64, Ordering::Relaxed);
             let outbox = Arc::new(Mutex::new(stored));
             let ready = Arc::new(tokio::sync::Notify::new());
             tokio::spawn(deliver(
                 url.clone(),
                 Arc::clone(&outbox),
                 Arc::clone(&ready),
+                Arc::clone(&node.reports),
             ));
             (outbox, ready)
         })
@@ -443,7 +482,15 @@ pub async fn run(
         );
         for (outbox, ready) in &outboxes {
             let mut stored = outbox.lock().unwrap_or_else(|p| p.into_inner());
+            let dropped = stored.outbox.dropped();
             stored.outbox.push(report.clone());
+            let counts = &node.reports;
+            counts.queued.fetch_add(1, Ordering::Relaxed);
+            if stored.outbox.dropped() > dropped {
+                counts.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counts.waiting.fetch_add(1, Ordering::Relaxed);
+            }
             // On disk before it is sent: a crash from here on resends it.
             stored.save();
             drop(stored);
@@ -453,7 +500,12 @@ pub async fn run(
 }
 
 /// Sends one indexer its outbox, reconnecting as needed.
-async fn deliver(url: String, outbox: Arc<Mutex<StoredOutbox>>, ready: Arc<tokio::sync::Notify>) {
+async fn deliver(
+    url: String,
+    outbox: Arc<Mutex<StoredOutbox>>,
+    ready: Arc<tokio::sync::Notify>,
+    counts: Arc<ReportCounters>,
+) {
     let lock = || outbox.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let mut client = match pixelgrid_proto::transport::connect(&url).await {
@@ -478,6 +530,8 @@ async fn deliver(url: String, outbox: Arc<Mutex<StoredOutbox>>, ready: Arc<tokio
         };
         tracing::info!(indexer = %url, waiting = lock().outbox.len(), "reporting to the indexer");
         let mut sent_upto = 0;
+        // After a refusal (a full ledger, say) the indexer is given a second, not hammered.
+        let mut pause = Duration::from_millis(200);
         'stream: loop {
             let pending = lock().outbox.after(sent_upto);
             for r in pending {
@@ -490,6 +544,7 @@ async fn deliver(url: String, outbox: Arc<Mutex<StoredOutbox>>, ready: Arc<tokio
                 _ = ready.notified() => {}
                 ack = acks.message() => match ack {
                     Ok(Some(ack)) => {
+                        counts.count_ack(ack.verdict);
                         if ack.verdict != ReportVerdict::Accepted as i32 {
                             tracing::warn!(indexer = %url, sequence = ack.sequence, verdict = ?ReportVerdict::try_from(ack.verdict).unwrap_or_default(), detail = %ack.detail, "report refused");
                         }
@@ -497,21 +552,28 @@ async fn deliver(url: String, outbox: Arc<Mutex<StoredOutbox>>, ready: Arc<tokio
                         // one already here, then save once.
                         let mut last = ack.sequence;
                         while let Ok(Ok(Some(more))) = tokio::time::timeout(Duration::ZERO, acks.message()).await {
+                            counts.count_ack(more.verdict);
                             if more.verdict != ReportVerdict::Accepted as i32 {
                                 tracing::warn!(indexer = %url, sequence = more.sequence, detail = %more.detail, "report refused");
                             }
                             last = last.max(more.sequence);
                         }
                         let mut stored = lock();
-                        stored.outbox.acknowledge(last);
+                        let answered = stored.outbox.acknowledge(last);
+                        counts.waiting.fetch_sub(answered as u64, Ordering::Relaxed);
                         stored.save();
                     }
-                    Ok(None) | Err(_) => break 'stream,
+                    Ok(None) => break 'stream,
+                    Err(status) => {
+                        tracing::warn!(indexer = %url, error = %status.message(), waiting = lock().outbox.len(), "the indexer ended the report stream; keeping reports");
+                        pause = Duration::from_secs(1);
+                        break 'stream;
+                    }
                 },
             }
         }
         tracing::warn!(indexer = %url, "report stream ended; reconnecting");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 

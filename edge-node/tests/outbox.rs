@@ -89,6 +89,7 @@ fn reports_queued_before_kill_9_are_sent_after_the_restart_and_credited_once() {
         probes_per_slot: 1,
         registry_refresh: Duration::from_secs(60),
         forget_after: Duration::from_secs(3_600),
+        ledger_max_bytes: None,
     })
     .unwrap();
     grid.runtime.block_on(async {
@@ -166,6 +167,7 @@ fn the_operator_stakes_with_the_node_key_and_an_impossible_withdrawal_is_refused
         probes_per_slot: 1,
         registry_refresh: Duration::from_secs(60),
         forget_after: Duration::from_secs(3_600),
+        ledger_max_bytes: None,
     })
     .unwrap();
     let url = grid.runtime.block_on(async {

@@ -43,6 +43,8 @@ pub struct DaemonConfig {
     pub registry_refresh: Duration,
     /// How long a node may be missing from the registry before it is no longer probed.
     pub forget_after: Duration,
+    /// Most bytes the ledger may take (none: the disk's size); past it the ledger is full.
+    pub ledger_max_bytes: Option<u64>,
 }
 
 /// Reports by verdict and probes by outcome, since start.
@@ -57,6 +59,8 @@ pub struct Counters {
     pub epochs_closed: AtomicU64,
     /// Checkers' results taken: passed, failed; and refused (any verdict but accepted).
     pub checks: [AtomicU64; 3],
+    /// Commits that failed on a full ledger (each rolled the tally back).
+    pub ledger_full: AtomicU64,
 }
 
 /// Every verdict, in the order [`Counters::reports`] lists them.
@@ -100,7 +104,14 @@ struct Core {
     missing_since: BTreeMap<String, tokio::time::Instant>,
     /// The next epoch to close.
     next_to_close: Option<u64>,
+    /// While the ledger is full: until when (unix ms) writes are refused without trying.
+    full_until_ms: u64,
+    /// The wait after the last failed commit on a full ledger (doubles, 1 s to 30 s).
+    full_backoff_ms: u64,
 }
+
+/// Waits between tries while the ledger is full: each failed try costs a rebuild of the tally.
+const FULL_BACKOFF_MS: std::ops::RangeInclusive<u64> = 1_000..=30_000;
 
 /// The running indexer; see the module docs.
 pub struct Indexer {
@@ -193,6 +204,7 @@ impl Indexer {
     /// Opens the ledger and rebuilds the tally from it.
     pub fn open(config: DaemonConfig) -> Result<Arc<Self>> {
         let ledger = Ledger::open(&config.ledger, &config.rules)?;
+        ledger.set_max_bytes(config.ledger_max_bytes)?;
         let mut tally = Tally::new(config.rules.clone());
         let rebuilt = ledger.rebuild(&mut tally)?;
         let probe_targets = ledger.probe_targets()?.into_iter().collect();
@@ -212,6 +224,8 @@ impl Indexer {
                 probe_targets,
                 missing_since: BTreeMap::new(),
                 next_to_close,
+                full_until_ms: 0,
+                full_backoff_ms: 0,
             }),
             config,
             counters: Counters::default(),
@@ -226,6 +240,62 @@ impl Indexer {
     /// The rules in force.
     pub fn rules(&self) -> &TallyConfig {
         &self.config.rules
+    }
+
+    /// Sets the ledger's quota (see [`DaemonConfig::ledger_max_bytes`]) while running; the fault
+    /// matrix fills and frees the ledger's "disk" with it.
+    pub fn set_ledger_quota(&self, max_bytes: Option<u64>) -> Result<()> {
+        let mut core = self.core();
+        core.ledger.set_max_bytes(max_bytes)?;
+        // Room again, perhaps: the next write tries at once.
+        core.full_until_ms = 0;
+        Ok(())
+    }
+
+    /// Refuses a write at once while a recent one found the ledger full.
+    fn room_in_ledger(core: &Core, now_ms: u64) -> Result<()> {
+        if now_ms < core.full_until_ms {
+            return Err(Error::LedgerFull(format!(
+                "a commit failed less than {} ms ago",
+                core.full_backoff_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// After a failed commit the tally holds what the ledger does not: on a full ledger it is
+    /// rebuilt from the ledger (what a restart would do) and writes wait a back-off; any other
+    /// failure is returned for the caller to exit on, as before.
+    fn roll_back(&self, core: &mut Core, e: Error, now_ms: u64) -> Error {
+        if !matches!(e, Error::LedgerFull(_)) {
+            return e;
+        }
+        self.counters.ledger_full.fetch_add(1, Ordering::Relaxed);
+        let mut tally = Tally::new(self.config.rules.clone());
+        if let Err(rebuild) = core.ledger.rebuild(&mut tally) {
+            return Error::Ledger(format!(
+                "{e}; and rebuilding the tally from the ledger failed: {rebuild}"
+            ));
+        }
+        core.tally = tally;
+        core.next_to_close = match core.ledger.epochs(1) {
+            Ok(e) => e.first().map(|e| e.number + 1),
+            Err(e) => return e,
+        };
+        core.full_backoff_ms =
+            (core.full_backoff_ms * 2).clamp(*FULL_BACKOFF_MS.start(), *FULL_BACKOFF_MS.end());
+        core.full_until_ms = now_ms + core.full_backoff_ms;
+        tracing::warn!(error = %e, retry_in_ms = core.full_backoff_ms, "ledger full: the tally is rolled back to the ledger; reports wait with the nodes");
+        e
+    }
+
+    /// A commit went through: the ledger has room (again).
+    fn committed(core: &mut Core) {
+        if core.full_backoff_ms != 0 {
+            tracing::info!("the ledger takes writes again");
+        }
+        core.full_backoff_ms = 0;
+        core.full_until_ms = 0;
     }
 
     /// Re-reads the node set from the orchestrator. Returns the nodes known afterwards.
@@ -341,6 +411,7 @@ impl Indexer {
         now_ms: u64,
     ) -> Result<Vec<pb::ReportAck>> {
         let mut core = self.core();
+        Self::room_in_ledger(&core, now_ms)?;
         let verdicts = core.tally.ingest_batch(batch, now_ms);
         let accepted: Vec<(&pb::SignedNodeReport, u64, u64)> = batch
             .iter()
@@ -353,7 +424,10 @@ impl Indexer {
             .collect();
         if !accepted.is_empty() {
             let attested = core.tally.take_attested();
-            core.ledger.append_reports(&accepted, &attested)?;
+            if let Err(e) = core.ledger.append_reports(&accepted, &attested) {
+                return Err(self.roll_back(&mut core, e, now_ms));
+            }
+            Self::committed(&mut core);
         }
         Ok(batch
             .iter()
@@ -387,9 +461,10 @@ impl Indexer {
     pub fn record_probe(&self, node_id: &str, at_ms: u64, passed: bool, host: &str) -> Result<()> {
         let mut core = self.core();
         let epoch = core.tally.epoch_of(at_ms);
-        core.tally.record_probe_of(node_id, at_ms, passed, host);
+        // The ledger first: a probe it cannot hold changes nothing (one probe costs no epoch).
         core.ledger
             .append_probe(node_id, at_ms, epoch, passed, host)?;
+        core.tally.record_probe_of(node_id, at_ms, passed, host);
         let c = if passed {
             &self.counters.probes_passed
         } else {
@@ -404,6 +479,7 @@ impl Indexer {
     pub fn close_due(&self, now_ms: u64) -> Result<Vec<u64>> {
         let rules = &self.config.rules;
         let mut core = self.core();
+        Self::room_in_ledger(&core, now_ms)?;
         let mut next = match core.next_to_close {
             Some(n) => n,
             // A new ledger starts with the epoch it first runs in.
@@ -412,7 +488,10 @@ impl Indexer {
         let mut closed = Vec::new();
         while (next + 1) * rules.epoch_ms + rules.max_report_delay_ms <= now_ms {
             let epoch = core.tally.close_epoch(next).clone();
-            core.ledger.write_closed(&epoch, rules.epoch_ms)?;
+            if let Err(e) = core.ledger.write_closed(&epoch, rules.epoch_ms) {
+                return Err(self.roll_back(&mut core, e, now_ms));
+            }
+            Self::committed(&mut core);
             tracing::info!(
                 epoch = next,
                 nodes = epoch.payouts.len(),
@@ -435,9 +514,12 @@ impl Indexer {
         now_ms: u64,
     ) -> Result<(Verdict, u64, u64)> {
         let mut core = self.core();
+        Self::room_in_ledger(&core, now_ms)?;
         let verdict = core.tally.ingest_stake(signed, now_ms);
         let events = core.tally.take_stake_events();
-        core.ledger.append_stake_events(&events)?;
+        if let Err(e) = core.ledger.append_stake_events(&events) {
+            return Err(self.roll_back(&mut core, e, now_ms));
+        }
         self.counters.count(verdict);
         let node = signed
             .change
@@ -452,6 +534,7 @@ impl Indexer {
     /// Takes a checker's result at `now_ms` and commits it when accepted.
     pub fn check(&self, signed: &pb::SignedCheckResult, now_ms: u64) -> Result<Verdict> {
         let mut core = self.core();
+        Self::room_in_ledger(&core, now_ms)?;
         let verdict = core.tally.ingest_check(signed, now_ms);
         let counter = match (verdict, signed.result.as_ref().is_some_and(|r| r.passed)) {
             (Verdict::Accepted, true) => 0,
@@ -462,7 +545,9 @@ impl Indexer {
         if verdict == Verdict::Accepted {
             let at = signed.result.as_ref().map_or(0, |r| r.at_unix_ms);
             let epoch = core.tally.epoch_of(at);
-            core.ledger.append_check(signed, epoch, now_ms)?;
+            if let Err(e) = core.ledger.append_check(signed, epoch, now_ms) {
+                return Err(self.roll_back(&mut core, e, now_ms));
+            }
         }
         Ok(verdict)
     }
@@ -519,10 +604,15 @@ impl Indexer {
     pub async fn run_closer(self: Arc<Self>) {
         let tick = Duration::from_millis((self.config.rules.slot_ms / 4).clamp(50, 5_000));
         loop {
-            if let Err(e) = self.close_due(now_ms()) {
-                // The tally and the ledger may now disagree; a restart rebuilds from the ledger.
-                tracing::error!(error = %e, "cannot write a closed epoch; exiting so a restart rebuilds from the ledger");
-                std::process::exit(70);
+            match self.close_due(now_ms()) {
+                Ok(_) => {}
+                // Rolled back; tried again after the back-off.
+                Err(Error::LedgerFull(_)) => {}
+                Err(e) => {
+                    // The tally and the ledger may now disagree; a restart rebuilds from the ledger.
+                    tracing::error!(error = %e, "cannot write a closed epoch; exiting so a restart rebuilds from the ledger");
+                    std::process::exit(70);
+                }
             }
             tokio::time::sleep(tick).await;
         }
@@ -562,9 +652,15 @@ impl Indexer {
                             .parse::<std::net::SocketAddr>()
                             .map(|a| host_of(a.ip()))
                             .unwrap_or_default();
-                        if let Err(e) = me.record_probe(&node, at, passed, &host) {
-                            tracing::error!(error = %e, "cannot record a probe; exiting so a restart rebuilds from the ledger");
-                            std::process::exit(70);
+                        match me.record_probe(&node, at, passed, &host) {
+                            Ok(()) => {}
+                            Err(e @ Error::LedgerFull(_)) => {
+                                tracing::warn!(node = %node, error = %e, "a probe result is not recorded");
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot record a probe; exiting so a restart rebuilds from the ledger");
+                                std::process::exit(70);
+                            }
                         }
                     });
                 }
@@ -742,6 +838,11 @@ impl pb::indexer_server::Indexer for Service {
                 }
                 let acks = match indexer.ingest(&batch, now_ms()) {
                     Ok(a) => a,
+                    Err(e @ Error::LedgerFull(_)) => {
+                        // Nothing of the batch was kept: the node keeps it and sends it again.
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot commit reports; exiting so a restart rebuilds from the ledger");
                         std::process::exit(70);
@@ -766,6 +867,7 @@ impl pb::indexer_server::Indexer for Service {
         let signed = request.into_inner();
         let (verdict, bonded, unbonding) = match self.indexer.stake(&signed, now_ms()) {
             Ok(v) => v,
+            Err(e @ Error::LedgerFull(_)) => return Err(e.into()),
             Err(e) => {
                 // The tally took a change the ledger did not: a restart rebuilds from the ledger.
                 tracing::error!(error = %e, "cannot commit a stake change; exiting so a restart rebuilds from the ledger");
@@ -791,6 +893,7 @@ impl pb::indexer_server::Indexer for Service {
         let signed = request.into_inner();
         let verdict = match self.indexer.check(&signed, now_ms()) {
             Ok(v) => v,
+            Err(e @ Error::LedgerFull(_)) => return Err(e.into()),
             Err(e) => {
                 // The tally took a result the ledger did not: a restart rebuilds from the ledger.
                 tracing::error!(error = %e, "cannot commit a check result; exiting so a restart rebuilds from the ledger");
@@ -972,6 +1075,11 @@ impl Indexer {
                     .collect::<Vec<_>>(),
             )
             .counter(
+                "pixelgrid_indexer_ledger_full_total",
+                "Commits refused by a full ledger (disk or --ledger-max-mb); each rolled back.",
+                &[(vec![], c.ledger_full.load(Ordering::Relaxed) as f64)],
+            )
+            .counter(
                 "pixelgrid_indexer_epochs_closed_total",
                 "Epochs closed by this process.",
                 &[(vec![], c.epochs_closed.load(Ordering::Relaxed) as f64)],
@@ -1027,7 +1135,79 @@ pub async fn serve_http(
 
 #[cfg(test)]
 mod tests {
-    use super::host_of;
+    use super::*;
+
+    /// A full ledger refuses a batch as a whole and rolls the tally back to what the ledger
+    /// holds: once there is room, the same reports are taken (not refused as replays), each
+    /// exactly once.
+    #[test]
+    fn a_full_ledger_loses_nothing_and_credits_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = TallyConfig {
+            epoch_ms: 3_600_000,
+            slot_ms: 60_000,
+            ..TallyConfig::default()
+        };
+        let path = dir.path().join("ledger.db");
+        let key = pixelgrid_proto::identity::NodeKey::from_seed(&[7; 32]);
+        Ledger::open(&path, &rules)
+            .unwrap()
+            .add_node(&key.node_id(), "127.0.0.1:9")
+            .unwrap();
+        let indexer = Indexer::open(DaemonConfig {
+            rules: rules.clone(),
+            ledger: path,
+            orchestrator: None,
+            probes_per_slot: 1,
+            registry_refresh: Duration::from_secs(1),
+            forget_after: Duration::from_secs(1),
+            ledger_max_bytes: None,
+        })
+        .unwrap();
+        let t0 = 7_200_000;
+        let reports = |seqs: std::ops::Range<u64>| -> Vec<pb::SignedNodeReport> {
+            seqs.map(|s| crate::report::ready(&key, s, t0 + s, vec![]))
+                .collect()
+        };
+        let accepted = |acks: &[pb::ReportAck]| {
+            acks.iter()
+                .filter(|a| a.verdict == pb::ReportVerdict::Accepted as i32)
+                .count()
+        };
+        let first = indexer.ingest(&reports(1..6), t0 + 10).unwrap();
+        assert_eq!(accepted(&first), 5);
+
+        // The disk fills: a batch too big for the room left fails as a whole.
+        indexer.set_ledger_quota(Some(1)).unwrap();
+        let batch = reports(6..406);
+        let e = indexer.ingest(&batch, t0 + 500).unwrap_err();
+        assert!(matches!(e, Error::LedgerFull(_)), "{e}");
+        assert!(e.to_string().contains("--ledger-max-mb"), "{e}");
+        assert_eq!(indexer.reports_of(&key.node_id()).unwrap().len(), 5);
+        // Tried again at once: refused without another try (each try costs a rebuild).
+        assert!(matches!(
+            indexer.ingest(&batch, t0 + 600),
+            Err(Error::LedgerFull(_))
+        ));
+        assert_eq!(indexer.counters.ledger_full.load(Ordering::Relaxed), 1);
+        assert!(
+            indexer
+                .metrics_text()
+                .contains("pixelgrid_indexer_ledger_full_total 1")
+        );
+        let status: tonic::Status = e.into();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+
+        // Room again: the node's resend is taken, all of it, once.
+        indexer.set_ledger_quota(None).unwrap();
+        let resent = indexer.ingest(&batch, t0 + 700).unwrap();
+        assert_eq!(accepted(&resent), batch.len(), "{:?}", resent.first());
+        let again = indexer.ingest(&batch, t0 + 800).unwrap();
+        assert_eq!(accepted(&again), 0, "a second resend is a replay");
+        let stored = indexer.reports_of(&key.node_id()).unwrap();
+        assert_eq!(stored.len(), 405);
+        assert!(stored.windows(2).all(|w| w[0].0 < w[1].0));
+    }
 
     #[test]
     fn one_machine_is_one_host_however_its_address_is_written() {

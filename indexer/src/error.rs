@@ -6,6 +6,13 @@ pub enum Error {
     /// The ledger (SQLite) refused an operation.
     #[error("ledger: {0}")]
     Ledger(String),
+    /// The ledger's disk (or its `--ledger-max-mb` quota) is full: nothing was committed and
+    /// nothing is lost — nodes keep what was not acknowledged and send it again.
+    #[error(
+        "the ledger is full ({0}): free disk space under it or raise --ledger-max-mb; nodes keep \
+         their reports and send them again"
+    )]
+    LedgerFull(String),
     /// The ledger was written under other tally rules; its epochs would not match.
     #[error(
         "the ledger was written under other tally rules ({ledger}); these are {given}. Start with the \
@@ -43,6 +50,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument { .. } => tonic::Status::invalid_argument(msg),
             Error::NotFound(_) => tonic::Status::not_found(msg),
             Error::Orchestrator(_) => tonic::Status::unavailable(msg),
+            Error::LedgerFull(_) => tonic::Status::resource_exhausted(msg),
             Error::Ledger(_) | Error::RulesChanged { .. } => tonic::Status::internal(msg),
         }
     }

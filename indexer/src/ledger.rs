@@ -183,6 +183,10 @@ pub struct Ledger {
 }
 
 fn sql(e: rusqlite::Error) -> Error {
+    // A full disk and a reached quota read the same: SQLITE_FULL, the transaction rolled back.
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return Error::LedgerFull(e.to_string());
+    }
     Error::Ledger(e.to_string())
 }
 
@@ -232,6 +236,22 @@ impl Ledger {
             }
         }
         Ok(Self { db })
+    }
+
+    /// Caps the database at about `max_bytes` (none: no cap but the disk's): past it every
+    /// commit fails as on a full disk ([`Error::LedgerFull`]) and rolls back. A cap below the
+    /// current size holds it where it is.
+    pub fn set_max_bytes(&self, max_bytes: Option<u64>) -> Result<()> {
+        let page: u64 = self
+            .db
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .map(u)
+            .map_err(sql)?;
+        // SQLite's own largest page count.
+        let pages = max_bytes.map_or(4_294_967_294, |b| (b / page.max(1)).max(1));
+        self.db
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(sql)
     }
 
     /// Bytes the ledger occupies, after moving the write-ahead log into the database file.

@@ -139,6 +139,10 @@ struct ServeArgs {
     /// How long a node may be missing from the registry before it is no longer probed, s.
     #[arg(long, default_value_t = 3_600)]
     forget_after_s: u64,
+    /// Most MiB the ledger may take; past it reports wait with the nodes (as on a full disk)
+    /// until it is raised. Unset: the disk's size.
+    #[arg(long, env = "PIXELGRID_LEDGER_MAX_MB")]
+    ledger_max_mb: Option<u64>,
 }
 
 impl ServeArgs {
@@ -221,6 +225,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         probes_per_slot: args.probes_per_slot,
         registry_refresh: Duration::from_millis(args.registry_refresh_ms.max(100)),
         forget_after: Duration::from_secs(args.forget_after_s),
+        ledger_max_bytes: args.ledger_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -420,6 +420,7 @@ fn the_node_set_of_100_000_nodes_is_read_in_pages_and_departed_nodes_stop_being_
             probes_per_slot: 1,
             registry_refresh: Duration::from_secs(3_600),
             forget_after: Duration::ZERO,
+            ledger_max_bytes: None,
         })
         .unwrap();
         let reading = std::time::Instant::now();

@@ -11,7 +11,11 @@
 //! - **double bookings**: two live sessions on one node's slot, sampled from the store;
 //! - **slots leaked**: slot keys left in the store once every player has left and the grid had
 //!   time to settle;
-//! - **recovery**: the longest time any player went without a frame.
+//! - **recovery**: the longest time any player went without a frame;
+//! - **reports lost / credited twice**: every report a node saw acknowledged as taken (or
+//!   refused as already taken) must be in the indexer's ledger once — lost when it is not there
+//!   (or was dropped from a full outbox, or still waits on a live node once things settled),
+//!   credited twice when the ledger holds the same sequence twice.
 
 use crate::TestGrid;
 use orchestrator::store::Store;
@@ -61,6 +65,54 @@ pub struct CellOutcome {
     pub recovery_s: f64,
     /// Players who launched again after the fault was over.
     pub players_back: usize,
+    /// Reports in the indexer's ledger (that there were some).
+    pub reports_taken: usize,
+    /// Reports lost (see the module docs).
+    pub reports_lost: u64,
+    /// Reports the ledger holds more than once.
+    pub reports_twice: usize,
+}
+
+/// Reports lost and credited twice, as [`CellOutcome`] counts them: waits up to `settle` for the
+/// outboxes of `nodes` not in `killed` to empty, then holds each node's acknowledgements against
+/// `indexer`'s ledger. Returns `(taken, lost, twice)`.
+pub fn reports_accounted(
+    indexer: &indexer::daemon::Indexer,
+    nodes: &[Arc<edge_node::stream::StreamNode>],
+    killed: &[String],
+    settle: Duration,
+) -> (usize, u64, usize) {
+    let live = || {
+        nodes
+            .iter()
+            .filter(|n| !killed.iter().any(|k| k == n.node_id()))
+    };
+    let waiting = || {
+        live()
+            .map(|n| n.reports.waiting.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let deadline = Instant::now() + settle;
+    while waiting() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (mut taken, mut lost, mut twice) = (0, waiting(), 0);
+    for n in nodes {
+        let mut seqs: Vec<u64> = indexer
+            .reports_of(n.node_id())
+            .expect("the ledger reads")
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        taken += seqs.len();
+        let rows = seqs.len();
+        seqs.dedup();
+        twice += rows - seqs.len();
+        let c = &n.reports;
+        let acked = c.accepted.load(Ordering::Relaxed) + c.replayed.load(Ordering::Relaxed);
+        lost += acked.saturating_sub(seqs.len() as u64) + c.dropped.load(Ordering::Relaxed);
+    }
+    (taken, lost, twice)
 }
 
 /// Players running against a grid until stopped.
@@ -245,6 +297,8 @@ pub fn outcome(
         double_bookings,
         slots_leaked,
         recovery_s: logs.iter().map(|l| l.longest_gap_ms).max().unwrap_or(0) as f64 / 1000.0,
+        // Counted by `reports_accounted`.
+        ..CellOutcome::default()
     }
 }
 

@@ -783,6 +783,7 @@ impl TestGrid {
             probes_per_slot: 2,
             registry_refresh: Duration::from_millis(500),
             forget_after: Duration::from_secs(3_600),
+            ledger_max_bytes: None,
         })
         .expect("the indexer opens its ledger");
         let url = self.runtime.block_on(async {

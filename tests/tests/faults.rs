@@ -1,8 +1,8 @@
 //! The fault matrix (issue #15): under a steady load of players joining, playing and leaving, a
 //! daemon or store member is killed (SIGKILL, or its in-process equivalent) and comes back; each
-//! cell asserts what players and the store saw — sessions lost (only those a killed node served
-//! may need the SDK's reconnect, and they must play again within 5 s), double bookings 0, slots
-//! leaked 0 once everyone left. `cargo test -p pixelgrid-tests --test faults -- --nocapture`
+//! cell asserts what players, the store and the indexer saw — sessions lost (only those a
+//! killed node served may need the SDK's reconnect, and they must play again within 5 s), double
+//! bookings 0, slots leaked 0 once everyone left, reports lost or credited twice 0. `cargo test -p pixelgrid-tests --test faults -- --nocapture`
 //! prints each cell's row of the README's table.
 
 // Each cell prints its row of the table.
@@ -10,7 +10,7 @@
 
 use orchestrator::store::{EtcdStore, Store};
 use pixelgrid_tests::faults::{self, CellOutcome, Load, Partition};
-use pixelgrid_tests::{EtcdCluster, TestGrid};
+use pixelgrid_tests::{EtcdCluster, TestGrid, TestIndexer};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,10 @@ struct Fixture {
     store: Arc<dyn Store>,
     /// Between the nodes and the orchestrator.
     link: Partition,
+    /// Takes the nodes' reports.
+    indexer: TestIndexer,
+    /// Nodes the fault killed (their unsent reports die with them).
+    killed: Vec<String>,
 }
 
 /// A grid of two nodes (three sessions each, reaching the orchestrator through a link that can
@@ -51,14 +55,25 @@ fn cell(
     let mut grid = TestGrid::start(Arc::clone(&store), 0, 3);
     let link = Partition::start(&grid.runtime, grid.orchestrator);
     grid.orchestrator_for_nodes = Some(format!("http://{}", link.addr));
+    let indexer = grid.start_indexer(indexer::tally::TallyConfig {
+        epoch_ms: 60_000,
+        slot_ms: 1_000,
+        max_clock_skew_ms: 1_000,
+        // Reports held back by a fault still count when they arrive.
+        max_report_delay_ms: 30_000,
+        ..indexer::tally::TallyConfig::default()
+    });
     grid.add_node(0, 3);
     grid.add_node(1, 3);
+    let nodes: Vec<_> = grid.nodes.iter().map(|(_, n)| Arc::clone(n)).collect();
     let load = Load::start(&grid, Arc::clone(&store), PLAYERS, PLAY);
     let mut f = Fixture {
         grid,
         etcd,
         store,
         link,
+        indexer,
+        killed: Vec::new(),
     };
     std::thread::sleep(before);
     fault(&mut f);
@@ -66,9 +81,15 @@ fn cell(
     std::thread::sleep(after);
     let (logs, double_bookings) = load.stop(&f.grid);
     let leaked = faults::slots_left(&f.grid, f.store.as_ref(), Duration::from_secs(15));
-    let o = faults::outcome(&logs, double_bookings, leaked, healed);
+    let mut o = faults::outcome(&logs, double_bookings, leaked, healed);
+    (o.reports_taken, o.reports_lost, o.reports_twice) = faults::reports_accounted(
+        &f.indexer.indexer,
+        &nodes,
+        &f.killed,
+        Duration::from_secs(10),
+    );
     println!(
-        "| {name} | {} | {} ({:.1} s) | {} | {} | {} | {} | {:.1} |",
+        "| {name} | {} | {} ({:.1} s) | {} | {} | {} | {} | {} / {} of {} | {:.1} |",
         o.launches,
         o.launch_failures,
         o.launches_out_s,
@@ -76,6 +97,9 @@ fn cell(
         o.reconnects,
         o.double_bookings,
         o.slots_leaked,
+        o.reports_lost,
+        o.reports_twice,
+        o.reports_taken,
         o.recovery_s
     );
     o
@@ -89,6 +113,9 @@ fn assert_clean(o: &CellOutcome) {
         o.players_back, PLAYERS,
         "every player launched again after: {o:#?}"
     );
+    assert!(o.reports_taken > 0, "the nodes reported: {o:#?}");
+    assert_eq!(o.reports_lost, 0, "{o:#?}");
+    assert_eq!(o.reports_twice, 0, "{o:#?}");
 }
 
 #[test]
@@ -121,6 +148,7 @@ fn an_edge_node_killed_while_streaming() {
                 busiest.1
             });
             grid.kill_node(&victim);
+            f.killed.push(victim);
         },
     );
     assert_clean(&o);
@@ -233,4 +261,211 @@ fn a_nodes_clock_jumping_an_hour_ahead_for_longer_than_its_lease() {
     );
     assert_clean(&o);
     assert!(lapsed, "the skewed node's registration lapsed: {o:#?}");
+}
+
+#[test]
+fn the_indexers_ledger_full_for_a_while() {
+    let mut refused = 0;
+    let o = cell(
+        "indexer's ledger full 4 s (disk quota), then room again",
+        Duration::from_secs(6),
+        Duration::from_secs(8),
+        |f| {
+            let indexer = &f.indexer.indexer;
+            indexer.set_ledger_quota(Some(1)).expect("a quota");
+            std::thread::sleep(Duration::from_secs(4));
+            refused = indexer
+                .counters
+                .ledger_full
+                .load(std::sync::atomic::Ordering::Relaxed);
+            indexer.set_ledger_quota(None).expect("no quota");
+        },
+    );
+    assert_clean(&o);
+    assert!(refused > 0, "the full ledger refused commits: {o:#?}");
+    assert_eq!(o.launch_failures, 0, "players never noticed: {o:#?}");
+}
+
+/// Where in a launch a kill is pinned, and what is killed.
+#[derive(Debug, Clone, Copy)]
+enum Pin {
+    /// A candidate node, once CreateSession answered (before the round trips are measured).
+    NodeAfterCreateSession,
+    /// The chosen node, once ChooseNode reserved its slot (before the WHEP offer).
+    NodeAfterChooseNode,
+    /// The chosen node, 30 ms after the offer went (while it starts the session).
+    NodeDuringWhep,
+    /// The orchestrator, once CreateSession answered; back after 1 s.
+    OrchestratorAfterCreateSession,
+    /// The orchestrator, once ChooseNode answered; back after 1 s.
+    OrchestratorAfterChooseNode,
+}
+
+impl Pin {
+    fn holds_at(self, phase: &pixelgrid_client::LaunchPhase) -> bool {
+        use pixelgrid_client::LaunchPhase as P;
+        match self {
+            Pin::NodeAfterCreateSession | Pin::OrchestratorAfterCreateSession => {
+                matches!(phase, P::Candidates { .. })
+            }
+            _ => matches!(phase, P::Chosen { .. }),
+        }
+    }
+}
+
+/// Kills pinned to each phase of a launch (rather than found there by a load): one player
+/// launches, its launch is held at the phase by the SDK's [`LaunchObserver`] while the daemon is
+/// killed, then goes on. The player must be playing within 5 s of the kill (by its own launch or
+/// its next one), and once it left no slot may be left held and no slot held twice.
+#[test]
+fn kills_pinned_to_each_phase_of_a_launch() {
+    use pixelgrid_client::{LaunchObserver, LaunchOptions, LaunchPhase};
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let etcd = pixelgrid_tests::Etcd::start();
+    let store_rt = tokio::runtime::Runtime::new().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        store_rt
+            .block_on(EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)))
+            .expect("connect to etcd"),
+    );
+    let mut grid = TestGrid::start(Arc::clone(&store), 2, 2);
+    let mut next_seed = 2;
+    for pin in [
+        Pin::NodeAfterCreateSession,
+        Pin::NodeAfterChooseNode,
+        Pin::NodeDuringWhep,
+        Pin::OrchestratorAfterCreateSession,
+        Pin::OrchestratorAfterChooseNode,
+    ] {
+        let (at_tx, at_rx) = std::sync::mpsc::channel::<LaunchPhase>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let observer = {
+            let (at_tx, go_rx) = (std::sync::Mutex::new(at_tx), std::sync::Mutex::new(go_rx));
+            LaunchObserver(Arc::new(move |phase: &LaunchPhase| {
+                if pin.holds_at(phase) && !held.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    let _ = at_tx.lock().unwrap().send(phase.clone());
+                    // Holds this launch (and one of the runtime's two workers) until the kill.
+                    let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+                }
+            }))
+        };
+        let options = |observer: Option<LaunchObserver>| LaunchOptions {
+            width: 320,
+            height: 240,
+            fps: 30,
+            audio: false,
+            on_phase: observer,
+            ..LaunchOptions::default()
+        };
+        let (url, key) = (
+            format!("http://{}", grid.orchestrator),
+            grid.api_key.clone(),
+        );
+        let launch = |observer: Option<LaunchObserver>| {
+            let (url, key, options) = (url.clone(), key.clone(), options(observer));
+            async move {
+                pixelgrid_client::Client::connect(&url)
+                    .await?
+                    .with_api_key(&key, "pinned-player")
+                    .launch("arena", options)
+                    .await
+            }
+        };
+        let first = grid.runtime.spawn(launch(Some(observer)));
+        let phase = at_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{pin:?}: the launch never reached its phase: {e}"));
+        let killed_at = std::time::Instant::now();
+        match pin {
+            Pin::NodeAfterCreateSession | Pin::NodeAfterChooseNode => {
+                let victim = match &phase {
+                    LaunchPhase::Chosen { node_id } => node_id.clone(),
+                    _ => grid.nodes[0].1.node_id().to_owned(),
+                };
+                grid.kill_node(&victim);
+                let _ = go_tx.send(());
+            }
+            Pin::NodeDuringWhep => {
+                let LaunchPhase::Chosen { node_id } = &phase else {
+                    unreachable!()
+                };
+                let _ = go_tx.send(());
+                std::thread::sleep(Duration::from_millis(30));
+                grid.kill_node(node_id);
+            }
+            Pin::OrchestratorAfterCreateSession | Pin::OrchestratorAfterChooseNode => {
+                grid.restart_orchestrator_after(Arc::clone(&store), Duration::from_secs(1));
+                let _ = go_tx.send(());
+            }
+        }
+        let first = grid.runtime.block_on(first).expect("the launch task");
+        let first_verdict = match &first {
+            Ok(s) => format!("went on ({})", &s.node_id()[..8]),
+            Err(e) => format!("failed: {e}"),
+        };
+        // Playing: this launch's pictures, or the next launch's (as a player's page retries).
+        let (frame_after, launches) = grid.runtime.block_on(async {
+            let mut session = first.ok();
+            let mut launches = 1;
+            loop {
+                if let Some(s) = session.as_mut() {
+                    if let Ok(Some(_)) =
+                        tokio::time::timeout(Duration::from_secs(5), s.next_frame()).await
+                    {
+                        let at = killed_at.elapsed();
+                        s_end(session.take()).await;
+                        return (at, launches);
+                    }
+                    s_end(session.take()).await;
+                }
+                assert!(
+                    killed_at.elapsed() < Duration::from_secs(20),
+                    "{pin:?}: the player never played again"
+                );
+                launches += 1;
+                session = launch(None).await.ok();
+                if session.is_none() {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        });
+        let leaked = faults::slots_left(&grid, store.as_ref(), Duration::from_secs(15));
+        println!(
+            "| {pin:?} | {first_verdict} | {launches} | {:.2} | {leaked} |",
+            frame_after.as_secs_f64()
+        );
+        assert!(
+            frame_after < faults::LOST_AFTER,
+            "{pin:?}: playing again {frame_after:?} after the kill"
+        );
+        assert_eq!(leaked, 0, "{pin:?}: slots left held");
+        match pin {
+            // A dead candidate is skipped (its round trip fails); a launch past ChooseNode
+            // needs no orchestrator.
+            Pin::NodeAfterCreateSession | Pin::OrchestratorAfterChooseNode => {
+                assert!(
+                    first_verdict.starts_with("went on"),
+                    "{pin:?}: {first_verdict}"
+                );
+            }
+            _ => {}
+        }
+        if matches!(
+            pin,
+            Pin::NodeAfterCreateSession | Pin::NodeAfterChooseNode | Pin::NodeDuringWhep
+        ) {
+            // Two live nodes for the next pin.
+            grid.add_node(next_seed, 2);
+            next_seed += 1;
+        }
+    }
+}
+
+async fn s_end(session: Option<pixelgrid_client::Session>) {
+    if let Some(s) = session {
+        s.end().await;
+    }
 }

@@ -55,6 +55,7 @@ fn every_daemon_serves_metrics_promtool_accepts_and_health_endpoints() {
         probes_per_slot: 1,
         registry_refresh: Duration::from_millis(300),
         forget_after: std::time::Duration::from_secs(3_600),
+        ledger_max_bytes: None,
     })
     .unwrap();
     let (indexer_grpc, indexer_http) = grid.runtime.block_on(async {

@@ -271,6 +271,8 @@ pub struct StreamNode {
     pub rejects: RejectCounters,
     /// Players' delivery receipts kept and refused, all sessions.
     pub receipts: Arc<ReceiptCounters>,
+    /// What became of this node's signed reports to the indexers.
+    pub reports: Arc<crate::reporter::ReportCounters>,
     /// Peer connections not yet freed (viewers connected, connecting, or leaking).
     pub peer_connections: Arc<std::sync::atomic::AtomicU64>,
     gone: mpsc::UnboundedSender<(String, String)>,
@@ -335,6 +337,7 @@ impl StreamNode {
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             rejects: RejectCounters::default(),
             receipts: Arc::default(),
+            reports: Arc::default(),
             peer_connections: Arc::default(),
             gone: gone_tx,
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -950,6 +953,27 @@ impl StreamNode {
                 "pixelgrid_edge_input_dropped_total",
                 "Player input events and messages dropped by the gate, per session.",
                 &per_session(&|s| s.counters.input_dropped.load(Ordering::Relaxed) as f64),
+            )
+            .counter(
+                "pixelgrid_edge_reports_total",
+                "Signed reports to the indexers (one per indexer), by what became of them.",
+                &[
+                    ("accepted", &self.reports.accepted),
+                    ("replayed", &self.reports.replayed),
+                    ("refused", &self.reports.refused),
+                    ("dropped", &self.reports.dropped),
+                ]
+                .map(|(outcome, c)| {
+                    (
+                        vec![("outcome", outcome.to_owned())],
+                        c.load(Ordering::Relaxed) as f64,
+                    )
+                }),
+            )
+            .gauge(
+                "pixelgrid_edge_reports_waiting",
+                "Reports waiting in the outboxes for an indexer's acknowledgement.",
+                &[(vec![], self.reports.waiting.load(Ordering::Relaxed) as f64)],
             )
             .gauge(
                 "pixelgrid_edge_peer_connections",
