@@ -123,11 +123,17 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts `players` players on `grid`'s runtime, each playing for `play` per session, and
-    /// a watcher sampling `store` for double bookings.
-    pub fn start(grid: &TestGrid, store: Arc<dyn Store>, players: usize, play: Duration) -> Self {
+    /// Starts `players` players on `grid`'s runtime, launching through the orchestrator at
+    /// `url`, each playing for `play` per session, and a watcher sampling `store` for double
+    /// bookings.
+    pub fn start(
+        grid: &TestGrid,
+        url: String,
+        store: Arc<dyn Store>,
+        players: usize,
+        play: Duration,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let url = format!("http://{}", grid.orchestrator);
         let api_key = grid.api_key.clone();
         let handles = (0..players)
             .map(|i| {
@@ -304,6 +310,8 @@ pub fn outcome(
 
 /// A TCP forwarder that can be cut, as a network partition between two daemons (this kernel has
 /// no netem): while cut, every connection through it is dropped and new ones are closed at once.
+/// With several targets it is also a load balancer in front of replicas: each new connection
+/// goes to the next target that accepts it.
 pub struct Partition {
     /// Where to connect instead of the target.
     pub addr: std::net::SocketAddr,
@@ -313,20 +321,37 @@ pub struct Partition {
 impl Partition {
     /// Starts forwarding `addr` → `target` on `rt`.
     pub fn start(rt: &tokio::runtime::Runtime, target: std::net::SocketAddr) -> Self {
+        Self::start_to_any(rt, vec![target])
+    }
+
+    /// Starts forwarding `addr` → one of `targets` (round robin, skipping those that refuse).
+    pub fn start_to_any(rt: &tokio::runtime::Runtime, targets: Vec<std::net::SocketAddr>) -> Self {
         let (cut, _) = tokio::sync::watch::channel(false);
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("a loopback port");
         let addr = listener.local_addr().expect("its address");
         let watch = cut.clone();
+        let targets = Arc::new(targets);
         rt.spawn(async move {
+            let mut turn = 0;
             while let Ok((inbound, _)) = listener.accept().await {
                 let mut cut = watch.subscribe();
                 if *cut.borrow() {
                     continue;
                 }
+                turn += 1;
+                let targets = Arc::clone(&targets);
                 tokio::spawn(async move {
-                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    let mut outbound = None;
+                    for i in 0..targets.len() {
+                        let target = targets[(turn + i) % targets.len()];
+                        if let Ok(s) = tokio::net::TcpStream::connect(target).await {
+                            outbound = Some(s);
+                            break;
+                        }
+                    }
+                    let Some(outbound) = outbound else {
                         return;
                     };
                     let (mut a, mut b) = (inbound, outbound);

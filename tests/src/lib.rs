@@ -343,6 +343,26 @@ impl Etcd {
     }
 }
 
+/// A second orchestrator replica, from [`TestGrid::start_replica`]; gone (as with `kill -9`)
+/// when dropped.
+pub struct Replica {
+    /// Its gRPC address.
+    pub orchestrator: SocketAddr,
+    /// True while it leads the sweeps.
+    pub leading: Arc<std::sync::atomic::AtomicBool>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+    _stop: tokio::sync::watch::Sender<bool>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// An indexer started by [`TestGrid::start_indexer`].
 #[derive(Debug)]
 pub struct TestIndexer {
@@ -618,6 +638,27 @@ impl TestGrid {
         self.leading = leading;
         self.control = control;
         self.stop_control = stop;
+    }
+
+    /// Starts a second orchestrator replica of this grid on `store` (its own runtime and free
+    /// ports, its own leader campaign), as another process of the same deployment.
+    pub fn start_replica(&self, store: Arc<dyn orchestrator::store::Store>) -> Replica {
+        let runtime = control_runtime();
+        let operator = self.operator.clone();
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let (addr, tasks) = runtime.block_on(async {
+            let grid = Arc::new(control_plane(store, &operator).await);
+            let ((addr, _), tasks) = serve_control_plane(None, &grid, &leading, &stop).await;
+            (addr, tasks)
+        });
+        Replica {
+            orchestrator: addr,
+            leading,
+            _tasks: tasks,
+            _stop: stop,
+            runtime: Some(runtime),
+        }
     }
 
     /// Starts one more edge node (identity from `seed`) and registers it.

@@ -10,7 +10,7 @@
 
 use orchestrator::store::{EtcdStore, Store};
 use pixelgrid_tests::faults::{self, CellOutcome, Load, Partition};
-use pixelgrid_tests::{EtcdCluster, TestGrid, TestIndexer};
+use pixelgrid_tests::{EtcdCluster, Replica, TestGrid, TestIndexer};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ struct Fixture {
     indexer: TestIndexer,
     /// Nodes the fault killed (their unsent reports die with them).
     killed: Vec<String>,
+    /// A second orchestrator replica, in the cells that have one (players and nodes then reach
+    /// the two through a balancer).
+    replica: Option<Replica>,
 }
 
 /// A grid of two nodes (three sessions each, reaching the orchestrator through a link that can
@@ -38,6 +41,17 @@ struct Fixture {
 /// then everyone leaves and the store settles.
 fn cell(
     name: &str,
+    before: Duration,
+    after: Duration,
+    fault: impl FnOnce(&mut Fixture),
+) -> CellOutcome {
+    cell_with_replicas(name, 1, before, after, fault)
+}
+
+/// [`cell`] with `replicas` orchestrator replicas (1 or 2) behind a balancer.
+fn cell_with_replicas(
+    name: &str,
+    replicas: usize,
     before: Duration,
     after: Duration,
     fault: impl FnOnce(&mut Fixture),
@@ -53,7 +67,15 @@ fn cell(
             .expect("connect to etcd"),
     );
     let mut grid = TestGrid::start(Arc::clone(&store), 0, 3);
-    let link = Partition::start(&grid.runtime, grid.orchestrator);
+    // The first replica leads the sweeps before a second one campaigns.
+    std::thread::sleep(Duration::from_millis(500));
+    let replica = (replicas > 1).then(|| grid.start_replica(Arc::clone(&store)));
+    let control_planes: Vec<_> = std::iter::once(grid.orchestrator)
+        .chain(replica.as_ref().map(|r| r.orchestrator))
+        .collect();
+    let link = Partition::start_to_any(&grid.runtime, control_planes.clone());
+    // What players reach: the orchestrator, or a balancer in front of the replicas.
+    let front = Partition::start_to_any(&grid.runtime, control_planes);
     grid.orchestrator_for_nodes = Some(format!("http://{}", link.addr));
     let indexer = grid.start_indexer(indexer::tally::TallyConfig {
         epoch_ms: 60_000,
@@ -66,7 +88,13 @@ fn cell(
     grid.add_node(0, 3);
     grid.add_node(1, 3);
     let nodes: Vec<_> = grid.nodes.iter().map(|(_, n)| Arc::clone(n)).collect();
-    let load = Load::start(&grid, Arc::clone(&store), PLAYERS, PLAY);
+    let load = Load::start(
+        &grid,
+        format!("http://{}", front.addr),
+        Arc::clone(&store),
+        PLAYERS,
+        PLAY,
+    );
     let mut f = Fixture {
         grid,
         etcd,
@@ -74,6 +102,7 @@ fn cell(
         link,
         indexer,
         killed: Vec::new(),
+        replica,
     };
     std::thread::sleep(before);
     fault(&mut f);
@@ -284,6 +313,35 @@ fn the_indexers_ledger_full_for_a_while() {
     assert_clean(&o);
     assert!(refused > 0, "the full ledger refused commits: {o:#?}");
     assert_eq!(o.launch_failures, 0, "players never noticed: {o:#?}");
+}
+
+#[test]
+fn the_leading_orchestrator_replica_of_two_killed_and_restarted() {
+    let mut led = false;
+    let mut taken_over = false;
+    let o = cell_with_replicas(
+        "orchestrator replica kill -9 (the leader, of two behind a balancer), back after 3 s",
+        2,
+        Duration::from_secs(6),
+        Duration::from_secs(8),
+        |f| {
+            led = f.grid.leading.load(std::sync::atomic::Ordering::SeqCst);
+            f.grid
+                .restart_orchestrator_after(Arc::clone(&f.store), Duration::from_secs(3));
+            taken_over = f
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.leading.load(std::sync::atomic::Ordering::SeqCst));
+        },
+    );
+    assert_clean(&o);
+    assert!(led, "the killed replica was the leader");
+    assert!(taken_over, "the other replica took the sweeps over: {o:#?}");
+    assert_eq!(o.reconnects, 0, "no node was lost: {o:#?}");
+    assert!(
+        o.launches_out_s < 1.0,
+        "the other replica kept launching: {o:#?}"
+    );
 }
 
 /// Where in a launch a kill is pinned, and what is killed.
