@@ -74,18 +74,19 @@ pub struct CellOutcome {
 }
 
 /// Reports lost and credited twice, as [`CellOutcome`] counts them: waits up to `settle` for the
-/// outboxes of `nodes` not in `killed` to empty, then holds each node's acknowledgements against
+/// outboxes of `nodes` not in `killed` to empty, then holds each node's acknowledgements (all its
+/// incarnations together: a node restarted with its identity is the same node) against
 /// `indexer`'s ledger. Returns `(taken, lost, twice)`.
 pub fn reports_accounted(
     indexer: &indexer::daemon::Indexer,
     nodes: &[Arc<edge_node::stream::StreamNode>],
-    killed: &[String],
+    killed: &[Arc<edge_node::stream::StreamNode>],
     settle: Duration,
 ) -> (usize, u64, usize) {
     let live = || {
         nodes
             .iter()
-            .filter(|n| !killed.iter().any(|k| k == n.node_id()))
+            .filter(|n| !killed.iter().any(|k| Arc::ptr_eq(k, n)))
     };
     let waiting = || {
         live()
@@ -97,9 +98,10 @@ pub fn reports_accounted(
         std::thread::sleep(Duration::from_millis(200));
     }
     let (mut taken, mut lost, mut twice) = (0, waiting(), 0);
-    for n in nodes {
+    let ids: std::collections::BTreeSet<&str> = nodes.iter().map(|n| n.node_id()).collect();
+    for id in ids {
         let mut seqs: Vec<u64> = indexer
-            .reports_of(n.node_id())
+            .reports_of(id)
             .expect("the ledger reads")
             .into_iter()
             .map(|(seq, _)| seq)
@@ -108,9 +110,14 @@ pub fn reports_accounted(
         let rows = seqs.len();
         seqs.dedup();
         twice += rows - seqs.len();
-        let c = &n.reports;
-        let acked = c.accepted.load(Ordering::Relaxed) + c.replayed.load(Ordering::Relaxed);
-        lost += acked.saturating_sub(seqs.len() as u64) + c.dropped.load(Ordering::Relaxed);
+        let mut acked = 0;
+        for n in nodes.iter().filter(|n| n.node_id() == id) {
+            let c = &n.reports;
+            acked += c.accepted.load(Ordering::Relaxed)
+                + c.replayed.load(Ordering::Relaxed)
+                + c.dropped.load(Ordering::Relaxed);
+        }
+        lost += acked.saturating_sub(seqs.len() as u64);
     }
     (taken, lost, twice)
 }

@@ -363,14 +363,72 @@ impl Drop for Replica {
     }
 }
 
-/// An indexer started by [`TestGrid::start_indexer`].
+/// An indexer started by [`TestGrid::start_indexer`], on a runtime of its own (so a restart
+/// takes all of it away at once, as the end of a process does).
 #[derive(Debug)]
 pub struct TestIndexer {
     /// The indexer itself (its tally and ledger).
     pub indexer: Arc<indexer::daemon::Indexer>,
     /// Its gRPC URL.
     pub url: String,
+    config: indexer::daemon::DaemonConfig,
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
     _ledger: tempfile::TempDir,
+}
+
+impl TestIndexer {
+    /// Serves `indexer` on `addr` (a free port when 0), waiting for a lingering old socket.
+    fn serve(
+        indexer: &Arc<indexer::daemon::Indexer>,
+        addr: SocketAddr,
+    ) -> (tokio::runtime::Runtime, SocketAddr) {
+        let runtime = control_runtime();
+        let indexer = Arc::clone(indexer);
+        let addr = runtime.block_on(async move {
+            let mut tries = 0;
+            let listener = loop {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => break l,
+                    Err(e) if tries > 50 => panic!("cannot bind {addr}: {e}"),
+                    Err(_) => tries += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let addr = listener.local_addr().expect("its address");
+            tokio::spawn(indexer::daemon::serve(
+                listener,
+                indexer,
+                std::future::pending(),
+            ));
+            addr
+        });
+        (runtime, addr)
+    }
+
+    /// Gone at once, as with `kill -9`: its tasks and connections with it.
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Back after [`TestIndexer::kill`], on the same ledger and address: it rebuilds its tally
+    /// from the ledger.
+    pub fn restart(&mut self) {
+        self.indexer = indexer::daemon::Indexer::open(self.config.clone())
+            .expect("the indexer opens its ledger again");
+        let (runtime, _) = Self::serve(&self.indexer, self.addr);
+        self.runtime = Some(runtime);
+    }
+}
+
+impl Drop for TestIndexer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// An orchestrator and registered edge nodes, in-process on loopback, sharing one runtime.
@@ -817,7 +875,7 @@ impl TestGrid {
     /// registry, with its gRPC on loopback; nodes added from now on report to it every second.
     pub fn start_indexer(&mut self, rules: indexer::tally::TallyConfig) -> TestIndexer {
         let ledger = tempfile::tempdir().expect("a temp dir for the ledger");
-        let indexer = indexer::daemon::Indexer::open(indexer::daemon::DaemonConfig {
+        let config = indexer::daemon::DaemonConfig {
             rules,
             ledger: ledger.path().join("ledger.db"),
             orchestrator: Some(format!("http://{}", self.orchestrator)),
@@ -825,18 +883,11 @@ impl TestGrid {
             registry_refresh: Duration::from_millis(500),
             forget_after: Duration::from_secs(3_600),
             ledger_max_bytes: None,
-        })
-        .expect("the indexer opens its ledger");
-        let url = self.runtime.block_on(async {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}", l.local_addr().unwrap());
-            tokio::spawn(indexer::daemon::serve(
-                l,
-                Arc::clone(&indexer),
-                std::future::pending(),
-            ));
-            url
-        });
+        };
+        let indexer =
+            indexer::daemon::Indexer::open(config.clone()).expect("the indexer opens its ledger");
+        let (runtime, addr) = TestIndexer::serve(&indexer, SocketAddr::from(([127, 0, 0, 1], 0)));
+        let url = format!("http://{addr}");
         self.reporting = Some(edge_node::reporter::ReporterConfig {
             indexers: vec![url.clone()],
             interval: Duration::from_millis(1_000),
@@ -846,6 +897,9 @@ impl TestGrid {
         TestIndexer {
             indexer,
             url,
+            config,
+            addr,
+            runtime: Some(runtime),
             _ledger: ledger,
         }
     }

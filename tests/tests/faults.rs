@@ -30,7 +30,7 @@ struct Fixture {
     /// Takes the nodes' reports.
     indexer: TestIndexer,
     /// Nodes the fault killed (their unsent reports die with them).
-    killed: Vec<String>,
+    killed: Vec<Arc<edge_node::stream::StreamNode>>,
     /// A second orchestrator replica, in the cells that have one (players and nodes then reach
     /// the two through a balancer).
     replica: Option<Replica>,
@@ -87,7 +87,6 @@ fn cell_with_replicas(
     });
     grid.add_node(0, 3);
     grid.add_node(1, 3);
-    let nodes: Vec<_> = grid.nodes.iter().map(|(_, n)| Arc::clone(n)).collect();
     let load = Load::start(
         &grid,
         format!("http://{}", front.addr),
@@ -111,6 +110,7 @@ fn cell_with_replicas(
     let (logs, double_bookings) = load.stop(&f.grid);
     let leaked = faults::slots_left(&f.grid, f.store.as_ref(), Duration::from_secs(15));
     let mut o = faults::outcome(&logs, double_bookings, leaked, healed);
+    let nodes: Vec<_> = f.grid.nodes.iter().map(|(_, n)| Arc::clone(n)).collect();
     (o.reports_taken, o.reports_lost, o.reports_twice) = faults::reports_accounted(
         &f.indexer.indexer,
         &nodes,
@@ -162,25 +162,39 @@ fn no_fault_the_baseline() {
 
 #[test]
 fn an_edge_node_killed_while_streaming() {
+    let mut back = None;
     let o = cell(
-        "edge node kill -9 (sessions on it re-launch elsewhere)",
+        "edge node kill -9 (sessions on it re-launch elsewhere), back after 3 s",
         Duration::from_secs(6),
         Duration::from_secs(8),
         |f| {
             let grid = &mut f.grid;
             // The node serving the most players.
-            let victim = grid.runtime.block_on(async {
-                let mut busiest = (0, String::new());
-                for (_, n) in &grid.nodes {
-                    busiest = busiest.max((n.session_ids().await.len(), n.node_id().to_owned()));
+            let (_, seed) = grid.runtime.block_on(async {
+                let mut busiest = (0, 0);
+                for (i, (_, n)) in grid.nodes.iter().enumerate() {
+                    busiest = busiest.max((n.session_ids().await.len(), i));
                 }
-                busiest.1
+                busiest
             });
-            grid.kill_node(&victim);
+            let victim = Arc::clone(&grid.nodes[seed].1);
+            grid.kill_node(victim.node_id());
             f.killed.push(victim);
+            std::thread::sleep(Duration::from_secs(3));
+            // The same identity (seed) starts again, as a restarted process would.
+            grid.add_node(seed as u8, 3);
+            back = grid.nodes.last().map(|(_, n)| Arc::clone(n));
         },
     );
     assert_clean(&o);
+    let back = back.expect("the node started again");
+    assert!(
+        back.reports
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the restarted node reported again: {o:#?}"
+    );
     assert!(
         o.reconnects >= 1,
         "someone played on the killed node: {o:#?}"
@@ -312,6 +326,33 @@ fn the_indexers_ledger_full_for_a_while() {
     );
     assert_clean(&o);
     assert!(refused > 0, "the full ledger refused commits: {o:#?}");
+    assert_eq!(o.launch_failures, 0, "players never noticed: {o:#?}");
+}
+
+#[test]
+fn the_indexer_killed_and_restarted() {
+    let mut waiting = 0;
+    let o = cell(
+        "indexer kill -9, back after 3 s on its ledger",
+        Duration::from_secs(6),
+        Duration::from_secs(8),
+        |f| {
+            f.indexer.kill();
+            std::thread::sleep(Duration::from_secs(3));
+            waiting = f
+                .grid
+                .nodes
+                .iter()
+                .map(|(_, n)| n.reports.waiting.load(std::sync::atomic::Ordering::Relaxed))
+                .sum();
+            f.indexer.restart();
+        },
+    );
+    assert_clean(&o);
+    assert!(
+        waiting > 0,
+        "the nodes kept their reports meanwhile: {o:#?}"
+    );
     assert_eq!(o.launch_failures, 0, "players never noticed: {o:#?}");
 }
 
