@@ -763,6 +763,7 @@ const LEGACY_NODE_LOST_AFTER: Duration = Duration::from_millis(1500);
 async fn supervise(mut s: Supervisor) {
     let mut slow_seconds = 0u32;
     let mut last_check = Instant::now();
+    let mut last_refusal_check = Instant::now();
     loop {
         tokio::select! {
             // `end()`, or the Session dropped (the sender goes with it): leave either way.
@@ -797,8 +798,17 @@ async fn supervise(mut s: Supervisor) {
         let silent_ms = (unix_ms() as u64).saturating_sub(heard_ms);
         let mut lost_after = s.options.node_lost_after;
         if heard_ms <= s.connection.answered_ms {
-            // Nothing heard yet: ICE and DTLS may still be connecting (seconds through a relay).
+            // Nothing heard yet: ICE and DTLS may still be connecting (seconds through a relay)
+            // — unless the node's process is gone, which its refused connections say at once.
             lost_after = lost_after.max(CONNECT_GRACE);
+            if silent_ms >= s.options.node_lost_after.as_millis() as u64
+                && last_refusal_check.elapsed() >= Duration::from_millis(250)
+            {
+                last_refusal_check = Instant::now();
+                if s.connection.node_refuses().await {
+                    lost_after = Duration::ZERO;
+                }
+            }
         } else if !s
             .connection
             .keepalive

@@ -77,6 +77,19 @@ impl Connection {
     pub fn whep_timings(&self) -> (f64, f64) {
         (self.whep.offer_ms, self.whep.answer_ms)
     }
+
+    /// True when the node's HTTP address refuses a connection now: its process is gone (a
+    /// machine that is gone answers nothing, which proves nothing within the timeout).
+    pub async fn node_refuses(&self) -> bool {
+        matches!(
+            tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                tokio::net::TcpStream::connect(self.whep.addr),
+            )
+            .await,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    }
 }
 
 impl std::fmt::Debug for Connection {
