@@ -764,6 +764,7 @@ async fn supervise(mut s: Supervisor) {
     let mut slow_seconds = 0u32;
     let mut last_check = Instant::now();
     let mut last_refusal_check = Instant::now();
+    let mut refusals = 0u32;
     loop {
         tokio::select! {
             // `end()`, or the Session dropped (the sender goes with it): leave either way.
@@ -805,7 +806,13 @@ async fn supervise(mut s: Supervisor) {
                 && last_refusal_check.elapsed() >= Duration::from_millis(250)
             {
                 last_refusal_check = Instant::now();
-                if s.connection.node_refuses().await {
+                // Twice in a row: one refusal could be a listener being replaced.
+                refusals = if s.connection.node_refuses().await {
+                    refusals + 1
+                } else {
+                    0
+                };
+                if refusals >= 2 {
                     lost_after = Duration::ZERO;
                 }
             }
@@ -843,6 +850,7 @@ async fn supervise(mut s: Supervisor) {
                 Ok(placed) => {
                     let old = std::mem::replace(&mut s.connection, placed.connection);
                     tokio::spawn(old.abandon());
+                    refusals = 0;
                     *s.input.lock().unwrap_or_else(|p| p.into_inner()) = s.connection.channel();
                     *s.current.lock().unwrap_or_else(|p| p.into_inner()) = (
                         s.connection.node_id.clone(),

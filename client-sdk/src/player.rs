@@ -78,17 +78,24 @@ impl Connection {
         (self.whep.offer_ms, self.whep.answer_ms)
     }
 
-    /// True when the node's HTTP address refuses a connection now: its process is gone (a
-    /// machine that is gone answers nothing, which proves nothing within the timeout).
+    /// True when every address of the node's WHEP endpoint refuses a connection now: its
+    /// process is gone (a machine that is gone answers nothing, which proves nothing within the
+    /// timeout).
     pub async fn node_refuses(&self) -> bool {
-        matches!(
-            tokio::time::timeout(
-                std::time::Duration::from_millis(200),
-                tokio::net::TcpStream::connect(self.whep.addr),
-            )
-            .await,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
-        )
+        for addr in self.whep.target.addrs() {
+            let refused = matches!(
+                tokio::time::timeout(
+                    std::time::Duration::from_millis(200),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            );
+            if !refused {
+                return false;
+            }
+        }
+        !self.whep.target.addrs().is_empty()
     }
 }
 

@@ -507,6 +507,9 @@ async fn deliver(
     counts: Arc<ReportCounters>,
 ) {
     let lock = || outbox.lock().unwrap_or_else(|p| p.into_inner());
+    // Streams the indexer ended with an error in a row: the pause after each doubles (a full
+    // ledger backs off up to 30 s; many nodes resending every second would not help it).
+    let mut refused_in_a_row = 0u32;
     loop {
         let mut client = match pixelgrid_proto::transport::connect(&url).await {
             Ok(c) => IndexerClient::new(c),
@@ -530,7 +533,6 @@ async fn deliver(
         };
         tracing::info!(indexer = %url, waiting = lock().outbox.len(), "reporting to the indexer");
         let mut sent_upto = 0;
-        // After a refusal (a full ledger, say) the indexer is given a second, not hammered.
         let mut pause = Duration::from_millis(200);
         'stream: loop {
             let pending = lock().outbox.after(sent_upto);
@@ -558,6 +560,7 @@ async fn deliver(
                             }
                             last = last.max(more.sequence);
                         }
+                        refused_in_a_row = 0;
                         let mut stored = lock();
                         let answered = stored.outbox.acknowledge(last);
                         counts.waiting.fetch_sub(answered as u64, Ordering::Relaxed);
@@ -566,7 +569,8 @@ async fn deliver(
                     Ok(None) => break 'stream,
                     Err(status) => {
                         tracing::warn!(indexer = %url, error = %status.message(), waiting = lock().outbox.len(), "the indexer ended the report stream; keeping reports");
-                        pause = Duration::from_secs(1);
+                        pause = Duration::from_secs(1 << refused_in_a_row.min(5));
+                        refused_in_a_row += 1;
                         break 'stream;
                     }
                 },

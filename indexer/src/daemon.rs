@@ -277,11 +277,8 @@ impl Indexer {
                 "{e}; and rebuilding the tally from the ledger failed: {rebuild}"
             ));
         }
+        // `next_to_close` stays: it only moves once a close is committed.
         core.tally = tally;
-        core.next_to_close = match core.ledger.epochs(1) {
-            Ok(e) => e.first().map(|e| e.number + 1),
-            Err(e) => return e,
-        };
         core.full_backoff_ms =
             (core.full_backoff_ms * 2).clamp(*FULL_BACKOFF_MS.start(), *FULL_BACKOFF_MS.end());
         core.full_until_ms = now_ms + core.full_backoff_ms;
@@ -289,12 +286,14 @@ impl Indexer {
         e
     }
 
-    /// A commit went through: the ledger has room (again).
+    /// A commit went through: the ledger has room (again). The back-off decays rather than
+    /// resetting, so a ledger at the edge of full (small batches fit, large ones do not) is not
+    /// rebuilt every second.
     fn committed(core: &mut Core) {
         if core.full_backoff_ms != 0 {
             tracing::info!("the ledger takes writes again");
         }
-        core.full_backoff_ms = 0;
+        core.full_backoff_ms /= 2;
         core.full_until_ms = 0;
     }
 
@@ -489,7 +488,10 @@ impl Indexer {
         while (next + 1) * rules.epoch_ms + rules.max_report_delay_ms <= now_ms {
             let epoch = core.tally.close_epoch(next).clone();
             if let Err(e) = core.ledger.write_closed(&epoch, rules.epoch_ms) {
-                return Err(self.roll_back(&mut core, e, now_ms));
+                let e = self.roll_back(&mut core, e, now_ms);
+                // The epochs before `next` are committed; `next` is tried again.
+                core.next_to_close = Some(next);
+                return Err(e);
             }
             Self::committed(&mut core);
             tracing::info!(
@@ -520,6 +522,7 @@ impl Indexer {
         if let Err(e) = core.ledger.append_stake_events(&events) {
             return Err(self.roll_back(&mut core, e, now_ms));
         }
+        Self::committed(&mut core);
         self.counters.count(verdict);
         let node = signed
             .change
@@ -541,15 +544,35 @@ impl Indexer {
             (Verdict::Accepted, false) => 1,
             _ => 2,
         };
-        self.counters.checks[counter].fetch_add(1, Ordering::Relaxed);
         if verdict == Verdict::Accepted {
             let at = signed.result.as_ref().map_or(0, |r| r.at_unix_ms);
             let epoch = core.tally.epoch_of(at);
             if let Err(e) = core.ledger.append_check(signed, epoch, now_ms) {
                 return Err(self.roll_back(&mut core, e, now_ms));
             }
+            Self::committed(&mut core);
         }
+        // Counted once committed: a result refused on a full ledger comes again.
+        self.counters.checks[counter].fetch_add(1, Ordering::Relaxed);
         Ok(verdict)
+    }
+
+    /// Checks the running tally against the ledger: every epoch not yet closed, up to the one
+    /// of `now_ms`, closed (on copies) from the running tally and from a tally rebuilt from the
+    /// ledger must come out the same — they differ when the running one counted something the
+    /// ledger does not hold, or counted it twice. Returns the epochs that differ.
+    pub fn audit_open_epochs(&self, now_ms: u64) -> Result<Vec<u64>> {
+        let core = self.core();
+        let current = core.tally.epoch_of(now_ms);
+        let mut rebuilt = Tally::new(self.config.rules.clone());
+        core.ledger.rebuild(&mut rebuilt)?;
+        let (mut running, mut differ) = (core.tally.clone(), Vec::new());
+        for epoch in core.next_to_close.unwrap_or(current)..=current {
+            if running.close_epoch(epoch) != rebuilt.close_epoch(epoch) {
+                differ.push(epoch);
+            }
+        }
+        Ok(differ)
     }
 
     /// A node's accepted reports, `(sequence, sent_unix_ms)`, in sequence order.
@@ -831,10 +854,17 @@ impl pb::indexer_server::Indexer for Service {
                     }
                 }
                 let arrived = tokio::time::Instant::now();
-                if !indexer.all_known(&batch)
-                    && let Err(e) = indexer.refresh_registry_after(Some(arrived)).await
-                {
-                    tracing::warn!(error = %e, "cannot refresh the node set");
+                if !indexer.all_known(&batch) {
+                    match indexer.refresh_registry_after(Some(arrived)).await {
+                        Ok(_) => {}
+                        // A node the ledger could not record would be refused as unknown, and
+                        // its reports dropped: the node keeps them instead.
+                        Err(e @ Error::LedgerFull(_)) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot refresh the node set"),
+                    }
                 }
                 let acks = match indexer.ingest(&batch, now_ms()) {
                     Ok(a) => a,
@@ -1206,6 +1236,10 @@ mod tests {
         assert_eq!(accepted(&again), 0, "a second resend is a replay");
         let stored = indexer.reports_of(&key.node_id()).unwrap();
         assert_eq!(stored.len(), 405);
+        assert_eq!(
+            indexer.audit_open_epochs(t0 + 900).unwrap(),
+            Vec::<u64>::new()
+        );
         assert!(stored.windows(2).all(|w| w[0].0 < w[1].0));
     }
 

@@ -211,6 +211,10 @@ impl Ledger {
         // WAL: readers never block the writer; FULL: a committed report survives power loss.
         db.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
         db.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+        // Sorting and grouping (the rebuild) need no temporary files: on a full disk a rebuild
+        // still works.
+        db.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(sql)?;
         db.execute_batch(SCHEMA).map_err(sql)?;
         let rules_json = serde_json::to_string(rules).expect("rules serialise");
         let stored: Option<String> = db

@@ -139,8 +139,9 @@ struct ServeArgs {
     /// How long a node may be missing from the registry before it is no longer probed, s.
     #[arg(long, default_value_t = 3_600)]
     forget_after_s: u64,
-    /// Most MiB the ledger may take; past it reports wait with the nodes (as on a full disk)
-    /// until it is raised. Unset: the disk's size.
+    /// Most MiB the ledger's database may take (its write-ahead log beside it adds a few MiB
+    /// until the next checkpoint); past it reports wait with the nodes (as on a full disk) until
+    /// it is raised. Unset: the disk's size.
     #[arg(long, env = "PIXELGRID_LEDGER_MAX_MB")]
     ledger_max_mb: Option<u64>,
 }

@@ -48,6 +48,11 @@ impl Target {
         }
     }
 
+    /// Every address its name resolved to, in the order requests try them.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
     /// Whether requests to it speak TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()

@@ -12,10 +12,13 @@
 //! - **slots leaked**: slot keys left in the store once every player has left and the grid had
 //!   time to settle;
 //! - **recovery**: the longest time any player went without a frame;
-//! - **reports lost / credited twice**: every report a node saw acknowledged as taken (or
-//!   refused as already taken) must be in the indexer's ledger once — lost when it is not there
-//!   (or was dropped from a full outbox, or still waits on a live node once things settled),
-//!   credited twice when the ledger holds the same sequence twice.
+//! - **reports lost**: every report a node saw acknowledged as taken (or refused as already
+//!   taken) must be in the indexer's ledger — lost when it is not there (or was dropped from a
+//!   full outbox, or still waits on a live node once things settled); **refused**: answered with
+//!   any other verdict (too late, unknown node, clock skew…), credited nothing;
+//! - **tally = ledger**: the running tally's open epochs, closed on a copy, equal those of a
+//!   tally rebuilt from the ledger — not so when the tally counted something the ledger does not
+//!   hold, or counted it twice (the ledger itself holds each node's sequence once).
 
 use crate::TestGrid;
 use orchestrator::store::Store;
@@ -69,20 +72,23 @@ pub struct CellOutcome {
     pub reports_taken: usize,
     /// Reports lost (see the module docs).
     pub reports_lost: u64,
-    /// Reports the ledger holds more than once.
-    pub reports_twice: usize,
+    /// Reports refused (see the module docs).
+    pub reports_refused: u64,
+    /// Open epochs where the running tally and the ledger disagree.
+    pub tally_differs: usize,
 }
 
-/// Reports lost and credited twice, as [`CellOutcome`] counts them: waits up to `settle` for the
-/// outboxes of `nodes` not in `killed` to empty, then holds each node's acknowledgements (all its
-/// incarnations together: a node restarted with its identity is the same node) against
-/// `indexer`'s ledger. Returns `(taken, lost, twice)`.
+/// Fills in the reports part of `outcome` (see the module docs): waits up to `settle` for the
+/// outboxes of `nodes` not in `killed` to empty, then holds each node's acknowledgements (all
+/// its incarnations together: a node restarted with its identity is the same node) against
+/// `indexer`'s ledger, and audits its tally against the ledger.
 pub fn reports_accounted(
+    outcome: &mut CellOutcome,
     indexer: &indexer::daemon::Indexer,
     nodes: &[Arc<edge_node::stream::StreamNode>],
     killed: &[Arc<edge_node::stream::StreamNode>],
     settle: Duration,
-) -> (usize, u64, usize) {
+) {
     let live = || {
         nodes
             .iter()
@@ -97,19 +103,11 @@ pub fn reports_accounted(
     while waiting() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (mut taken, mut lost, mut twice) = (0, waiting(), 0);
+    let (mut taken, mut lost) = (0, waiting());
     let ids: std::collections::BTreeSet<&str> = nodes.iter().map(|n| n.node_id()).collect();
     for id in ids {
-        let mut seqs: Vec<u64> = indexer
-            .reports_of(id)
-            .expect("the ledger reads")
-            .into_iter()
-            .map(|(seq, _)| seq)
-            .collect();
-        taken += seqs.len();
-        let rows = seqs.len();
-        seqs.dedup();
-        twice += rows - seqs.len();
+        let stored = indexer.reports_of(id).expect("the ledger reads").len() as u64;
+        taken += stored as usize;
         let mut acked = 0;
         for n in nodes.iter().filter(|n| n.node_id() == id) {
             let c = &n.reports;
@@ -117,9 +115,18 @@ pub fn reports_accounted(
                 + c.replayed.load(Ordering::Relaxed)
                 + c.dropped.load(Ordering::Relaxed);
         }
-        lost += acked.saturating_sub(seqs.len() as u64);
+        lost += acked.saturating_sub(stored);
     }
-    (taken, lost, twice)
+    outcome.reports_taken = taken;
+    outcome.reports_lost = lost;
+    outcome.reports_refused = nodes
+        .iter()
+        .map(|n| n.reports.refused.load(Ordering::Relaxed))
+        .sum();
+    outcome.tally_differs = indexer
+        .audit_open_epochs(pixelgrid_proto::clock::unix_ms())
+        .expect("the ledger reads")
+        .len();
 }
 
 /// Players running against a grid until stopped.

@@ -111,14 +111,15 @@ fn cell_with_replicas(
     let leaked = faults::slots_left(&f.grid, f.store.as_ref(), Duration::from_secs(15));
     let mut o = faults::outcome(&logs, double_bookings, leaked, healed);
     let nodes: Vec<_> = f.grid.nodes.iter().map(|(_, n)| Arc::clone(n)).collect();
-    (o.reports_taken, o.reports_lost, o.reports_twice) = faults::reports_accounted(
+    faults::reports_accounted(
+        &mut o,
         &f.indexer.indexer,
         &nodes,
         &f.killed,
         Duration::from_secs(10),
     );
     println!(
-        "| {name} | {} | {} ({:.1} s) | {} | {} | {} | {} | {} / {} of {} | {:.1} |",
+        "| {name} | {} | {} ({:.1} s) | {} | {} | {} | {} | {} / {} of {} | {} | {:.1} |",
         o.launches,
         o.launch_failures,
         o.launches_out_s,
@@ -127,8 +128,9 @@ fn cell_with_replicas(
         o.double_bookings,
         o.slots_leaked,
         o.reports_lost,
-        o.reports_twice,
+        o.reports_refused,
         o.reports_taken,
+        if o.tally_differs == 0 { "yes" } else { "NO" },
         o.recovery_s
     );
     o
@@ -144,7 +146,11 @@ fn assert_clean(o: &CellOutcome) {
     );
     assert!(o.reports_taken > 0, "the nodes reported: {o:#?}");
     assert_eq!(o.reports_lost, 0, "{o:#?}");
-    assert_eq!(o.reports_twice, 0, "{o:#?}");
+    assert_eq!(o.reports_refused, 0, "reports credited nothing: {o:#?}");
+    assert_eq!(
+        o.tally_differs, 0,
+        "the tally counts what the ledger holds: {o:#?}"
+    );
 }
 
 #[test]
