@@ -66,7 +66,8 @@ if ! kill -0 "$indexer_pid" 2>/dev/null; then
   exit 1
 fi
 for i in 1 2; do
-  $bin/edge-node serve --orchestrator http://127.0.0.1:50051 --listen "$host:808$i" \
+  # glibc's per-thread arenas kept the memory of ended sessions (README, Soak).
+  MALLOC_ARENA_MAX=2 $bin/edge-node serve --orchestrator http://127.0.0.1:50051 --listen "$host:808$i" \
     --orchestrator-key "$token_public_key" \
     --identity "$state/node-$i.key" --max-sessions 4 --drain-timeout-s 5 --games-dir "$games" \
     --indexer http://127.0.0.1:50061 --report-interval-ms 5000 &

@@ -29,8 +29,10 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/pixelgrid --create-home pixelgrid
 # What the NVIDIA container toolkit mounts: CUDA/NVML (compute, utility), NVENC (video), Vulkan
 # ICD (graphics).
+# MALLOC_ARENA_MAX: glibc's per-thread arenas kept the memory of ended sessions (README, Soak).
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,video,graphics,utility \
+    MALLOC_ARENA_MAX=2 \
     PIXELGRID_LISTEN=0.0.0.0:8080 \
     PIXELGRID_IDENTITY=/var/lib/pixelgrid/node.key
 COPY --from=build /usr/local/bin/edge-node /usr/local/bin/edge-node

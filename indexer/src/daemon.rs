@@ -13,6 +13,10 @@
 //!   answer with its identity key's signature over [`probe_message`]. Pass or fail is recorded.
 //! - **Epochs** close `max_report_delay_ms` after they end; the closed epoch, every payout and
 //!   every proof are written in one transaction.
+//! - **A full ledger** (disk or `--ledger-max-mb`): the write that failed is refused
+//!   (`RESOURCE_EXHAUSTED`; nodes keep their reports), the tally is rebuilt from the ledger, as a
+//!   restart would, and writes wait a back-off. Any other failed commit exits (70) for a restart
+//!   to rebuild.
 
 use crate::ledger::{EpochRow, Ledger, StoredPayout};
 use crate::tally::{Tally, TallyConfig, Verdict};
