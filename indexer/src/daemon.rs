@@ -1247,6 +1247,62 @@ mod tests {
         assert!(stored.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
+    /// An epoch whose close does not fit in the ledger is closed once there is room, not
+    /// skipped (a fresh ledger has no closed epoch to say which comes next).
+    #[test]
+    fn an_epoch_close_refused_by_a_full_ledger_is_closed_once_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = TallyConfig {
+            epoch_ms: 3_600_000,
+            slot_ms: 60_000,
+            ..TallyConfig::default()
+        };
+        let path = dir.path().join("ledger.db");
+        // Enough nodes that the epoch's payouts and tree need pages of their own.
+        let keys: Vec<_> = (0..300u32)
+            .map(|i| {
+                let mut seed = [1u8; 32];
+                seed[..4].copy_from_slice(&i.to_le_bytes());
+                pixelgrid_proto::identity::NodeKey::from_seed(&seed)
+            })
+            .collect();
+        {
+            let mut ledger = Ledger::open(&path, &rules).unwrap();
+            let ids: Vec<String> = keys.iter().map(|k| k.node_id()).collect();
+            let nodes: Vec<(&str, &str)> =
+                ids.iter().map(|id| (id.as_str(), "127.0.0.1:9")).collect();
+            ledger.add_nodes(&nodes).unwrap();
+        }
+        let indexer = Indexer::open(DaemonConfig {
+            rules: rules.clone(),
+            ledger: path,
+            orchestrator: None,
+            probes_per_slot: 1,
+            registry_refresh: Duration::from_secs(1),
+            forget_after: Duration::from_secs(1),
+            ledger_max_bytes: None,
+        })
+        .unwrap();
+        let t0 = 7_200_000;
+        assert_eq!(indexer.close_due(t0 + 1_000).unwrap(), Vec::<u64>::new());
+        let batch: Vec<_> = keys
+            .iter()
+            .map(|k| crate::report::ready(k, 1, t0 + 2_000, vec![]))
+            .collect();
+        indexer.ingest(&batch, t0 + 2_100).unwrap();
+
+        let due = t0 + rules.epoch_ms + rules.max_report_delay_ms + 1;
+        indexer.set_ledger_quota(Some(1)).unwrap();
+        let e = indexer.close_due(due).unwrap_err();
+        assert!(matches!(e, Error::LedgerFull(_)), "{e}");
+        assert!(indexer.epochs(1).unwrap().is_empty());
+
+        indexer.set_ledger_quota(None).unwrap();
+        assert_eq!(indexer.close_due(due + 1).unwrap(), vec![2]);
+        let (_, payouts) = indexer.payouts(2).unwrap();
+        assert_eq!(payouts.len(), keys.len());
+    }
+
     #[test]
     fn one_machine_is_one_host_however_its_address_is_written() {
         let v4: std::net::IpAddr = "203.0.113.7".parse().unwrap();
