@@ -404,15 +404,19 @@ enum Pin {
     OrchestratorAfterCreateSession,
     /// The orchestrator, once ChooseNode answered; back after 1 s.
     OrchestratorAfterChooseNode,
+    /// etcd (its one member), once CreateSession answered; back after 1 s.
+    EtcdAfterCreateSession,
+    /// etcd (its one member), once ChooseNode answered; back after 1 s.
+    EtcdAfterChooseNode,
 }
 
 impl Pin {
     fn holds_at(self, phase: &pixelgrid_client::LaunchPhase) -> bool {
         use pixelgrid_client::LaunchPhase as P;
         match self {
-            Pin::NodeAfterCreateSession | Pin::OrchestratorAfterCreateSession => {
-                matches!(phase, P::Candidates { .. })
-            }
+            Pin::NodeAfterCreateSession
+            | Pin::OrchestratorAfterCreateSession
+            | Pin::EtcdAfterCreateSession => matches!(phase, P::Candidates { .. }),
             _ => matches!(phase, P::Chosen { .. }),
         }
     }
@@ -428,11 +432,11 @@ fn kills_pinned_to_each_phase_of_a_launch() {
     let _one = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let etcd = pixelgrid_tests::Etcd::start();
+    let mut etcd = EtcdCluster::start(1).expect("etcd");
     let store_rt = tokio::runtime::Runtime::new().unwrap();
     let store: Arc<dyn Store> = Arc::new(
         store_rt
-            .block_on(EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)))
+            .block_on(EtcdStore::connect(&etcd.endpoints))
             .expect("connect to etcd"),
     );
     let mut grid = TestGrid::start(Arc::clone(&store), 2, 2);
@@ -443,6 +447,8 @@ fn kills_pinned_to_each_phase_of_a_launch() {
         Pin::NodeDuringWhep,
         Pin::OrchestratorAfterCreateSession,
         Pin::OrchestratorAfterChooseNode,
+        Pin::EtcdAfterCreateSession,
+        Pin::EtcdAfterChooseNode,
     ] {
         let (at_tx, at_rx) = std::sync::mpsc::channel::<LaunchPhase>();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -503,6 +509,12 @@ fn kills_pinned_to_each_phase_of_a_launch() {
             }
             Pin::OrchestratorAfterCreateSession | Pin::OrchestratorAfterChooseNode => {
                 grid.restart_orchestrator_after(Arc::clone(&store), Duration::from_secs(1));
+                let _ = go_tx.send(());
+            }
+            Pin::EtcdAfterCreateSession | Pin::EtcdAfterChooseNode => {
+                etcd.kill(0);
+                std::thread::sleep(Duration::from_secs(1));
+                etcd.restart(0).expect("etcd restarts");
                 let _ = go_tx.send(());
             }
         }
