@@ -348,6 +348,8 @@ impl Etcd {
 pub struct Replica {
     /// Its gRPC address.
     pub orchestrator: SocketAddr,
+    /// Its gRPC and gateway addresses (for [`TestGrid::start_replica_at`]).
+    pub addrs: (SocketAddr, SocketAddr),
     /// True while it leads the sweeps.
     pub leading: Arc<std::sync::atomic::AtomicBool>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -701,17 +703,27 @@ impl TestGrid {
     /// Starts a second orchestrator replica of this grid on `store` (its own runtime and free
     /// ports, its own leader campaign), as another process of the same deployment.
     pub fn start_replica(&self, store: Arc<dyn orchestrator::store::Store>) -> Replica {
+        self.start_replica_at(store, None)
+    }
+
+    /// [`TestGrid::start_replica`] on `at`'s addresses (gRPC, gateway): a replica started again
+    /// where it was.
+    pub fn start_replica_at(
+        &self,
+        store: Arc<dyn orchestrator::store::Store>,
+        at: Option<(SocketAddr, SocketAddr)>,
+    ) -> Replica {
         let runtime = control_runtime();
         let operator = self.operator.clone();
         let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (stop, _) = tokio::sync::watch::channel(false);
-        let (addr, tasks) = runtime.block_on(async {
+        let (addrs, tasks) = runtime.block_on(async {
             let grid = Arc::new(control_plane(store, &operator).await);
-            let ((addr, _), tasks) = serve_control_plane(None, &grid, &leading, &stop).await;
-            (addr, tasks)
+            serve_control_plane(at, &grid, &leading, &stop).await
         });
         Replica {
-            orchestrator: addr,
+            orchestrator: addrs.0,
+            addrs,
             leading,
             _tasks: tasks,
             _stop: stop,

@@ -363,6 +363,32 @@ fn the_indexer_killed_and_restarted() {
 }
 
 #[test]
+fn the_other_orchestrator_replica_of_two_killed_and_restarted() {
+    let mut led = true;
+    let o = cell_with_replicas(
+        "orchestrator replica kill -9 (not the leader, of two behind a balancer), back after 3 s",
+        2,
+        Duration::from_secs(6),
+        Duration::from_secs(8),
+        |f| {
+            let replica = f.replica.take().expect("a second replica");
+            led = replica.leading.load(std::sync::atomic::Ordering::SeqCst);
+            let at = replica.addrs;
+            drop(replica);
+            std::thread::sleep(Duration::from_secs(3));
+            f.replica = Some(f.grid.start_replica_at(Arc::clone(&f.store), Some(at)));
+        },
+    );
+    assert_clean(&o);
+    assert!(!led, "the killed replica did not lead");
+    assert_eq!(o.reconnects, 0, "no node was lost: {o:#?}");
+    assert!(
+        o.launches_out_s < 1.0,
+        "the other replica kept launching: {o:#?}"
+    );
+}
+
+#[test]
 fn the_leading_orchestrator_replica_of_two_killed_and_restarted() {
     let mut led = false;
     let mut taken_over = false;
