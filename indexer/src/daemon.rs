@@ -1171,25 +1171,26 @@ pub async fn serve_http(
 mod tests {
     use super::*;
 
-    /// A full ledger refuses a batch as a whole and rolls the tally back to what the ledger
-    /// holds: once there is room, the same reports are taken (not refused as replays), each
-    /// exactly once.
-    #[test]
-    fn a_full_ledger_loses_nothing_and_credits_nothing_twice() {
-        let dir = tempfile::tempdir().unwrap();
+    /// An indexer with hour-long epochs on a new ledger in `dir` that already knows `keys`'
+    /// nodes (no orchestrator to read them from).
+    fn indexer_knowing(
+        dir: &std::path::Path,
+        keys: &[pixelgrid_proto::identity::NodeKey],
+    ) -> Arc<Indexer> {
         let rules = TallyConfig {
             epoch_ms: 3_600_000,
             slot_ms: 60_000,
             ..TallyConfig::default()
         };
-        let path = dir.path().join("ledger.db");
-        let key = pixelgrid_proto::identity::NodeKey::from_seed(&[7; 32]);
+        let path = dir.join("ledger.db");
+        let ids: Vec<String> = keys.iter().map(|k| k.node_id()).collect();
+        let nodes: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "127.0.0.1:9")).collect();
         Ledger::open(&path, &rules)
             .unwrap()
-            .add_node(&key.node_id(), "127.0.0.1:9")
+            .add_nodes(&nodes)
             .unwrap();
-        let indexer = Indexer::open(DaemonConfig {
-            rules: rules.clone(),
+        Indexer::open(DaemonConfig {
+            rules,
             ledger: path,
             orchestrator: None,
             probes_per_slot: 1,
@@ -1197,7 +1198,17 @@ mod tests {
             forget_after: Duration::from_secs(1),
             ledger_max_bytes: None,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A full ledger refuses a batch as a whole and rolls the tally back to what the ledger
+    /// holds: once there is room, the same reports are taken (not refused as replays), each
+    /// exactly once.
+    #[test]
+    fn a_full_ledger_loses_nothing_and_credits_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = pixelgrid_proto::identity::NodeKey::from_seed(&[7; 32]);
+        let indexer = indexer_knowing(dir.path(), std::slice::from_ref(&key));
         let t0 = 7_200_000;
         let reports = |seqs: std::ops::Range<u64>| -> Vec<pb::SignedNodeReport> {
             seqs.map(|s| crate::report::ready(&key, s, t0 + s, vec![]))
@@ -1252,12 +1263,6 @@ mod tests {
     #[test]
     fn an_epoch_close_refused_by_a_full_ledger_is_closed_once_there_is_room() {
         let dir = tempfile::tempdir().unwrap();
-        let rules = TallyConfig {
-            epoch_ms: 3_600_000,
-            slot_ms: 60_000,
-            ..TallyConfig::default()
-        };
-        let path = dir.path().join("ledger.db");
         // Enough nodes that the epoch's payouts and tree need pages of their own.
         let keys: Vec<_> = (0..300u32)
             .map(|i| {
@@ -1266,23 +1271,8 @@ mod tests {
                 pixelgrid_proto::identity::NodeKey::from_seed(&seed)
             })
             .collect();
-        {
-            let mut ledger = Ledger::open(&path, &rules).unwrap();
-            let ids: Vec<String> = keys.iter().map(|k| k.node_id()).collect();
-            let nodes: Vec<(&str, &str)> =
-                ids.iter().map(|id| (id.as_str(), "127.0.0.1:9")).collect();
-            ledger.add_nodes(&nodes).unwrap();
-        }
-        let indexer = Indexer::open(DaemonConfig {
-            rules: rules.clone(),
-            ledger: path,
-            orchestrator: None,
-            probes_per_slot: 1,
-            registry_refresh: Duration::from_secs(1),
-            forget_after: Duration::from_secs(1),
-            ledger_max_bytes: None,
-        })
-        .unwrap();
+        let indexer = indexer_knowing(dir.path(), &keys);
+        let rules = indexer.rules().clone();
         let t0 = 7_200_000;
         assert_eq!(indexer.close_due(t0 + 1_000).unwrap(), Vec::<u64>::new());
         let batch: Vec<_> = keys

@@ -380,23 +380,15 @@ pub struct TestIndexer {
 }
 
 impl TestIndexer {
-    /// Serves `indexer` on `addr` (a free port when 0), waiting for a lingering old socket.
+    /// Serves `indexer` on `addr` (a free port when none), waiting for a lingering old socket.
     fn serve(
         indexer: &Arc<indexer::daemon::Indexer>,
-        addr: SocketAddr,
+        addr: Option<SocketAddr>,
     ) -> (tokio::runtime::Runtime, SocketAddr) {
         let runtime = control_runtime();
         let indexer = Arc::clone(indexer);
         let addr = runtime.block_on(async move {
-            let mut tries = 0;
-            let listener = loop {
-                match tokio::net::TcpListener::bind(addr).await {
-                    Ok(l) => break l,
-                    Err(e) if tries > 50 => panic!("cannot bind {addr}: {e}"),
-                    Err(_) => tries += 1,
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
+            let listener = bind_again(addr).await;
             let addr = listener.local_addr().expect("its address");
             tokio::spawn(indexer::daemon::serve(
                 listener,
@@ -420,7 +412,7 @@ impl TestIndexer {
     pub fn restart(&mut self) {
         self.indexer = indexer::daemon::Indexer::open(self.config.clone())
             .expect("the indexer opens its ledger again");
-        let (runtime, _) = Self::serve(&self.indexer, self.addr);
+        let (runtime, _) = Self::serve(&self.indexer, Some(self.addr));
         self.runtime = Some(runtime);
     }
 }
@@ -510,6 +502,19 @@ async fn control_plane(
     .with_demo_studio(TEST_STUDIO)
 }
 
+/// Binds `addr` (a free loopback port when none). A restarted daemon takes its old port back;
+/// the old socket may linger a moment, so this tries for 5 s.
+async fn bind_again(addr: Option<SocketAddr>) -> tokio::net::TcpListener {
+    let addr = addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+    for _ in 0..50 {
+        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot bind {addr}")
+}
+
 /// Serves `grid`'s gRPC API and gateway (on `at`'s addresses, or free ports) and runs its
 /// leader loop until `stop` says true; returns the addresses and the tasks.
 async fn serve_control_plane(
@@ -518,20 +523,8 @@ async fn serve_control_plane(
     leading: &Arc<std::sync::atomic::AtomicBool>,
     stop: &tokio::sync::watch::Sender<bool>,
 ) -> ((SocketAddr, SocketAddr), Vec<tokio::task::JoinHandle<()>>) {
-    let bind = |addr: Option<SocketAddr>| async move {
-        let addr = addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
-        // A restarted control plane takes its old ports back; the old sockets may linger a
-        // moment.
-        for _ in 0..50 {
-            if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
-                return l;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("cannot bind {addr}")
-    };
-    let listener = bind(at.map(|a| a.0)).await;
-    let http = bind(at.map(|a| a.1)).await;
+    let listener = bind_again(at.map(|a| a.0)).await;
+    let http = bind_again(at.map(|a| a.1)).await;
     let addrs = (listener.local_addr().unwrap(), http.local_addr().unwrap());
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -898,7 +891,7 @@ impl TestGrid {
         };
         let indexer =
             indexer::daemon::Indexer::open(config.clone()).expect("the indexer opens its ledger");
-        let (runtime, addr) = TestIndexer::serve(&indexer, SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (runtime, addr) = TestIndexer::serve(&indexer, None);
         let url = format!("http://{addr}");
         self.reporting = Some(edge_node::reporter::ReporterConfig {
             indexers: vec![url.clone()],
